@@ -1,0 +1,138 @@
+import { isIP } from 'node:net';
+import { CliError, ExitCode } from '../errors.ts';
+import { desiredState, EMPTY_STATE, renderTransaction, type OwnedState } from '../core/natTable.ts';
+import type { RedirectConfig, Ruleset } from '../core/ruleset.ts';
+import type { Family } from '../core/values.ts';
+import { familyLabel, requireSomeBackend, type IptablesTable } from '../host/iptables.ts';
+import { reconcile } from '../host/reconcile.ts';
+import { chooseBackend, surveyTables } from '../host/survey.ts';
+import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
+import type { ApplyOptions } from '../options.ts';
+import { resolveRulesets } from './config.ts';
+import type { CommandContext } from './context.ts';
+
+export async function apply(options: ApplyOptions, context: CommandContext): Promise<void> {
+  const { config, rulesets } = await resolveRulesets(options.rules, options.agent, context);
+  if (options.dryRun) {
+    context.output.stdout(renderDryRun(rulesets, context.version));
+    return;
+  }
+  refuseSshCapture(config, rulesets, options.allowSshCapture, context.env);
+  requireNetAdmin('applying traffic redirection rules');
+
+  const { log } = context;
+  const netns = options.host.netns;
+  const runner = context.runner(netns);
+  const surveys = await surveyTables(runner, netns !== undefined);
+  requireSomeBackend(surveys.map((s) => s.table));
+  const choice = chooseBackend(surveys, options.host.iptablesMode);
+  if (!choice) throw new CliError('no iptables backend is usable', ExitCode.missingProgram);
+  log.debug(`using iptables-${choice.backend}: ${choice.reason}`);
+
+  const wanted = new Map(rulesets.map((ruleset) => [ruleset.family, desiredState(ruleset)]));
+  const targets = surveys
+    .filter((s) => s.table.backend === choice.backend)
+    .filter((s) => wanted.has(s.table.family) || s.holdsOurs);
+  for (const family of wanted.keys()) {
+    if (!targets.some((s) => s.table.family === family)) {
+      const tool = family === 4 ? 'iptables' : 'ip6tables';
+      throw new CliError(
+        `${tool}-${choice.backend}-save/-restore are not installed; install the 'iptables' package (it provides both)`,
+        ExitCode.missingProgram,
+      );
+    }
+  }
+
+  // Every family of the chosen backend goes to its target (a family no longer asked for is emptied);
+  // if one fails, the ones already changed are put back as they were.
+  const changed: { table: IptablesTable; previous: OwnedState }[] = [];
+  let anyChange = false;
+  for (const survey of targets) {
+    const target = wanted.get(survey.table.family) ?? EMPTY_STATE;
+    try {
+      const result = await reconcile(survey.table, target, {
+        firstSave: survey.dump,
+        onRetry: (reason) => log.debug(`retrying ${familyLabel(survey.table.family)}: ${reason}`),
+      });
+      changed.push({ table: survey.table, previous: result.previous });
+      anyChange ||= result.changed;
+    } catch (error) {
+      await rollBack(changed, context);
+      throw error;
+    }
+  }
+
+  // Rules in the other backend would be evaluated too, and silently disagree with ours.
+  for (const stale of surveys.filter((s) => s.table.backend !== choice.backend && s.holdsOurs)) {
+    await reconcile(stale.table, EMPTY_STATE, { firstSave: stale.dump });
+    log.info(`removed stale rules from iptables-${stale.table.backend} (${familyLabel(stale.table.family)})`);
+    anyChange = true;
+  }
+
+  if (!options.rules.dualStack && (await hasGlobalIpv6(runner, netns))) {
+    log.warn('this host has a global IPv6 address, and its IPv6 traffic bypasses the proxy: add -dual-stack to redirect it too');
+  }
+  context.output.stdout(`${summary(config, rulesets, choice.backend, netns, anyChange)}\n`);
+}
+
+async function rollBack(changed: { table: IptablesTable; previous: OwnedState }[], context: CommandContext) {
+  for (const { table, previous } of changed.reverse()) {
+    try {
+      await reconcile(table, previous);
+      context.log.warn(`rolled ${familyLabel(table.family)} back to the rules it had before`);
+    } catch (error) {
+      context.log.error(`could not roll ${familyLabel(table.family)} back: ${(error as Error).message}`);
+    }
+  }
+}
+
+function summary(config: RedirectConfig, rulesets: Ruleset[], backend: string, netns: string | undefined, changed: boolean) {
+  const families = rulesets.map((r) => familyLabel(r.family)).join('+');
+  const exclusions =
+    config.excludeInboundPorts.length +
+    config.excludeOutboundPorts.length +
+    config.excludeOutboundCidrs.length +
+    config.excludeUids.length;
+  const where = `iptables-${backend}, ${families}${netns ? `, netns ${netns}` : ''}`;
+  const verb = changed ? 'applied traffic redirection' : 'traffic redirection already in place, nothing changed';
+  return (
+    `${verb} (${where}): inbound -> ${config.inboundPort}, outbound -> ${config.outboundPort}, ` +
+    `proxy uid ${config.proxyUid}, ${exclusions} exclusion${exclusions === 1 ? '' : 's'}`
+  );
+}
+
+/** The restore input for a host without these rules, one block per family. */
+export function renderDryRun(rulesets: readonly Ruleset[], version: string): string {
+  return rulesets
+    .map((ruleset) => {
+      const tool = ruleset.family === 4 ? 'iptables-restore' : 'ip6tables-restore';
+      return (
+        `# redirect-traffic ${version} --dry-run: ${tool} --noflush input (${familyLabel(ruleset.family)}).\n` +
+        '# On a host that already has these chains, the jumps found in PREROUTING/OUTPUT are also deleted (-D).\n' +
+        renderTransaction(EMPTY_STATE, desiredState(ruleset))
+      );
+    })
+    .join('\n');
+}
+
+function portCovered(port: number, exclusions: readonly string[]): boolean {
+  return exclusions.some((entry) => {
+    const [low, high = low] = entry.split(':').map(Number);
+    return low !== undefined && high !== undefined && port >= low && port <= high;
+  });
+}
+
+/** Refuses to cut off the SSH session this runs in, unless told to. */
+function refuseSshCapture(config: RedirectConfig, rulesets: readonly Ruleset[], allow: boolean, env: NodeJS.ProcessEnv) {
+  const ssh = sshServerEndpoint(env);
+  if (!ssh || allow) return;
+  const family: Family = isIP(ssh.address) === 6 && !/^::ffff:/i.test(ssh.address) ? 6 : 4;
+  if (!rulesets.some((r) => r.family === family)) return;
+  if (portCovered(ssh.port, config.excludeInboundPorts)) return;
+  throw new CliError(
+    `refusing to apply: this SSH session (server port ${ssh.port}) would be redirected to the proxy and cut off; ` +
+      `add -exclude-inbound-port=${ssh.port}, or -allow-ssh-capture to apply anyway`,
+    ExitCode.config,
+  );
+}
+

@@ -1,0 +1,38 @@
+import { EMPTY_STATE, renderTransaction } from '../core/natTable.ts';
+import { OWNED_CHAINS } from '../core/ruleset.ts';
+import { familyLabel } from '../host/iptables.ts';
+import { reconcile } from '../host/reconcile.ts';
+import { surveyTables } from '../host/survey.ts';
+import { hasNetAdmin, requireNetAdmin } from '../host/system.ts';
+import type { CleanupOptions } from '../options.ts';
+import type { CommandContext } from './context.ts';
+
+/** Removes our chains and every jump into them, in every backend and family, and nothing else. */
+export async function cleanup(options: CleanupOptions, context: CommandContext): Promise<void> {
+  const { log, output } = context;
+  const netns = options.host.netns;
+  const mode = options.host.iptablesMode;
+  if (options.dryRun && !hasNetAdmin()) {
+    log.warn('not root, so the tables cannot be read: showing the removal of the chains; the real run also deletes each jump into them it finds');
+    output.stdout(renderTransaction({ ...EMPTY_STATE, chains: OWNED_CHAINS }, EMPTY_STATE));
+    return;
+  }
+  requireNetAdmin('removing traffic redirection rules');
+  const surveys = (await surveyTables(context.runner(netns), netns !== undefined)).filter(
+    (s) => s.holdsOurs && (mode === 'auto' || s.table.backend === mode),
+  );
+  if (surveys.length === 0) {
+    output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
+    return;
+  }
+  for (const survey of surveys) {
+    const where = `iptables-${survey.table.backend}, ${familyLabel(survey.table.family)}`;
+    if (options.dryRun) {
+      output.stdout(`# ${where}\n${renderTransaction(survey.owned, EMPTY_STATE)}`);
+      continue;
+    }
+    await reconcile(survey.table, EMPTY_STATE, { firstSave: survey.dump });
+    const rules = survey.owned.chainRules.length + survey.owned.jumps.length + survey.owned.otherReferences.length;
+    output.stdout(`removed traffic redirection (${where}${netns ? `, netns ${netns}` : ''}): ${survey.owned.chains.length} chains, ${rules} rules\n`);
+  }
+}

@@ -1,0 +1,133 @@
+import { HOOK_CHAINS, OWNED_CHAINS, ruleSpec, type Ruleset } from './ruleset.ts';
+
+// Reading `iptables-save` output and writing `iptables-restore --noflush` transactions. Pure text in, text out.
+
+export interface SavedRule {
+  chain: string;
+  /** Everything after `-A <chain> `, verbatim, so it can be fed back as `-D <chain> <spec>`. */
+  spec: string;
+}
+
+/** The `*nat` table of one `iptables-save` dump. */
+export interface NatTable {
+  chains: readonly string[];
+  rules: readonly SavedRule[];
+}
+
+/** Parses the nat table out of an `iptables-save` dump; undefined when the dump has no nat table. */
+export function parseNatTable(saveOutput: string): NatTable | undefined {
+  let inNat = false;
+  let seen = false;
+  const chains: string[] = [];
+  const rules: SavedRule[] = [];
+  for (const rawLine of saveOutput.split('\n')) {
+    const line = rawLine.trim();
+    if (line.startsWith('*')) {
+      inNat = line === '*nat';
+      seen ||= inNat;
+    } else if (!inNat || line === '' || line.startsWith('#')) {
+      continue;
+    } else if (line === 'COMMIT') {
+      inNat = false;
+    } else if (line.startsWith(':')) {
+      const name = line.slice(1).split(/\s+/)[0];
+      if (name) chains.push(name);
+    } else if (line.startsWith('-A ')) {
+      const match = /^-A (\S+) (.*)$/.exec(line);
+      if (match?.[1] && match[2] !== undefined) rules.push({ chain: match[1], spec: match[2].replace(/\s+/g, ' ') });
+    }
+  }
+  return seen ? { chains, rules } : undefined;
+}
+
+/** The chain a rule jumps or goes to, if any. */
+export function ruleTarget(spec: string): string | undefined {
+  return /(?:^|\s)(?:-j|--jump|-g|--goto)\s+(\S+)/.exec(spec)?.[1];
+}
+
+const isOwned = (chain: string) => OWNED_CHAINS.includes(chain);
+
+/** What of ours is in a table: owned chains, their rules, and the jumps into them. */
+export interface OwnedState {
+  chains: readonly string[];
+  /** Rules inside owned chains, in order. */
+  chainRules: readonly SavedRule[];
+  /** Rules in PREROUTING/OUTPUT whose target is an owned chain: where Consul hooks in. */
+  jumps: readonly SavedRule[];
+  /** Jumps into owned chains from anyone else's chains; only removed when the chain itself goes. */
+  otherReferences: readonly SavedRule[];
+}
+
+export const EMPTY_STATE: OwnedState = { chains: [], chainRules: [], jumps: [], otherReferences: [] };
+
+export function ownedState(table: NatTable | undefined): OwnedState {
+  if (!table) return EMPTY_STATE;
+  const references = table.rules.filter((rule) => !isOwned(rule.chain) && isOwned(ruleTarget(rule.spec) ?? ''));
+  return {
+    chains: OWNED_CHAINS.filter((chain) => table.chains.includes(chain)),
+    chainRules: table.rules.filter((rule) => isOwned(rule.chain)),
+    jumps: references.filter((rule) => HOOK_CHAINS.includes(rule.chain)),
+    otherReferences: references.filter((rule) => !HOOK_CHAINS.includes(rule.chain)),
+  };
+}
+
+/** The state a ruleset leaves behind, in `iptables-save` form. */
+export function desiredState(ruleset: Ruleset): OwnedState {
+  const rules = ruleset.rules.map((rule) => ({ chain: rule.chain, spec: ruleSpec(rule) }));
+  return {
+    chains: OWNED_CHAINS,
+    chainRules: rules.filter((rule) => isOwned(rule.chain)),
+    jumps: rules.filter((rule) => !isOwned(rule.chain)),
+    otherReferences: [],
+  };
+}
+
+function specsByChain(rules: readonly SavedRule[]): Map<string, string[]> {
+  const map = new Map<string, string[]>();
+  for (const rule of rules) map.set(rule.chain, [...(map.get(rule.chain) ?? []), rule.spec]);
+  return map;
+}
+
+// Order matters within a chain (Consul's exclusions are order-sensitive), not across chains.
+function sameRules(a: readonly SavedRule[], b: readonly SavedRule[]): boolean {
+  const left = specsByChain(a);
+  const right = specsByChain(b);
+  return (
+    left.size === right.size &&
+    [...left].every(([chain, specs]) => {
+      const other = right.get(chain);
+      return other !== undefined && other.length === specs.length && specs.every((spec, i) => spec === other[i]);
+    })
+  );
+}
+
+/** True when the table holds exactly `wanted`: same chains, same rules in the same order, one copy of each jump. */
+export function stateMatches(current: OwnedState, wanted: OwnedState): boolean {
+  return (
+    current.chains.length === wanted.chains.length &&
+    wanted.chains.every((chain) => current.chains.includes(chain)) &&
+    sameRules(current.chainRules, wanted.chainRules) &&
+    sameRules(current.jumps, wanted.jumps)
+  );
+}
+
+export const isEmptyState = (state: OwnedState) => state.chains.length === 0 && state.jumps.length === 0;
+
+/**
+ * One `--noflush` transaction that turns `current` into `target`: declaring a chain creates or empties it,
+ * every hook jump found is deleted (duplicates included), the target's rules are added, and owned chains
+ * the target lacks are deleted, together with any reference to them that would block the deletion.
+ */
+export function renderTransaction(current: OwnedState, target: OwnedState): string {
+  const lines = ['*nat'];
+  const declared = OWNED_CHAINS.filter((chain) => target.chains.includes(chain) || current.chains.includes(chain));
+  const removed = declared.filter((chain) => !target.chains.includes(chain));
+  for (const chain of declared) lines.push(`:${chain} - [0:0]`);
+  const blocking = current.otherReferences.filter((rule) => removed.includes(ruleTarget(rule.spec) ?? ''));
+  for (const jump of [...current.jumps, ...blocking]) lines.push(`-D ${jump.chain} ${jump.spec}`);
+  // Chain contents first, hook jumps last: nothing is reachable before its chain is filled.
+  for (const rule of [...target.chainRules, ...target.jumps]) lines.push(`-A ${rule.chain} ${rule.spec}`);
+  for (const chain of removed) lines.push(`-X ${chain}`);
+  lines.push('COMMIT', '');
+  return lines.join('\n');
+}

@@ -1,0 +1,78 @@
+import { readFileSync } from 'node:fs';
+import { isEmptyState, ownedState, parseNatTable, type OwnedState } from '../core/natTable.ts';
+import type { Family } from '../core/values.ts';
+import { BACKENDS, openTable, systemDefaultBackend, type BackendName, type IptablesTable } from './iptables.ts';
+import type { CommandRunner } from './runner.ts';
+
+/** One backend's view of one family: everything it holds, and what of that is ours. */
+export interface TableSurvey {
+  table: IptablesTable;
+  /** Full `iptables-save` of the tables the kernel has; its nat part is the state an apply starts from. */
+  dump: string;
+  owned: OwnedState;
+  holdsOurs: boolean;
+  holdsRules: boolean;
+}
+
+export const FAMILIES: readonly Family[] = [4, 6];
+
+// iptables-legacy lists loaded tables here; reading it costs no process and loads no module.
+function legacyTablesLoaded(family: Family): boolean {
+  try {
+    return readFileSync(family === 4 ? '/proc/net/ip_tables_names' : '/proc/net/ip6_tables_names', 'utf8').trim() !== '';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Reads every installed backend and family. A plain save (no `-t`) dumps only tables that already exist,
+ * so surveying never instantiates a legacy table.
+ */
+export async function surveyTables(runner: CommandRunner, inNetns: boolean): Promise<TableSurvey[]> {
+  const tables = BACKENDS.flatMap((backend) => FAMILIES.map((family) => openTable(runner, backend, family)));
+  const present = tables.filter((table): table is IptablesTable => table !== undefined);
+  return Promise.all(
+    present.map(async (table) => {
+      const skip = table.backend === 'legacy' && !inNetns && !legacyTablesLoaded(table.family);
+      const dump = skip ? '' : await table.save();
+      const owned = ownedState(parseNatTable(dump));
+      return {
+        table,
+        dump,
+        owned,
+        holdsOurs: !isEmptyState(owned),
+        holdsRules: /^-A /m.test(dump),
+      };
+    }),
+  );
+}
+
+export interface BackendChoice {
+  backend: BackendName;
+  reason: string;
+}
+
+/**
+ * The backend that already holds our chains, else the one holding any rules, else the system default
+ * (what plain `iptables` is), as Istio and Kuma decide. A forced mode wins.
+ */
+export function chooseBackend(
+  surveys: readonly TableSurvey[],
+  mode: 'auto' | BackendName,
+  systemDefault: BackendName | undefined = systemDefaultBackend(),
+): BackendChoice | undefined {
+  if (mode !== 'auto') return { backend: mode, reason: 'set by -iptables-mode' };
+  const installed = BACKENDS.filter((backend) => surveys.some((s) => s.table.backend === backend));
+  const preferDefault = (candidates: BackendName[]) =>
+    candidates.includes(systemDefault ?? 'nft') ? (systemDefault ?? 'nft') : candidates[0];
+  const holding = (test: (s: TableSurvey) => boolean) =>
+    installed.filter((backend) => surveys.some((s) => s.table.backend === backend && test(s)));
+  const withOurs = holding((s) => s.holdsOurs);
+  if (withOurs.length > 0) return { backend: preferDefault(withOurs)!, reason: 'it holds the existing redirection chains' };
+  const withRules = holding((s) => s.holdsRules);
+  if (withRules.length > 0) return { backend: preferDefault(withRules)!, reason: 'it holds the host\'s other rules' };
+  if (systemDefault && installed.includes(systemDefault)) return { backend: systemDefault, reason: 'it is the system default' };
+  const fallback = installed[0];
+  return fallback && { backend: fallback, reason: 'it is the only one installed' };
+}

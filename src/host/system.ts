@@ -1,0 +1,78 @@
+import { readFileSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import { CliError, ExitCode, UsageError } from '../errors.ts';
+import type { UidSpec } from '../core/values.ts';
+import type { CommandRunner } from './runner.ts';
+
+const CAP_NET_ADMIN = 12n;
+
+/** True when this process may change netfilter rules. */
+export function hasNetAdmin(statusText = readProcStatus()): boolean {
+  const hex = /^CapEff:\s*([0-9a-f]+)$/im.exec(statusText)?.[1];
+  if (hex === undefined) return process.getuid?.() === 0;
+  return ((BigInt(`0x${hex}`) >> CAP_NET_ADMIN) & 1n) === 1n;
+}
+
+function readProcStatus(): string {
+  try {
+    return readFileSync('/proc/self/status', 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+export function requireNetAdmin(action: string): void {
+  if (!hasNetAdmin()) {
+    throw new CliError(
+      `${action} needs root (CAP_NET_ADMIN): run it with sudo, or use --dry-run to only print the rules`,
+      ExitCode.noPermission,
+    );
+  }
+}
+
+function uidFromPasswd(name: string, passwd: string): number | undefined {
+  for (const line of passwd.split('\n')) {
+    const [user, , uid] = line.split(':');
+    if (user === name && uid !== undefined && /^\d+$/.test(uid)) return Number(uid);
+  }
+  return undefined;
+}
+
+/**
+ * Resolves user names to UIDs once, now, so the kernel's owner match never triggers an NSS look-up. The
+ * local passwd file answers without a process; other NSS sources (LDAP, sssd) go through getent.
+ */
+export async function resolveUid(spec: UidSpec, flag: string, runner: CommandRunner): Promise<number> {
+  if (spec.kind === 'id') return spec.uid;
+  let passwd = '';
+  try {
+    passwd = readFileSync('/etc/passwd', 'utf8');
+  } catch {
+    // no local file; getent below still asks NSS
+  }
+  const local = uidFromPasswd(spec.name, passwd);
+  if (local !== undefined) return local;
+  const result = await runner.run('getent', ['passwd', spec.name]).catch(() => undefined);
+  const uid = result?.exitCode === 0 ? uidFromPasswd(spec.name, result.stdout) : undefined;
+  if (uid === undefined) throw new UsageError(`invalid value "${spec.name}" for ${flag}: no such user on this host`);
+  return uid;
+}
+
+/** Whether the target namespace has a global IPv6 address, whose traffic IPv4-only rules would not see. */
+export async function hasGlobalIpv6(runner: CommandRunner, netns: string | undefined): Promise<boolean> {
+  if (netns === undefined) {
+    return Object.values(networkInterfaces())
+      .flat()
+      .some((entry) => entry?.family === 'IPv6' && !entry.internal && !/^fe[89ab]/i.test(entry.address));
+  }
+  const result = await runner.run('ip', ['-o', '-6', 'address', 'show', 'scope', 'global']).catch(() => undefined);
+  return result?.exitCode === 0 && result.stdout.trim() !== '';
+}
+
+/** Server address and port of the SSH session this runs in, from SSH_CONNECTION. */
+export function sshServerEndpoint(env: NodeJS.ProcessEnv): { address: string; port: number } | undefined {
+  const fields = (env['SSH_CONNECTION'] ?? '').trim().split(/\s+/);
+  if (fields.length !== 4) return undefined;
+  const port = Number(fields[3]);
+  return Number.isInteger(port) && port > 0 && port < 65536 ? { address: fields[2] ?? '', port } : undefined;
+}

@@ -1,0 +1,66 @@
+import { CommanderError } from 'commander';
+import { createProgram, normaliseArgv } from './cli.ts';
+import { apply } from './commands/apply.ts';
+import { cleanup } from './commands/cleanup.ts';
+import type { CommandContext } from './commands/context.ts';
+import { status } from './commands/status.ts';
+import { fetchProxyPorts } from './consul/agent.ts';
+import { CliError, ExitCode } from './errors.ts';
+import { createRunner } from './host/runner.ts';
+import { createLogger, processOutput, type Output } from './log.ts';
+import { applyOptions, cleanupOptions, statusOptions, type CommandName, type RawOptions } from './options.ts';
+
+declare const __VERSION__: string;
+export const VERSION = typeof __VERSION__ === 'string' ? __VERSION__ : '0.0.0-dev';
+
+/** Runs the CLI and returns its exit code; the only place that turns errors into exit codes. */
+export async function run(
+  argv: readonly string[],
+  overrides: Partial<CommandContext> & { output?: Output } = {},
+): Promise<number> {
+  const output = overrides.output ?? processOutput;
+  const debug = argv.some((arg) => arg === '--debug' || arg === '-debug');
+  const log = overrides.log ?? createLogger(output, { debug });
+  const context: CommandContext = {
+    output,
+    log,
+    env: overrides.env ?? process.env,
+    version: VERSION,
+    runner: overrides.runner ?? ((netns) => createRunner({ netns })),
+    fetchProxyPorts: overrides.fetchProxyPorts ?? fetchProxyPorts,
+  };
+  let exitCode: number = ExitCode.ok;
+  const handle = async (name: CommandName, flags: RawOptions) => {
+    if (name === 'apply') await apply(applyOptions(flags, context.env), context);
+    else if (name === 'cleanup') await cleanup(cleanupOptions(flags, context.env), context);
+    else exitCode = await status(statusOptions(flags, context.env), context);
+  };
+  const program = createProgram(VERSION, handle);
+  program.configureOutput({
+    writeOut: (text) => output.stdout(text),
+    writeErr: (text) => output.stderr(text),
+    outputError: (text) => log.error(`${text.replace(/^error: /, '').trim()} (see --help)`),
+  });
+  for (const sub of program.commands) sub.configureOutput(program.configureOutput());
+  try {
+    await program.parseAsync(normaliseArgv(argv), { from: 'user' });
+    return exitCode;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      return error.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+    }
+    if (error instanceof CliError) {
+      log.error(error.message);
+      if (debug && error.stack) output.stderr(`${error.stack}\n`);
+      return error.exitCode;
+    }
+    log.error(`internal error, please report it: ${(error as Error)?.message ?? String(error)}`);
+    if (debug) output.stderr(`${(error as Error)?.stack ?? ''}\n`);
+    return ExitCode.internal;
+  }
+}
+
+// Runs only as the bundled program, not when tests import this module.
+if (typeof __VERSION__ === 'string') {
+  process.exitCode = await run(process.argv.slice(2));
+}

@@ -1,0 +1,408 @@
+import { readFileSync, statSync } from 'node:fs';
+import * as z from 'zod';
+import { ConfigError, invalidValue, UsageError } from './errors.ts';
+import { DEFAULT_OUTBOUND_PORT } from './core/ruleset.ts';
+import {
+  cidrSchema,
+  durationSchema,
+  ipAddressSchema,
+  portOrRangeSchema,
+  portSchema,
+  splitList,
+  uidSchema,
+  type Cidr,
+  type IpAddress,
+  type UidSpec,
+} from './core/values.ts';
+
+// Every flag, environment variable and config-file key is validated here, once, into typed options.
+// Raw values are keyed by flag name (`exclude-uid`), the same names the config file uses.
+
+export type CommandName = 'apply' | 'cleanup' | 'status';
+export type RawValue = string | number | boolean | readonly (string | number)[];
+export type RawOptions = Record<string, RawValue | undefined>;
+
+/** Where a raw value came from, so an error can point at it. */
+export type Source = { kind: 'flag' } | { kind: 'file'; path: string } | { kind: 'env'; variable: string };
+
+export type IptablesMode = 'auto' | 'legacy' | 'nft';
+
+export interface HostOptions {
+  netns: string | undefined;
+  iptablesMode: IptablesMode;
+}
+
+export interface RuleOptions {
+  proxyUid: UidSpec;
+  proxyId: string | undefined;
+  inboundPort: number | undefined;
+  outboundPort: number;
+  excludeInboundPorts: string[];
+  excludeOutboundPorts: string[];
+  excludeOutboundCidrs: Cidr[];
+  excludeUids: UidSpec[];
+  dnsIp: IpAddress | undefined;
+  dnsPort: number | undefined;
+  dualStack: boolean;
+}
+
+/** How to reach the Consul agent. The token is only ever read into memory and sent as a header. */
+export interface AgentOptions {
+  address: string;
+  token: string | undefined;
+  /** For messages only: which setting supplied the token (never the token itself). */
+  tokenSource: string | undefined;
+  caFile: string | undefined;
+  caPath: string | undefined;
+  clientCert: string | undefined;
+  clientKey: string | undefined;
+  tlsServerName: string | undefined;
+  /** CONSUL_HTTP_SSL: use https when the address has no scheme. */
+  useTls: boolean;
+  /** CONSUL_HTTP_SSL_VERIFY=false turns certificate verification off. */
+  verifyTls: boolean;
+  basicAuth: { username: string; password: string } | undefined;
+  namespace: string | undefined;
+  partition: string | undefined;
+  nodeName: string | undefined;
+  timeoutMs: number;
+  waitMs: number;
+}
+
+export interface CommonOptions {
+  dryRun: boolean;
+  debug: boolean;
+}
+
+export interface ApplyOptions extends CommonOptions {
+  host: HostOptions;
+  rules: RuleOptions;
+  /** Present only with -proxy-id: without it nothing is asked of the agent (as Consul). */
+  agent: AgentOptions | undefined;
+  allowSshCapture: boolean;
+}
+
+export type CleanupOptions = CommonOptions & { host: HostOptions };
+
+export interface StatusOptions extends CommonOptions {
+  host: HostOptions;
+  /** Undefined when no rule flags were given: report what is installed without comparing. */
+  rules: RuleOptions | undefined;
+  agent: AgentOptions | undefined;
+  json: boolean;
+}
+
+export const DEFAULT_HTTP_ADDR = '127.0.0.1:8500';
+export const DEFAULT_AGENT_TIMEOUT_MS = 5_000;
+
+/** Flags whose values are secrets: never echoed in an error. */
+const SECRET_KEYS = new Set(['token']);
+
+/** Environment variables standing in for flags, as Consul's CLI reads them. */
+export const ENV_FALLBACKS: Record<string, string> = {
+  'http-addr': 'CONSUL_HTTP_ADDR',
+  'ca-file': 'CONSUL_CACERT',
+  'ca-path': 'CONSUL_CAPATH',
+  'client-cert': 'CONSUL_CLIENT_CERT',
+  'client-key': 'CONSUL_CLIENT_KEY',
+  'tls-server-name': 'CONSUL_TLS_SERVER_NAME',
+  namespace: 'CONSUL_NAMESPACE',
+  partition: 'CONSUL_PARTITION',
+};
+
+const LIST_KEYS = ['exclude-inbound-port', 'exclude-outbound-port', 'exclude-outbound-cidr', 'exclude-uid'];
+
+// Printable, no whitespace: nothing a value could use to start a new restore line or a new option.
+const plainText = z.string().regex(/^[\x21-\x7e]+$/, { error: 'must be non-empty printable text without spaces' });
+const pathText = z.string().regex(/^[^\0\n\r]+$/, { error: 'must be a file path' });
+const flag = z.union([z.boolean(), z.enum(['true', 'false']).transform((v) => v === 'true')]);
+const list = <T extends z.ZodType>(item: T) => z.array(item).optional();
+
+/** Every key a flag or config file may set. Strict: an unknown config key is an error. */
+const rawSchema = z.strictObject({
+  'proxy-uid': uidSchema.optional(),
+  'proxy-id': plainText.optional(),
+  'proxy-inbound-port': portSchema.optional(),
+  'proxy-outbound-port': portSchema.optional(),
+  'exclude-inbound-port': list(portOrRangeSchema),
+  'exclude-outbound-port': list(portOrRangeSchema),
+  'exclude-outbound-cidr': list(cidrSchema),
+  'exclude-uid': list(uidSchema),
+  'consul-dns-ip': ipAddressSchema.optional(),
+  'consul-dns-port': portSchema.optional(),
+  'dual-stack': flag.optional(),
+  netns: pathText.optional(),
+  'iptables-mode': z.enum(['auto', 'legacy', 'nft'], { error: 'must be auto, legacy or nft' }).optional(),
+  'allow-ssh-capture': flag.optional(),
+  'http-addr': plainText.optional(),
+  token: plainText.optional(),
+  'token-file': pathText.optional(),
+  'ca-file': pathText.optional(),
+  'ca-path': pathText.optional(),
+  'client-cert': pathText.optional(),
+  'client-key': pathText.optional(),
+  'tls-server-name': plainText.optional(),
+  namespace: plainText.optional(),
+  partition: plainText.optional(),
+  'node-name': plainText.optional(),
+  timeout: durationSchema.optional(),
+  wait: durationSchema.optional(),
+  'dry-run': flag.optional(),
+  debug: flag.optional(),
+  json: flag.optional(),
+  config: pathText.optional(),
+});
+type Parsed = z.output<typeof rawSchema>;
+
+/** Keys that take no effect in a config file (they describe the invocation, not the setup). */
+const INVOCATION_KEYS = new Set(['config', 'dry-run', 'debug', 'json']);
+
+function describeSource(key: string, source: Source | undefined): string {
+  if (source?.kind === 'file') return `key "${key}" in ${source.path}`;
+  if (source?.kind === 'env') return source.variable;
+  return `-${key}`;
+}
+
+function rawValueAt(raw: RawOptions, path: readonly PropertyKey[]): string {
+  const [key, index] = path;
+  const value = raw[String(key)];
+  const item = Array.isArray(value) && typeof index === 'number' ? value[index] : value;
+  return item === undefined ? '' : String(item);
+}
+
+function validate(raw: RawOptions, sources: Record<string, Source>): Parsed {
+  const result = rawSchema.safeParse(raw);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  if (!issue) throw new UsageError('invalid options');
+  if (issue.code === 'unrecognized_keys') {
+    const key = issue.keys[0] ?? '';
+    const file = Object.values(sources).find((s) => s.kind === 'file');
+    const where = file?.kind === 'file' ? file.path : 'the config file';
+    throw new ConfigError(`unknown key "${key}" in ${where}: keys are flag names without dashes, e.g. "exclude-uid"`);
+  }
+  const key = String(issue.path[0] ?? '');
+  const source = sources[key];
+  const where = describeSource(key, source);
+  const error = SECRET_KEYS.has(key)
+    ? new UsageError(`invalid value for ${where} (not shown): ${issue.message}`)
+    : invalidValue(where, rawValueAt(raw, issue.path), issue.message);
+  throw source?.kind === 'file' ? new ConfigError(error.message) : error;
+}
+
+/** Reads `-config`: a JSON object whose keys are flag names. */
+export function readConfigFile(path: string): RawOptions {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new ConfigError(`cannot read config file ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch (error) {
+    throw new ConfigError(`config file ${path} is not valid JSON: ${(error as Error).message}`);
+  }
+  if (typeof data !== 'object' || data === null || Array.isArray(data)) {
+    throw new ConfigError(`config file ${path} must hold a JSON object of flag names to values`);
+  }
+  for (const key of Object.keys(data)) {
+    if (INVOCATION_KEYS.has(key)) throw new ConfigError(`key "${key}" in ${path} is only accepted on the command line`);
+  }
+  return data as RawOptions;
+}
+
+/** Comma lists become single items; config files may give a list or one comma-separated string. */
+function normaliseLists(raw: RawOptions): RawOptions {
+  const out: RawOptions = { ...raw };
+  for (const key of LIST_KEYS) {
+    const value = out[key];
+    if (value === undefined) continue;
+    const items = Array.isArray(value) ? value : [value];
+    out[key] = splitList(items.map((item) => (typeof item === 'number' ? String(item) : item)) as string[]);
+  }
+  return out;
+}
+
+/**
+ * Layers the sources (flags over the config file over the environment), validates the result and
+ * returns it with where each key came from.
+ */
+export function mergeSources(
+  flags: RawOptions,
+  env: NodeJS.ProcessEnv,
+): { parsed: Parsed; sources: Record<string, Source>; env: NodeJS.ProcessEnv } {
+  const sources: Record<string, Source> = {};
+  const merged: RawOptions = {};
+  for (const [key, variable] of Object.entries(ENV_FALLBACKS)) {
+    const value = env[variable];
+    if (value !== undefined && value !== '') {
+      merged[key] = value;
+      sources[key] = { kind: 'env', variable };
+    }
+  }
+  const configPath = typeof flags['config'] === 'string' ? flags['config'] : undefined;
+  if (configPath !== undefined) {
+    for (const [key, value] of Object.entries(readConfigFile(configPath))) {
+      merged[key] = value;
+      sources[key] = { kind: 'file', path: configPath };
+    }
+  }
+  for (const [key, value] of Object.entries(flags)) {
+    if (value === undefined) continue;
+    merged[key] = value;
+    sources[key] = { kind: 'flag' };
+  }
+  const normalised = normaliseLists(merged);
+  return { parsed: validate(normalised, sources), sources, env };
+}
+
+function existingPath(where: string, path: string, kind: 'file' | 'directory' | 'any'): string {
+  let stats;
+  try {
+    stats = statSync(path);
+  } catch {
+    throw invalidValue(where, path, 'no such file or directory');
+  }
+  if (kind === 'file' && stats.isDirectory()) throw invalidValue(where, path, 'is a directory, not a file');
+  if (kind === 'directory' && !stats.isDirectory()) throw invalidValue(where, path, 'is not a directory');
+  return path;
+}
+
+function hostOptions(parsed: Parsed, sources: Record<string, Source>): HostOptions {
+  return {
+    netns: parsed.netns === undefined ? undefined : existingPath(describeSource('netns', sources['netns']), parsed.netns, 'any'),
+    iptablesMode: parsed['iptables-mode'] ?? 'auto',
+  };
+}
+
+/** Consul's checks, in Consul's order (reference §2.1). */
+function ruleOptions(parsed: Parsed): RuleOptions {
+  const proxyUid = parsed['proxy-uid'];
+  if (proxyUid === undefined) throw new UsageError('-proxy-uid is required');
+  const proxyId = parsed['proxy-id'];
+  const inboundPort = parsed['proxy-inbound-port'];
+  const outboundPort = parsed['proxy-outbound-port'] ?? DEFAULT_OUTBOUND_PORT;
+  if (proxyId === undefined && inboundPort === undefined) {
+    throw new UsageError('either -proxy-id or -proxy-inbound-port is required');
+  }
+  if (proxyId !== undefined && (inboundPort !== undefined || outboundPort !== DEFAULT_OUTBOUND_PORT)) {
+    throw new UsageError(
+      '-proxy-inbound-port and -proxy-outbound-port cannot be combined with -proxy-id: the ports are read from the proxy registration',
+    );
+  }
+  return {
+    proxyUid,
+    proxyId,
+    inboundPort,
+    outboundPort,
+    excludeInboundPorts: parsed['exclude-inbound-port'] ?? [],
+    excludeOutboundPorts: parsed['exclude-outbound-port'] ?? [],
+    excludeOutboundCidrs: parsed['exclude-outbound-cidr'] ?? [],
+    excludeUids: parsed['exclude-uid'] ?? [],
+    dnsIp: parsed['consul-dns-ip'],
+    dnsPort: parsed['consul-dns-port'],
+    dualStack: parsed['dual-stack'] ?? false,
+  };
+}
+
+function parseBool(variable: string, value: string | undefined, fallback: boolean): boolean {
+  if (value === undefined || value === '') return fallback;
+  if (/^(1|t|true)$/i.test(value)) return true;
+  if (/^(0|f|false)$/i.test(value)) return false;
+  throw invalidValue(variable, value, 'must be true or false');
+}
+
+/** Reads the token with Consul's precedence: -token-file, -token, CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_TOKEN. */
+function resolveToken(parsed: Parsed, sources: Record<string, Source>, env: NodeJS.ProcessEnv) {
+  const candidates: { file?: string; token?: string; label: string }[] = [];
+  if (parsed['token-file'] !== undefined) {
+    candidates.push({ file: parsed['token-file'], label: describeSource('token-file', sources['token-file']) });
+  }
+  if (parsed.token !== undefined) candidates.push({ token: parsed.token, label: describeSource('token', sources['token']) });
+  if (env['CONSUL_HTTP_TOKEN_FILE']) candidates.push({ file: env['CONSUL_HTTP_TOKEN_FILE'], label: 'CONSUL_HTTP_TOKEN_FILE' });
+  if (env['CONSUL_HTTP_TOKEN']) candidates.push({ token: env['CONSUL_HTTP_TOKEN'], label: 'CONSUL_HTTP_TOKEN' });
+  const chosen = candidates[0];
+  if (!chosen) return { token: undefined, tokenSource: undefined };
+  let token = chosen.token;
+  if (chosen.file !== undefined) {
+    try {
+      token = readFileSync(chosen.file, 'utf8').trim();
+    } catch (error) {
+      throw new UsageError(
+        `cannot read the ACL token file ${chosen.file} (${chosen.label}): ${(error as NodeJS.ErrnoException).code ?? 'unreadable'}`,
+      );
+    }
+  }
+  if (token === undefined || !/^[\x21-\x7e]*$/.test(token)) {
+    throw new UsageError(`the ACL token from ${chosen.label} contains characters an HTTP header cannot carry (not shown)`);
+  }
+  return { token: token === '' ? undefined : token, tokenSource: chosen.label };
+}
+
+function agentOptions(parsed: Parsed, sources: Record<string, Source>, env: NodeJS.ProcessEnv): AgentOptions {
+  const auth = env['CONSUL_HTTP_AUTH'];
+  const [username = '', ...password] = auth ? auth.split(':') : [];
+  const file = (key: 'ca-file' | 'client-cert' | 'client-key') =>
+    parsed[key] === undefined ? undefined : existingPath(describeSource(key, sources[key]), parsed[key], 'file');
+  const clientCert = file('client-cert');
+  const clientKey = file('client-key');
+  if ((clientCert === undefined) !== (clientKey === undefined)) {
+    throw new UsageError('-client-cert and -client-key must be given together');
+  }
+  return {
+    address: parsed['http-addr'] ?? DEFAULT_HTTP_ADDR,
+    ...resolveToken(parsed, sources, env),
+    caFile: file('ca-file'),
+    caPath:
+      parsed['ca-path'] === undefined
+        ? undefined
+        : existingPath(describeSource('ca-path', sources['ca-path']), parsed['ca-path'], 'directory'),
+    clientCert,
+    clientKey,
+    tlsServerName: parsed['tls-server-name'],
+    useTls: parseBool('CONSUL_HTTP_SSL', env['CONSUL_HTTP_SSL'], false),
+    verifyTls: parseBool('CONSUL_HTTP_SSL_VERIFY', env['CONSUL_HTTP_SSL_VERIFY'], true),
+    basicAuth: auth ? { username, password: password.join(':') } : undefined,
+    namespace: parsed.namespace,
+    partition: parsed.partition,
+    nodeName: parsed['node-name'],
+    timeoutMs: parsed.timeout ?? DEFAULT_AGENT_TIMEOUT_MS,
+    waitMs: parsed.wait ?? 0,
+  };
+}
+
+function common(parsed: Parsed): CommonOptions {
+  return { dryRun: parsed['dry-run'] ?? false, debug: parsed.debug ?? false };
+}
+
+export function applyOptions(flags: RawOptions, env: NodeJS.ProcessEnv): ApplyOptions {
+  const { parsed, sources } = mergeSources(flags, env);
+  const rules = ruleOptions(parsed);
+  return {
+    ...common(parsed),
+    host: hostOptions(parsed, sources),
+    rules,
+    agent: rules.proxyId === undefined ? undefined : agentOptions(parsed, sources, env),
+    allowSshCapture: parsed['allow-ssh-capture'] ?? false,
+  };
+}
+
+export function cleanupOptions(flags: RawOptions, env: NodeJS.ProcessEnv): CleanupOptions {
+  const { parsed, sources } = mergeSources(flags, env);
+  return { ...common(parsed), host: hostOptions(parsed, sources) };
+}
+
+export function statusOptions(flags: RawOptions, env: NodeJS.ProcessEnv): StatusOptions {
+  const { parsed, sources } = mergeSources(flags, env);
+  const wantsComparison = parsed['proxy-uid'] !== undefined || parsed['proxy-id'] !== undefined;
+  const rules = wantsComparison ? ruleOptions(parsed) : undefined;
+  return {
+    ...common(parsed),
+    host: hostOptions(parsed, sources),
+    rules,
+    agent: rules?.proxyId === undefined ? undefined : agentOptions(parsed, sources, env),
+    json: parsed.json ?? false,
+  };
+}
