@@ -76,7 +76,7 @@ export function normaliseArgv(args: readonly string[]): string[] {
       out.push(arg);
       continue;
     }
-    const match = /^--?([a-z][a-z0-9-]*)(=.*)?$/.exec(arg);
+    const match = /^--?([a-z][a-z0-9-]*)(=[\s\S]*)?$/.exec(arg);
     const name = match?.[1];
     const spec = name === undefined ? undefined : byName.get(name);
     if (!match || !spec || name === undefined) {

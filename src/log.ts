@@ -1,4 +1,3 @@
-import { Chalk, chalkStderr } from 'chalk';
 import { fstatSync } from 'node:fs';
 
 /** Where the CLI writes; tests substitute their own. */
@@ -12,12 +11,28 @@ export const processOutput: Output = {
   stderr: (text) => process.stderr.write(text),
 };
 
-// chalk ignores NO_COLOR (chalk/chalk#547), so the policy lives here.
-const colour = new Chalk({ level: 'NO_COLOR' in process.env ? 0 : chalkStderr.level });
+export interface Palette {
+  error(text: string): string;
+  warn(text: string): string;
+  dim(text: string): string;
+}
+
+const plain: Palette = { error: (t) => t, warn: (t) => t, dim: (t) => t };
+
+/**
+ * Colours for stderr: only on a terminal (or with FORCE_COLOR), never with NO_COLOR, which chalk itself
+ * ignores (chalk/chalk#547). chalk is loaded only when colour is possible: it pulls in node:tty.
+ */
+export async function stderrPalette(env: NodeJS.ProcessEnv): Promise<Palette> {
+  if ('NO_COLOR' in env || !(process.stderr.isTTY || env['FORCE_COLOR'])) return plain;
+  const { chalkStderr } = await import('chalk');
+  if (chalkStderr.level === 0) return plain;
+  return { error: (t) => chalkStderr.red.bold(t), warn: (t) => chalkStderr.yellow(t), dim: (t) => chalkStderr.dim(t) };
+}
 
 // journald reads a leading "<N>" as the line's priority, but only when stderr really is the journal stream.
-function stderrIsJournal(): boolean {
-  const stream = process.env['JOURNAL_STREAM'];
+function stderrIsJournal(env: NodeJS.ProcessEnv): boolean {
+  const stream = env['JOURNAL_STREAM'];
   if (!stream) return false;
   try {
     const { dev, ino } = fstatSync(2);
@@ -36,20 +51,21 @@ export interface Logger {
 
 const PROGRAM = 'redirect-traffic';
 
-export function createLogger(output: Output, options: { debug?: boolean; quiet?: boolean } = {}): Logger {
-  const journal = stderrIsJournal();
-  const line = (priority: number, label: string, paint: (s: string) => string, message: string) => {
-    const prefix = journal ? `<${priority}>` : '';
-    output.stderr(`${prefix}${PROGRAM}: ${paint(label)}${message}\n`);
+export function createLogger(
+  output: Output,
+  options: { debug?: boolean; palette?: Palette; env?: NodeJS.ProcessEnv } = {},
+): Logger {
+  const journal = options.env !== undefined && stderrIsJournal(options.env);
+  const palette = options.palette ?? plain;
+  const line = (priority: number, label: string, message: string) => {
+    output.stderr(`${journal ? `<${priority}>` : ''}${PROGRAM}: ${label}${message}\n`);
   };
   return {
-    error: (m) => line(3, 'error: ', colour.red.bold, m),
-    warn: (m) => line(4, 'warning: ', colour.yellow, m),
-    info: (m) => {
-      if (!options.quiet) line(6, '', (s) => s, m);
-    },
+    error: (m) => line(3, palette.error('error: '), m),
+    warn: (m) => line(4, palette.warn('warning: '), m),
+    info: (m) => line(6, '', m),
     debug: (m) => {
-      if (options.debug) line(7, 'debug: ', colour.dim, m);
+      if (options.debug) line(7, palette.dim('debug: '), m);
     },
   };
 }

@@ -4,10 +4,9 @@ import { apply } from './commands/apply.ts';
 import { cleanup } from './commands/cleanup.ts';
 import type { CommandContext } from './commands/context.ts';
 import { status } from './commands/status.ts';
-import { fetchProxyPorts } from './consul/agent.ts';
 import { CliError, ExitCode } from './errors.ts';
 import { createRunner } from './host/runner.ts';
-import { createLogger, processOutput, type Output } from './log.ts';
+import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import { applyOptions, cleanupOptions, statusOptions, type CommandName, type RawOptions } from './options.ts';
 
 declare const __VERSION__: string;
@@ -20,14 +19,19 @@ export async function run(
 ): Promise<number> {
   const output = overrides.output ?? processOutput;
   const debug = argv.some((arg) => arg === '--debug' || arg === '-debug');
-  const log = overrides.log ?? createLogger(output, { debug });
+  const env = overrides.env ?? process.env;
+  const palette = output === processOutput ? await stderrPalette(env) : undefined;
+  const log = overrides.log ?? createLogger(output, { debug, env, ...(palette ? { palette } : {}) });
   const context: CommandContext = {
     output,
     log,
-    env: overrides.env ?? process.env,
+    env,
     version: VERSION,
     runner: overrides.runner ?? ((netns) => createRunner({ netns })),
-    fetchProxyPorts: overrides.fetchProxyPorts ?? fetchProxyPorts,
+    // Loaded only with -proxy-id: the HTTP/TLS stack costs start-up time every other run would pay.
+    fetchProxyPorts:
+      overrides.fetchProxyPorts ??
+      (async (agent, proxyId, logger) => (await import('./consul/agent.ts')).fetchProxyPorts(agent, proxyId, logger)),
   };
   let exitCode: number = ExitCode.ok;
   const handle = async (name: CommandName, flags: RawOptions) => {
@@ -39,7 +43,9 @@ export async function run(
   program.configureOutput({
     writeOut: (text) => output.stdout(text),
     writeErr: (text) => output.stderr(text),
-    outputError: (text) => log.error(`${text.replace(/^error: /, '').trim()} (see --help)`),
+    // One line whatever the argument held: control characters are shown escaped.
+    outputError: (text) =>
+      log.error(`${escapeControls(text.replace(/^error: /, '').trim())} (see --help)`),
   });
   for (const sub of program.commands) sub.configureOutput(program.configureOutput());
   try {
@@ -60,7 +66,12 @@ export async function run(
   }
 }
 
+const escapeControls = (text: string) =>
+  text.replace(/[\u0000-\u001f\u007f]/g, (c) => JSON.stringify(c).slice(1, -1));
+
 // Runs only as the bundled program, not when tests import this module.
 if (typeof __VERSION__ === 'string') {
-  process.exitCode = await run(process.argv.slice(2));
+  void run(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
 }

@@ -227,52 +227,56 @@ function normaliseLists(raw: RawOptions): RawOptions {
 
 /**
  * Layers the sources (flags over the config file over the environment), validates the result and
- * returns it with where each key came from.
+ * returns it with where each key came from. The agent's environment variables are only read with
+ * -proxy-id: without it nothing is asked of the agent, so they cannot matter (as with Consul).
  */
-export function mergeSources(
-  flags: RawOptions,
-  env: NodeJS.ProcessEnv,
-): { parsed: Parsed; sources: Record<string, Source>; env: NodeJS.ProcessEnv } {
+export function mergeSources(flags: RawOptions, env: NodeJS.ProcessEnv): { parsed: Parsed; sources: Record<string, Source> } {
   const sources: Record<string, Source> = {};
   const merged: RawOptions = {};
-  for (const [key, variable] of Object.entries(ENV_FALLBACKS)) {
-    const value = env[variable];
-    if (value !== undefined && value !== '') {
-      merged[key] = value;
-      sources[key] = { kind: 'env', variable };
-    }
-  }
   const configPath = typeof flags['config'] === 'string' ? flags['config'] : undefined;
-  if (configPath !== undefined) {
-    for (const [key, value] of Object.entries(readConfigFile(configPath))) {
+  const layers: [RawOptions, Source][] = [
+    ...(configPath === undefined ? [] : [[readConfigFile(configPath), { kind: 'file', path: configPath }] as [RawOptions, Source]]),
+    [flags, { kind: 'flag' }],
+  ];
+  for (const [values, source] of layers) {
+    for (const [key, value] of Object.entries(values)) {
+      if (value === undefined) continue;
       merged[key] = value;
-      sources[key] = { kind: 'file', path: configPath };
+      sources[key] = source;
     }
   }
-  for (const [key, value] of Object.entries(flags)) {
-    if (value === undefined) continue;
-    merged[key] = value;
-    sources[key] = { kind: 'flag' };
+  if (merged['proxy-id'] !== undefined) {
+    for (const [key, variable] of Object.entries(ENV_FALLBACKS)) {
+      const value = env[variable];
+      if (merged[key] === undefined && value !== undefined && value !== '') {
+        merged[key] = value;
+        sources[key] = { kind: 'env', variable };
+      }
+    }
   }
-  const normalised = normaliseLists(merged);
-  return { parsed: validate(normalised, sources), sources, env };
+  return { parsed: validate(normaliseLists(merged), sources), sources };
 }
 
-function existingPath(where: string, path: string, kind: 'file' | 'directory' | 'any'): string {
-  let stats;
-  try {
-    stats = statSync(path);
-  } catch {
-    throw invalidValue(where, path, 'no such file or directory');
-  }
-  if (kind === 'file' && stats.isDirectory()) throw invalidValue(where, path, 'is a directory, not a file');
-  if (kind === 'directory' && !stats.isDirectory()) throw invalidValue(where, path, 'is not a directory');
-  return path;
+/** Checks that a path option names something that exists, and is a file or directory when it must be. */
+function existingPath(key: string, sources: Record<string, Source>, path: string, kind: 'file' | 'directory' | 'any'): string {
+  const problem = (() => {
+    try {
+      const stats = statSync(path);
+      if (kind === 'file' && stats.isDirectory()) return 'is a directory, not a file';
+      if (kind === 'directory' && !stats.isDirectory()) return 'is not a directory';
+      return undefined;
+    } catch {
+      return 'no such file or directory';
+    }
+  })();
+  if (problem === undefined) return path;
+  const error = invalidValue(describeSource(key, sources[key]), path, problem);
+  throw sources[key]?.kind === 'file' ? new ConfigError(error.message) : error;
 }
 
 function hostOptions(parsed: Parsed, sources: Record<string, Source>): HostOptions {
   return {
-    netns: parsed.netns === undefined ? undefined : existingPath(describeSource('netns', sources['netns']), parsed.netns, 'any'),
+    netns: parsed.netns === undefined ? undefined : existingPath('netns', sources, parsed.netns, 'any'),
     iptablesMode: parsed['iptables-mode'] ?? 'auto',
   };
 }
@@ -292,6 +296,11 @@ function ruleOptions(parsed: Parsed): RuleOptions {
       '-proxy-inbound-port and -proxy-outbound-port cannot be combined with -proxy-id: the ports are read from the proxy registration',
     );
   }
+  const dualStack = parsed['dual-stack'] ?? false;
+  const dnsIp = parsed['consul-dns-ip'];
+  if (dnsIp?.family === 6 && !dualStack) {
+    throw new UsageError(`-consul-dns-ip ${dnsIp.address} is an IPv6 address: add -dual-stack to redirect IPv6 DNS`);
+  }
   return {
     proxyUid,
     proxyId,
@@ -301,9 +310,9 @@ function ruleOptions(parsed: Parsed): RuleOptions {
     excludeOutboundPorts: parsed['exclude-outbound-port'] ?? [],
     excludeOutboundCidrs: parsed['exclude-outbound-cidr'] ?? [],
     excludeUids: parsed['exclude-uid'] ?? [],
-    dnsIp: parsed['consul-dns-ip'],
+    dnsIp,
     dnsPort: parsed['consul-dns-port'],
-    dualStack: parsed['dual-stack'] ?? false,
+    dualStack,
   };
 }
 
@@ -345,7 +354,7 @@ function agentOptions(parsed: Parsed, sources: Record<string, Source>, env: Node
   const auth = env['CONSUL_HTTP_AUTH'];
   const [username = '', ...password] = auth ? auth.split(':') : [];
   const file = (key: 'ca-file' | 'client-cert' | 'client-key') =>
-    parsed[key] === undefined ? undefined : existingPath(describeSource(key, sources[key]), parsed[key], 'file');
+    parsed[key] === undefined ? undefined : existingPath(key, sources, parsed[key], 'file');
   const clientCert = file('client-cert');
   const clientKey = file('client-key');
   if ((clientCert === undefined) !== (clientKey === undefined)) {
@@ -355,10 +364,7 @@ function agentOptions(parsed: Parsed, sources: Record<string, Source>, env: Node
     address: parsed['http-addr'] ?? DEFAULT_HTTP_ADDR,
     ...resolveToken(parsed, sources, env),
     caFile: file('ca-file'),
-    caPath:
-      parsed['ca-path'] === undefined
-        ? undefined
-        : existingPath(describeSource('ca-path', sources['ca-path']), parsed['ca-path'], 'directory'),
+    caPath: parsed['ca-path'] === undefined ? undefined : existingPath('ca-path', sources, parsed['ca-path'], 'directory'),
     clientCert,
     clientKey,
     tlsServerName: parsed['tls-server-name'],

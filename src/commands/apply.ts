@@ -1,4 +1,3 @@
-import { isIP } from 'node:net';
 import { CliError, ExitCode } from '../errors.ts';
 import { desiredState, EMPTY_STATE, renderTransaction, type OwnedState } from '../core/natTable.ts';
 import type { RedirectConfig, Ruleset } from '../core/ruleset.ts';
@@ -126,7 +125,8 @@ function portCovered(port: number, exclusions: readonly string[]): boolean {
 function refuseSshCapture(config: RedirectConfig, rulesets: readonly Ruleset[], allow: boolean, env: NodeJS.ProcessEnv) {
   const ssh = sshServerEndpoint(env);
   if (!ssh || allow) return;
-  const family: Family = isIP(ssh.address) === 6 && !/^::ffff:/i.test(ssh.address) ? 6 : 4;
+  // An IPv4-mapped address is an IPv4 connection to a dual-stack sshd.
+  const family: Family = ssh.address.includes(':') && !/^::ffff:/i.test(ssh.address) ? 6 : 4;
   if (!rulesets.some((r) => r.family === family)) return;
   if (portCovered(ssh.port, config.excludeInboundPorts)) return;
   throw new CliError(

@@ -33,16 +33,24 @@ export function parseNatTable(saveOutput: string): NatTable | undefined {
       const name = line.slice(1).split(/\s+/)[0];
       if (name) chains.push(name);
     } else if (line.startsWith('-A ')) {
-      const match = /^-A (\S+) (.*)$/.exec(line);
-      if (match?.[1] && match[2] !== undefined) rules.push({ chain: match[1], spec: match[2].replace(/\s+/g, ' ') });
+      // The spec stays verbatim: a quoted comment's spacing must survive into a `-D` that matches it.
+      const match = /^-A (\S+)(?: (.*))?$/.exec(line);
+      if (match?.[1]) rules.push({ chain: match[1], spec: match[2] ?? '' });
     }
   }
   return seen ? { chains, rules } : undefined;
 }
 
-/** The chain a rule jumps or goes to, if any. */
+/** Splits a saved rule into words the way iptables-restore does: double quotes group, `\"` escapes. */
+function ruleWords(spec: string): string[] {
+  return [...spec.matchAll(/"((?:[^"\\]|\\.)*)"|(\S+)/g)].map((m) => m[1] ?? m[2] ?? '');
+}
+
+/** The chain a rule jumps or goes to, if any: the last -j/-g word, never one inside a quoted comment. */
 export function ruleTarget(spec: string): string | undefined {
-  return /(?:^|\s)(?:-j|--jump|-g|--goto)\s+(\S+)/.exec(spec)?.[1];
+  const words = ruleWords(spec);
+  const flagAt = words.findLastIndex((word) => ['-j', '--jump', '-g', '--goto'].includes(word));
+  return flagAt < 0 ? undefined : words[flagAt + 1];
 }
 
 const isOwned = (chain: string) => OWNED_CHAINS.includes(chain);

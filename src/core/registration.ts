@@ -1,7 +1,176 @@
+import * as z from 'zod';
+import { CliError, ExitCode } from '../errors.ts';
+import { DEFAULT_OUTBOUND_PORT } from './ruleset.ts';
+
+// The agent's JSON, validated, and what Consul derives from a proxy registration (reference §2.2).
+// Pure: the HTTP side lives in src/consul. Plain z.object everywhere, so fields a newer agent adds are ignored.
+
 /** What a proxy registration contributes to the ruleset (reference §2.2). */
 export interface ProxyPorts {
   inboundPort: number;
   outboundPort: number;
   /** Prometheus, stats, expose paths and exposed checks, in Consul's order. */
   excludeInboundPorts: string[];
+}
+
+const PORT_OR_ZERO = 'must be a port number from 0 to 65535';
+const port = z.int({ error: PORT_OR_ZERO }).min(0, { error: PORT_OR_ZERO }).max(65535, { error: PORT_OR_ZERO });
+const object = <T extends z.core.$ZodLooseShape>(shape: T) => z.object(shape, { error: 'must be an object' });
+
+// Leading zeros are refused rather than guessed at: Go's ParseInt(s, 0) would read "010" as octal 8.
+const DECIMAL_PORT = /^(0|[1-9]\d{0,4})$/;
+
+/** Consul decodes Proxy.Config weakly (mapstructure.WeakDecode): a number, a numeric string, or "" for 0. */
+const bindPort = z.unknown().transform((value, ctx) => {
+  if (value === undefined || value === null || value === '') return 0;
+  const number = typeof value === 'string' && DECIMAL_PORT.test(value) ? Number(value) : value;
+  if (typeof number === 'number' && Number.isInteger(number) && number >= 0 && number <= 65535) return number;
+  ctx.addIssue({ code: 'custom', message: `${PORT_OR_ZERO}, as a number or a numeric string` });
+  return z.NEVER;
+}).optional();
+
+/** The port of an Envoy bind address (`host:port`, `[v6]:port`, `:port`, as Go's net.SplitHostPort splits them). */
+const bindAddressPort = z
+  .string({ error: 'must be a host:port string' })
+  .nullish()
+  .transform((text, ctx) => {
+    if (!text) return undefined;
+    const portText = /^(?:\[[^[\]]*\]|[^:[\]]*):([^:[\]]*)$/.exec(text)?.[1];
+    if (portText === undefined) {
+      ctx.addIssue({ code: 'custom', message: 'must be host:port, [ipv6]:port or :port' });
+      return z.NEVER;
+    }
+    const number = DECIMAL_PORT.test(portText) ? Number(portText) : 0;
+    if (number < 1 || number > 65535) {
+      ctx.addIssue({ code: 'custom', message: 'must end in a port number from 1 to 65535' });
+      return z.NEVER;
+    }
+    return String(number);
+  });
+
+const proxySchema = object({
+  DestinationServiceName: z.string({ error: 'must be a string' }).nullish(),
+  TransparentProxy: object({ OutboundListenerPort: port.nullish() }).nullish(),
+  Config: object({
+    bind_port: bindPort,
+    envoy_prometheus_bind_addr: bindAddressPort,
+    envoy_stats_bind_addr: bindAddressPort,
+  }).nullish(),
+  Expose: object({
+    Checks: z.boolean({ error: 'must be true or false' }).nullish(),
+    Paths: z.array(object({ ListenerPort: port.nullish() }), { error: 'must be an array' }).nullish(),
+  }).nullish(),
+});
+
+/** `GET /v1/agent/service/<id>`: an `api.AgentService`, reduced to the fields Consul's command reads. */
+export const agentServiceSchema = object({ Port: port, Proxy: proxySchema.nullish() });
+export type AgentService = z.output<typeof agentServiceSchema>;
+
+/** `GET /v1/catalog/node-services/<node>`; an unknown node may come back as null. */
+export const nodeServicesSchema = object({
+  Services: z.array(agentServiceSchema, { error: 'must be an array' }).nullish(),
+}).nullable();
+
+/** `GET /v1/agent/checks`: checks keyed by check ID. */
+export const agentChecksSchema = z.record(z.string(), object({ ExposedPort: port.nullish() })).nullable();
+export type AgentChecks = z.output<typeof agentChecksSchema>;
+
+const truncate = (text: string, max: number) => (text.length > max ? `${text.slice(0, max)}…` : text);
+
+/** Agent-supplied text as one quoted, bounded line: safe to put in a message. */
+export function quoteExcerpt(text: string, max = 200): string {
+  return JSON.stringify(truncate(text, max));
+}
+
+function fieldPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const key of path) {
+    if (typeof key === 'number') out += `[${key}]`;
+    else if (typeof key === 'string' && /^[A-Za-z_][\w-]*$/.test(key)) out += out === '' ? key : `.${key}`;
+    else out += `[${JSON.stringify(String(key))}]`;
+  }
+  return out || 'the answer';
+}
+
+function valueAt(data: unknown, path: readonly PropertyKey[]): unknown {
+  let value = data;
+  for (const key of path) {
+    if (typeof value !== 'object' || value === null) return undefined;
+    value = (value as Record<PropertyKey, unknown>)[key];
+  }
+  return value;
+}
+
+/**
+ * Parses and validates one answer of the agent. Anything unexpected is one line naming the field, what
+ * is wrong and the value found, never a partial result.
+ */
+export function decodeAgentAnswer<S extends z.ZodType>(body: string, schema: S, subject: string): z.output<S> {
+  const invalid = (detail: string) =>
+    new CliError(`invalid answer from the Consul agent for ${subject}: ${detail}`, ExitCode.badRegistration);
+  let data: unknown;
+  try {
+    data = JSON.parse(body);
+  } catch {
+    throw invalid(`not JSON (got ${quoteExcerpt(body, 80)})`);
+  }
+  const result = schema.safeParse(data);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const path = issue?.path ?? [];
+  const value = valueAt(data, path);
+  const found = value === undefined ? 'it is missing' : `got ${truncate(JSON.stringify(value), 80)}`;
+  throw invalid(`${fieldPath(path)} ${issue?.message ?? 'is invalid'} (${found})`);
+}
+
+/** A registration with a Proxy block: Consul's only test that the ID names a proxy (gateways pass too). */
+export type ProxyRegistration = AgentService & { Proxy: NonNullable<AgentService['Proxy']> };
+
+export function requireProxy(service: AgentService, proxyId: string): ProxyRegistration {
+  if (service.Proxy == null) {
+    throw new CliError(
+      `service ${JSON.stringify(proxyId)} is not a proxy (its registration has no Proxy block): -proxy-id takes the proxy's own service ID, such as "web-sidecar-proxy"`,
+      ExitCode.badRegistration,
+    );
+  }
+  return { ...service, Proxy: service.Proxy };
+}
+
+/** The destination service whose checks' exposed ports Consul excludes, when Expose.Checks is on. */
+export function exposedChecksService(proxy: ProxyRegistration): string | undefined {
+  if (proxy.Proxy.Expose?.Checks !== true) return undefined;
+  const name = proxy.Proxy.DestinationServiceName;
+  if (!name) {
+    throw new CliError(
+      'invalid proxy registration: Proxy.Expose.Checks is true but Proxy.DestinationServiceName is empty',
+      ExitCode.badRegistration,
+    );
+  }
+  return name;
+}
+
+/** Consul's derivation of the ports (reference §2.2 steps 5 to 7); checks in check-ID order for determinism. */
+export function deriveProxyPorts(proxy: ProxyRegistration, checks: AgentChecks): ProxyPorts {
+  const { Config: config, TransparentProxy: transparentProxy, Expose: expose } = proxy.Proxy;
+  const bindPort = config?.bind_port ?? 0;
+  const inboundPort = bindPort === 0 ? proxy.Port : bindPort;
+  if (inboundPort === 0) {
+    throw new CliError(
+      'invalid proxy registration: Port is 0 and Proxy.Config.bind_port is not set, so it names no inbound port',
+      ExitCode.badRegistration,
+    );
+  }
+  const checkPorts = Object.entries(checks ?? {})
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([, check]) => check.ExposedPort ?? 0);
+  const exposedPorts = [...(expose?.Paths ?? []).map((path) => path.ListenerPort ?? 0), ...checkPorts];
+  return {
+    inboundPort,
+    outboundPort: transparentProxy?.OutboundListenerPort || DEFAULT_OUTBOUND_PORT,
+    excludeInboundPorts: [
+      config?.envoy_prometheus_bind_addr,
+      config?.envoy_stats_bind_addr,
+      ...exposedPorts.filter((port) => port !== 0).map(String),
+    ].filter((port) => port !== undefined),
+  };
 }

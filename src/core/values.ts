@@ -1,5 +1,4 @@
 import IPCIDR from 'ip-cidr';
-import { isIP } from 'node:net';
 import * as z from 'zod';
 
 // Pure validators for single values. Each returns a canonical form that is safe to place in an
@@ -32,8 +31,11 @@ function fail(ctx: z.core.$RefinementCtx<string>, message: string): never {
 /** Strings only; config files may also hold plain integers. */
 export const scalarString = z.union([z.string(), z.number().int()]).transform(String);
 
+// Go's ParseInt(s, 0) and iptables' strtoul(s, 0) read a leading zero as octal: refuse it rather than guess.
+const DECIMAL = /^(0|[1-9]\d*)$/;
+
 function portNumber(text: string): number | undefined {
-  if (!/^\d{1,5}$/.test(text)) return undefined;
+  if (!DECIMAL.test(text) || text.length > 5) return undefined;
   const port = Number(text);
   return port >= 1 && port <= 65535 ? port : undefined;
 }
@@ -60,40 +62,88 @@ const USER_NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/;
 export const uidSchema = scalarString.transform((text, ctx): UidSpec => {
   if (/^\d+$/.test(text)) {
     const uid = Number(text);
-    if (text.length > 10 || uid > MAX_UID) return fail(ctx, `must be a UID from 0 to ${MAX_UID} or a user name`);
+    if (!DECIMAL.test(text) || text.length > 10 || uid > MAX_UID) {
+      return fail(ctx, `must be a UID from 0 to ${MAX_UID} (no leading zeros) or a user name`);
+    }
     return { kind: 'id', uid };
   }
   if (!USER_NAME.test(text)) return fail(ctx, 'must be a numeric UID or a user name');
   return { kind: 'name', name: text };
 });
 
+const OCTET = '(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
+const IPV4 = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
+
+/** A dotted quad as a 32-bit number; no leading zeros (iptables would read them as octal). */
+function ipv4Number(text: string): number | undefined {
+  const octets = IPV4.exec(text);
+  if (!octets) return undefined;
+  return octets.slice(1).reduce((value, octet) => value * 256 + Number(octet), 0);
+}
+
+const ipv4Text = (value: number) => [24, 16, 8, 0].map((shift) => (value >>> shift) & 255).join('.');
+
+/**
+ * The canonical text of an IPv6 address, or undefined. Zone IDs mean nothing to iptables, and IPv4 inside
+ * IPv6 (::ffff:a.b.c.d, ::a.b.c.d, or the same in hex) is refused: ip-cidr rewrites it to IPv4 and drops the prefix.
+ */
+function canonicalIpv6(text: string): string | undefined {
+  if (!text.includes(':') || /[%.]/.test(text) || !IPCIDR.isValidAddress(text)) return undefined;
+  const canonical = IPCIDR.createAddress(text).correctForm();
+  return /^::ffff:/.test(canonical) ? undefined : canonical;
+}
+
+function prefixLength(text: string | undefined, family: Family): number | undefined {
+  const max = family === 4 ? 32 : 128;
+  if (text === undefined) return max;
+  if (!DECIMAL.test(text) || text.length > 3) return undefined;
+  const prefix = Number(text);
+  return prefix <= max ? prefix : undefined;
+}
+
+// IPv4, the common case (and thousands of entries at a time), is parsed here; IPv6 goes through ip-cidr.
+function canonicalCidr(text: string): Cidr | string {
+  const [address = '', prefixText, extra] = text.split('/');
+  if (extra !== undefined) return 'must be an address or address/prefix';
+  const ipv4 = ipv4Number(address);
+  const ipv6 = ipv4 === undefined ? canonicalIpv6(address) : undefined;
+  if (ipv4 === undefined && ipv6 === undefined) {
+    return 'must be an IPv4 or IPv6 address or CIDR prefix (host names are not accepted)';
+  }
+  const family: Family = ipv4 === undefined ? 6 : 4;
+  const prefix = prefixLength(prefixText, family);
+  if (prefix === undefined) return 'has an invalid prefix length';
+  if (ipv4 !== undefined) {
+    // iptables masks host bits away; do the same so the rule reads as iptables-save prints it.
+    const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+    return { family, cidr: `${ipv4Text((ipv4 & mask) >>> 0)}/${prefix}` };
+  }
+  return { family, cidr: `${new IPCIDR(`${ipv6}/${prefix}`).addressStart.correctForm()}/${prefix}` };
+}
+
 /** An address or prefix; host bits are allowed (iptables masks them) and are masked here too. */
 export const cidrSchema = z.string().transform((text, ctx): Cidr => {
-  const family = isIP(text.split('/')[0] ?? '');
-  // ip-cidr would accept zone IDs and silently turn ::ffff:a.b.c.d into IPv4, dropping the prefix.
-  if (family === 0 || text.includes('%') || /^::ffff:/i.test(text) || !/^[0-9A-Fa-f:./]+$/.test(text)) {
-    return fail(ctx, 'must be an IPv4 or IPv6 address or CIDR prefix (host names are not accepted)');
-  }
-  const prefixText = text.includes('/') ? text.slice(text.indexOf('/') + 1) : String(family === 4 ? 32 : 128);
-  const prefix = /^\d{1,3}$/.test(prefixText) ? Number(prefixText) : NaN;
-  if (!(prefix <= (family === 4 ? 32 : 128))) return fail(ctx, 'has an invalid prefix length');
-  const address = text.split('/')[0] ?? '';
-  const range = new IPCIDR(`${address}/${prefix}`);
-  return { family: family === 4 ? 4 : 6, cidr: `${range.addressStart.correctForm()}/${prefix}` };
+  const result = canonicalCidr(text);
+  return typeof result === 'string' ? fail(ctx, result) : result;
 });
 
 export const ipAddressSchema = z.string().transform((text, ctx): IpAddress => {
-  const family = isIP(text);
-  if (family === 0 || /^::ffff:/i.test(text)) return fail(ctx, 'must be an IPv4 or IPv6 address');
-  if (family === 4) return { family: 4, address: text };
-  return { family: 6, address: IPCIDR.createAddress(text).correctForm() };
+  if (ipv4Number(text) !== undefined) return { family: 4, address: text };
+  const ipv6 = text.includes('/') ? undefined : canonicalIpv6(text);
+  return ipv6 === undefined ? fail(ctx, 'must be an IPv4 or IPv6 address') : { family: 6, address: ipv6 };
 });
 
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
+// Node's timers treat anything longer as 1 ms.
+const MAX_DURATION_MS = 2 ** 31 - 1;
+
 /** A Go-style duration (`500ms`, `5s`, `1m30s`) or plain seconds, in milliseconds. */
 export const durationSchema = scalarString.transform((text, ctx) => {
-  if (/^\d+(\.\d+)?$/.test(text)) return Math.round(Number(text) * 1000);
+  if (/^\d+(\.\d+)?$/.test(text)) {
+    const ms = Number(text) * 1000;
+    return ms > MAX_DURATION_MS ? fail(ctx, 'must be at most 24 days') : Math.round(ms);
+  }
   if (!/^(\d+(\.\d+)?(ms|s|m|h))+$/.test(text)) {
     return fail(ctx, 'must be a duration such as 500ms, 5s, 2m or 1m30s');
   }
@@ -101,7 +151,7 @@ export const durationSchema = scalarString.transform((text, ctx) => {
   for (const [, amount, unit] of text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) {
     total += Number(amount) * (DURATION_UNITS[unit ?? 's'] ?? 1000);
   }
-  return Math.round(total);
+  return total > MAX_DURATION_MS ? fail(ctx, 'must be at most 24 days') : Math.round(total);
 });
 
 /** Splits `a,b , c` into items; an empty item is an error, not silently dropped. */

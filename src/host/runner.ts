@@ -1,4 +1,3 @@
-import { execa } from 'execa';
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { CliError, ExitCode } from '../errors.ts';
@@ -51,6 +50,7 @@ export function createRunner(options: { netns?: string | undefined; timeoutMs?: 
       const [file, argv] =
         nsenter === undefined ? [program, args] : [nsenter, [`--net=${options.netns}`, '--', program, ...args]];
       const timeout = runOptions.timeoutMs ?? options.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+      const { execa } = await import('./exec.ts');
       const result = await execa(file, argv, {
         input: runOptions.input ?? '',
         timeout,
@@ -63,6 +63,9 @@ export function createRunner(options: { netns?: string | undefined; timeoutMs?: 
       });
       if (result.timedOut) {
         throw new CliError(`${program} did not finish within ${timeout / 1000}s and was killed`, ExitCode.tempFail);
+      }
+      if (result.signal !== undefined) {
+        throw new CliError(`${program} was killed by ${result.signal}`, ExitCode.systemCommand);
       }
       if (result.exitCode === undefined) {
         const reason = (result as { code?: string }).code === 'ENOENT' ? 'not found' : result.shortMessage;
