@@ -56,11 +56,11 @@ export async function run(
       return error.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
     }
     if (error instanceof CliError) {
-      log.error(error.message);
+      log.error(escapeControls(error.message));
       if (debug && error.stack) output.stderr(`${error.stack}\n`);
       return error.exitCode;
     }
-    log.error(`internal error, please report it: ${(error as Error)?.message ?? String(error)}`);
+    log.error(escapeControls(`internal error, please report it: ${(error as Error)?.message ?? String(error)}`));
     if (debug) output.stderr(`${(error as Error)?.stack ?? ''}\n`);
     return ExitCode.internal;
   }

@@ -179,7 +179,7 @@ function validate(raw: RawOptions, sources: Record<string, Source>): Parsed {
     const key = issue.keys[0] ?? '';
     const file = Object.values(sources).find((s) => s.kind === 'file');
     const where = file?.kind === 'file' ? file.path : 'the config file';
-    throw new ConfigError(`unknown key "${key}" in ${where}: keys are flag names without dashes, e.g. "exclude-uid"`);
+    throw new ConfigError(`unknown key ${JSON.stringify(key)} in ${where}: keys are flag names without dashes, e.g. "exclude-uid"`);
   }
   const key = String(issue.path[0] ?? '');
   const source = sources[key];
@@ -196,7 +196,7 @@ export function readConfigFile(path: string): RawOptions {
   try {
     text = readFileSync(path, 'utf8');
   } catch (error) {
-    throw new ConfigError(`cannot read config file ${path}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
+    throw new ConfigError(`cannot read -config file ${JSON.stringify(path)}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
   }
   let data: unknown;
   try {
@@ -218,9 +218,10 @@ function normaliseLists(raw: RawOptions): RawOptions {
   const out: RawOptions = { ...raw };
   for (const key of LIST_KEYS) {
     const value = out[key];
-    if (value === undefined) continue;
-    const items = Array.isArray(value) ? value : [value];
-    out[key] = splitList(items.map((item) => (typeof item === 'number' ? String(item) : item)) as string[]);
+    const items: unknown[] = Array.isArray(value) ? value : [value];
+    // Anything but strings and numbers is left for the schema to reject, naming the key.
+    if (value === undefined || !items.every((item) => typeof item === 'string' || typeof item === 'number')) continue;
+    out[key] = splitList(items.map(String));
   }
   return out;
 }
@@ -231,8 +232,9 @@ function normaliseLists(raw: RawOptions): RawOptions {
  * -proxy-id: without it nothing is asked of the agent, so they cannot matter (as with Consul).
  */
 export function mergeSources(flags: RawOptions, env: NodeJS.ProcessEnv): { parsed: Parsed; sources: Record<string, Source> } {
-  const sources: Record<string, Source> = {};
-  const merged: RawOptions = {};
+  // No prototype: a "__proto__" key in a config file must be an ordinary unknown key, not a prototype.
+  const sources: Record<string, Source> = Object.create(null);
+  const merged: RawOptions = Object.create(null);
   const configPath = typeof flags['config'] === 'string' ? flags['config'] : undefined;
   const layers: [RawOptions, Source][] = [
     ...(configPath === undefined ? [] : [[readConfigFile(configPath), { kind: 'file', path: configPath }] as [RawOptions, Source]]),

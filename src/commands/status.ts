@@ -84,9 +84,13 @@ function diffStates(where: string, current: OwnedState, target: OwnedState): str
     const have = all(current).filter((r) => r.chain === chain).map((r) => r.spec);
     const want = all(target).filter((r) => r.chain === chain).map((r) => r.spec);
     if (have.join('\n') === want.join('\n')) continue;
-    for (const spec of want.filter((s) => !have.includes(s))) lines.push(`${where}: missing   -A ${chain} ${spec}`);
-    for (const spec of have.filter((s) => !want.includes(s))) lines.push(`${where}: unexpected -A ${chain} ${spec}`);
-    if (want.every((s) => have.includes(s)) && have.every((s) => want.includes(s))) {
+    const haveSet = new Set(have);
+    const wantSet = new Set(want);
+    const missing = want.filter((s) => !haveSet.has(s));
+    const unexpected = have.filter((s) => !wantSet.has(s));
+    for (const spec of missing) lines.push(`${where}: missing    -A ${chain} ${spec}`);
+    for (const spec of unexpected) lines.push(`${where}: unexpected -A ${chain} ${spec}`);
+    if (missing.length === 0 && unexpected.length === 0) {
       lines.push(`${where}: ${chain} has the right rules in the wrong order or count`);
     }
   }

@@ -92,7 +92,11 @@ export function desiredState(ruleset: Ruleset): OwnedState {
 
 function specsByChain(rules: readonly SavedRule[]): Map<string, string[]> {
   const map = new Map<string, string[]>();
-  for (const rule of rules) map.set(rule.chain, [...(map.get(rule.chain) ?? []), rule.spec]);
+  for (const rule of rules) {
+    const specs = map.get(rule.chain);
+    if (specs) specs.push(rule.spec);
+    else map.set(rule.chain, [rule.spec]);
+  }
   return map;
 }
 

@@ -21,13 +21,16 @@ const object = <T extends z.core.$ZodLooseShape>(shape: T) => z.object(shape, { 
 const DECIMAL_PORT = /^(0|[1-9]\d{0,4})$/;
 
 /** Consul decodes Proxy.Config weakly (mapstructure.WeakDecode): a number, a numeric string, or "" for 0. */
-const bindPort = z.unknown().transform((value, ctx) => {
-  if (value === undefined || value === null || value === '') return 0;
-  const number = typeof value === 'string' && DECIMAL_PORT.test(value) ? Number(value) : value;
-  if (typeof number === 'number' && Number.isInteger(number) && number >= 0 && number <= 65535) return number;
-  ctx.addIssue({ code: 'custom', message: `${PORT_OR_ZERO}, as a number or a numeric string` });
-  return z.NEVER;
-}).optional();
+const bindPort = z
+  .unknown()
+  .transform((value, ctx) => {
+    if (value === undefined || value === null || value === '') return 0;
+    const number = typeof value === 'string' && DECIMAL_PORT.test(value) ? Number(value) : value;
+    if (typeof number === 'number' && Number.isInteger(number) && number >= 0 && number <= 65535) return number;
+    ctx.addIssue({ code: 'custom', message: `${PORT_OR_ZERO}, as a number or a numeric string` });
+    return z.NEVER;
+  })
+  .optional();
 
 /** The port of an Envoy bind address (`host:port`, `[v6]:port`, `:port`, as Go's net.SplitHostPort splits them). */
 const bindAddressPort = z
@@ -129,7 +132,8 @@ export type ProxyRegistration = AgentService & { Proxy: NonNullable<AgentService
 export function requireProxy(service: AgentService, proxyId: string): ProxyRegistration {
   if (service.Proxy == null) {
     throw new CliError(
-      `service ${JSON.stringify(proxyId)} is not a proxy (its registration has no Proxy block): -proxy-id takes the proxy's own service ID, such as "web-sidecar-proxy"`,
+      `service ${JSON.stringify(proxyId)} is not a proxy (its registration has no Proxy block): ` +
+        `-proxy-id takes the proxy's own service ID, such as "web-sidecar-proxy"`,
       ExitCode.badRegistration,
     );
   }

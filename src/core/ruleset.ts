@@ -134,19 +134,20 @@ function consulSteps(config: RedirectConfig, family: Family): Step[] {
  * reproduced by construction rather than by hand.
  */
 export function buildRuleset(config: RedirectConfig, family: Family): Ruleset {
-  const byChain = new Map<string, Rule[]>();
-  const chainOrder: string[] = [];
+  // Per chain: rules inserted at the top (newest first once reversed) and rules appended.
+  const chains = new Map<string, { inserted: Rule[]; appended: Rule[] }>();
   for (const { insert, rule } of consulSteps(config, family)) {
-    let rules = byChain.get(rule.chain);
-    if (!rules) {
-      rules = [];
-      byChain.set(rule.chain, rules);
-      chainOrder.push(rule.chain);
+    let chain = chains.get(rule.chain);
+    if (!chain) {
+      chain = { inserted: [], appended: [] };
+      chains.set(rule.chain, chain);
     }
-    if (insert) rules.unshift(rule);
-    else rules.push(rule);
+    (insert ? chain.inserted : chain.appended).push(rule);
   }
-  return { family, rules: chainOrder.flatMap((chain) => byChain.get(chain) ?? []) };
+  return {
+    family,
+    rules: [...chains.values()].flatMap(({ inserted, appended }) => [...inserted.reverse(), ...appended]),
+  };
 }
 
 /** A rule's match and target exactly as `iptables-save` prints them, so installed and wanted compare as text. */

@@ -71,14 +71,18 @@ export const uidSchema = scalarString.transform((text, ctx): UidSpec => {
   return { kind: 'name', name: text };
 });
 
-const OCTET = '(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
-const IPV4 = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
-
 /** A dotted quad as a 32-bit number; no leading zeros (iptables would read them as octal). */
 function ipv4Number(text: string): number | undefined {
-  const octets = IPV4.exec(text);
-  if (!octets) return undefined;
-  return octets.slice(1).reduce((value, octet) => value * 256 + Number(octet), 0);
+  const octets = text.split('.');
+  if (octets.length !== 4) return undefined;
+  let value = 0;
+  for (const octet of octets) {
+    if (octet.length > 3 || !DECIMAL.test(octet)) return undefined;
+    const number = Number(octet);
+    if (number > 255) return undefined;
+    value = value * 256 + number;
+  }
+  return value;
 }
 
 const ipv4Text = (value: number) => [24, 16, 8, 0].map((shift) => (value >>> shift) & 255).join('.');

@@ -28,36 +28,31 @@ export async function reconcile(
   options: { firstSave?: string | undefined; onRetry?: (reason: string) => void } = {},
 ): Promise<ReconcileResult> {
   let previous: OwnedState | undefined;
-  let pendingSave = options.firstSave;
-  let lastFailure: CliError | undefined;
+  let save = options.firstSave;
+  let lastFailure: { error: IptablesError; table: string; transaction: string } | undefined;
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    const current = ownedState(parseNatTable(pendingSave ?? (await table.save('nat'))));
-    pendingSave = undefined;
+    save ??= await table.save('nat');
+    const current = ownedState(parseNatTable(save));
     previous ??= current;
     if (stateMatches(current, target)) return { changed: attempt > 0, previous };
     const transaction = renderTransaction(current, target);
+    const before = JSON.stringify(parseNatTable(save));
+    save = undefined; // the next pass reads the table back and checks it
     try {
       await table.restore(transaction);
-      continue; // the next pass reads the table back and checks it
     } catch (error) {
       if (!(error instanceof IptablesError)) throw error;
-      lastFailure = error;
-      if (!error.retryable) {
-        // Our transaction was built from a stale read only if the table moved; otherwise the failure is real.
-        const now = ownedState(parseNatTable(await table.save('nat')));
-        if (stateMatches(now, current) && sameJumps(now, current)) throw error;
-      }
+      // The same transaction failing twice on the same table is deterministic (a missing module, a bad
+      // rule); anything else may be a concurrent writer that got in between our read and our write.
+      if (!error.retryable && lastFailure?.table === before && lastFailure.transaction === transaction) throw error;
+      lastFailure = { error, table: before, transaction };
       options.onRetry?.(error.message);
+      await sleep(10 + Math.random() * 40 * (attempt + 1));
     }
-    await sleep(10 + Math.random() * 40 * (attempt + 1));
   }
   throw new CliError(
-    `gave up after ${MAX_ATTEMPTS} attempts: the nat table kept changing under us${lastFailure ? ` (last error: ${lastFailure.message})` : ''}`,
+    `gave up after ${MAX_ATTEMPTS} attempts: the nat table kept changing under us` +
+      (lastFailure ? ` (last error: ${lastFailure.error.message})` : ''),
     ExitCode.tempFail,
   );
-}
-
-function sameJumps(a: OwnedState, b: OwnedState): boolean {
-  const key = (state: OwnedState) => [...state.jumps, ...state.otherReferences].map((r) => `${r.chain} ${r.spec}`).join('\n');
-  return key(a) === key(b);
 }
