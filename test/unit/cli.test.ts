@@ -1,0 +1,439 @@
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
+import { normaliseArgv } from '../../src/cli.ts';
+import { desiredState, EMPTY_STATE, renderTransaction } from '../../src/core/natTable.ts';
+import { buildRuleset } from '../../src/core/ruleset.ts';
+import { ExitCode } from '../../src/errors.ts';
+import { allowGetent, fakeNss, fakeRunner, redirectConfig, runCli, scratchDir, type CliRun } from '../helpers/fakes.ts';
+
+// Every test here runs unprivileged, even under root CI: the kernel's answer to "which capabilities do I
+// have" (/proc/self/status) is replaced by an empty set; everything else reads the real file system.
+vi.mock('node:fs', async (importOriginal) => {
+  const fs = await importOriginal<typeof import('node:fs')>();
+  const readFileSync = ((path: unknown, ...rest: unknown[]) =>
+    path === '/proc/self/status'
+      ? 'Name:\tnode\nUid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000000000\n'
+      : Reflect.apply(fs.readFileSync, fs, [path, ...rest])) as typeof fs.readFileSync;
+  return { ...fs, default: { ...fs, readFileSync }, readFileSync };
+});
+
+const scratch = scratchDir();
+afterAll(() => scratch.remove());
+
+const SECRET = 'S3CR3T-t0k3n';
+const REQUIRED = ['-proxy-uid=101', '-proxy-inbound-port=20000'];
+
+/** Drops the `#` comment lines iptables-restore ignores. */
+const restoreInput = (text: string) =>
+  text
+    .split('\n')
+    .filter((line) => !line.startsWith('#'))
+    .join('\n');
+
+function expectOneLineFailure(result: CliRun, code: number, ...fragments: string[]) {
+  expect(result.code).toBe(code);
+  expect(result.stdout).toBe('');
+  expect(result.stderrLines, result.stderr).toHaveLength(1);
+  expect(result.stderr.endsWith('\n')).toBe(true);
+  for (const fragment of fragments) expect(result.stderrLines[0]).toContain(fragment);
+  expect(result.runner.calls).toEqual([]);
+  expect(result.agentCalls).toBe(0);
+}
+
+describe('normaliseArgv', () => {
+  it.each([
+    [['-proxy-uid', '101'], ['--proxy-uid', '101']],
+    [['-proxy-uid=101'], ['--proxy-uid=101']],
+    [['--proxy-uid=101'], ['--proxy-uid=101']],
+    [['--proxy-uid', '101'], ['--proxy-uid', '101']],
+    [['-proxy-uid='], ['--proxy-uid=']],
+    [['cleanup', '-netns', '/run/netns/a'], ['cleanup', '--netns', '/run/netns/a']],
+    [['status', '-json'], ['status', '--json']],
+  ])('rewrites known single-dash flags: %j', (argv, expected) => {
+    expect(normaliseArgv(argv)).toEqual(expected);
+  });
+
+  it.each([
+    [['-exclude-uid', '-proxy-uid'], ['--exclude-uid', '-proxy-uid']],
+    [['-proxy-uid', '-1'], ['--proxy-uid', '-1']],
+    [['-proxy-id', '-dry-run', '-dry-run'], ['--proxy-id', '-dry-run', '--dry-run']],
+    [['-proxy-id', 'cleanup'], ['--proxy-id', 'cleanup']],
+    [['--proxy-uid', '-exclude-uid=1'], ['--proxy-uid', '-exclude-uid=1']],
+  ])('never rewrites a value, even one that looks like a flag: %j', (argv, expected) => {
+    expect(normaliseArgv(argv)).toEqual(expected);
+  });
+
+  it('a boolean flag does not take the next argument as its value', () => {
+    expect(normaliseArgv(['-dry-run', '-proxy-uid', '1'])).toEqual(['--dry-run', '--proxy-uid', '1']);
+  });
+
+  it('leaves everything after -- alone', () => {
+    expect(normaliseArgv(['-dry-run', '--', '-proxy-uid=1', '-dry-run'])).toEqual(['--dry-run', '--', '-proxy-uid=1', '-dry-run']);
+  });
+
+  it.each([['-foo'], ['-foo=bar'], ['-Proxy-uid=1'], ['---proxy-uid=1'], ['-p'], ['-v'], ['-h'], ['extra'], ['-'], ['']])(
+    'leaves unknown or non-flag arguments alone: %j',
+    (arg) => {
+      expect(normaliseArgv([arg])).toEqual([arg]);
+    },
+  );
+
+  it('maps Go-style -help and -version', () => {
+    expect(normaliseArgv(['-help'])).toEqual(['--help']);
+    expect(normaliseArgv(['-version'])).toEqual(['--version']);
+  });
+
+  it.each([
+    ['-dry-run=true', ['--dry-run']],
+    ['-dry-run=TRUE', ['--dry-run']],
+    ['-dry-run=t', ['--dry-run']],
+    ['-dry-run=1', ['--dry-run']],
+    ['--dual-stack=true', ['--dual-stack']],
+    ['-dry-run=false', []],
+    ['-dry-run=F', []],
+    ['-dry-run=0', []],
+    ['-dry-run=yes', ['--dry-run=yes']],
+  ])('Go boolean syntax %s', (arg, expected) => {
+    expect(normaliseArgv([arg])).toEqual(expected);
+  });
+
+  it('rewrites a flag whose inline value holds a newline or other control characters', () => {
+    expect(normaliseArgv(['-exclude-inbound-port=22\n-A OUTPUT -j DROP'])).toEqual(['--exclude-inbound-port=22\n-A OUTPUT -j DROP']);
+    expect(normaliseArgv(['-token=a\rb'])).toEqual(['--token=a\rb']);
+  });
+});
+
+describe('run: --dry-run', () => {
+  const TYPICAL = [
+    '-dry-run',
+    '-proxy-uid=101',
+    '-proxy-inbound-port=20000',
+    '-exclude-inbound-port=22',
+    '-exclude-uid=root',
+    '-exclude-outbound-cidr=169.254.169.254',
+    '-consul-dns-port=8600',
+  ];
+  const TYPICAL_CONFIG = redirectConfig({
+    proxyUid: 101,
+    excludeInboundPorts: ['22'],
+    excludeOutboundCidrs: [{ family: 4, cidr: '169.254.169.254/32' }],
+    excludeUids: [0],
+    dns: { port: 8600 },
+  });
+
+  it('prints the exact restore input for a clean host, starts no process, needs no root', async () => {
+    const result = await runCli(TYPICAL);
+    expect(result.code).toBe(0);
+    expect(result.stderr).toBe('');
+    expect(result.runner.calls).toEqual([]);
+    expect(result.agentCalls).toBe(0);
+    expect(restoreInput(result.stdout)).toBe(renderTransaction(EMPTY_STATE, desiredState(buildRuleset(TYPICAL_CONFIG, 4))));
+    // The rendering itself is pinned in ruleset.test.ts; here: the same text, behind two comment lines.
+    expect(result.stdout.split('\n').slice(0, 3)).toEqual([
+      '# redirect-traffic 0.0.0-dev --dry-run: iptables-restore --noflush input (IPv4).',
+      '# On a host that already has these chains, the jumps found in PREROUTING/OUTPUT are also deleted (-D).',
+      '*nat',
+    ]);
+  });
+
+  it('consul single-dash, "-flag value" and GNU forms give the same output; flags may follow subcommand apply', async () => {
+    const spaced = TYPICAL.flatMap((arg) => (arg.includes('=') ? arg.split('=') : [arg]));
+    const gnu = TYPICAL.map((arg) => `-${arg}`);
+    const reference = (await runCli(TYPICAL)).stdout;
+    for (const argv of [spaced, gnu, ['apply', ...TYPICAL], ['-dry-run=true', ...TYPICAL.slice(1)]]) {
+      const result = await runCli(argv);
+      expect(result.code, JSON.stringify(argv)).toBe(0);
+      expect(result.stdout).toBe(reference);
+    }
+  });
+
+  it('the outbound port defaults to 15001; repeated flags and comma lists keep their order', async () => {
+    const result = await runCli([
+      '--dry-run',
+      ...REQUIRED,
+      '-exclude-outbound-port=80,443',
+      '-exclude-outbound-port',
+      '8080',
+    ]);
+    expect(result.stdout).toContain('-A CONSUL_PROXY_REDIRECT -p tcp -j REDIRECT --to-ports 15001\n');
+    const ports = result.stdout.match(/--dport (\d+) -j RETURN/g);
+    expect(ports).toEqual(['--dport 8080 -j RETURN', '--dport 443 -j RETURN', '--dport 80 -j RETURN']);
+  });
+
+  it('a repeated single-value flag: the last one wins, as with Go flags', async () => {
+    const result = await runCli(['--dry-run', ...REQUIRED, '-proxy-inbound-port=21000']);
+    expect(result.stdout).toContain('--to-ports 21000');
+    expect(result.stdout).not.toContain('--to-ports 20000');
+  });
+
+  it('-dry-run=false does not dry-run (so, unprivileged, it stops before touching anything)', async () => {
+    const result = await runCli(['-dry-run=false', ...REQUIRED]);
+    expectOneLineFailure(result, ExitCode.noPermission, 'root');
+  });
+
+  it('resolves a user name through NSS (getent) when /etc/passwd does not know it, and nothing else', async () => {
+    const result = await runCli(['--dry-run', '-proxy-uid=envoy-unit-test', '-proxy-inbound-port=20000'], {
+      allow: fakeNss({ 'envoy-unit-test': 4242 }),
+    });
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain('-m owner --uid-owner 4242 -j RETURN');
+    expect(result.runner.calls.map((c) => [c.program, ...c.args])).toEqual([['getent', 'passwd', 'envoy-unit-test']]);
+  });
+
+  it('resolves names found in /etc/passwd without any process', async () => {
+    const result = await runCli(['--dry-run', '-proxy-uid=root', '-proxy-inbound-port=20000']);
+    expect(result.stdout).toContain('--uid-owner 0 -j RETURN');
+    expect(result.runner.calls).toEqual([]);
+  });
+
+  it('with -dual-stack prints an IPv4 and an IPv6 block', async () => {
+    const result = await runCli(['--dry-run', ...REQUIRED, '-dual-stack', '-exclude-outbound-cidr=10.0.0.0/8,fd00::/8']);
+    expect(result.code).toBe(0);
+    const [v4, v6] = result.stdout.split('# redirect-traffic').slice(1);
+    expect(v4).toContain('iptables-restore');
+    expect(v4).toContain('-d 10.0.0.0/8 -j RETURN');
+    expect(v4).not.toContain('fd00::/8');
+    expect(v6).toContain('ip6tables-restore');
+    expect(v6).toContain('-A CONSUL_PROXY_OUTPUT -d ::1/128 -j RETURN');
+    expect(v6).toContain('-d fd00::/8 -j RETURN');
+    expect(v6).not.toContain('127.0.0.1');
+  });
+
+  it('cleanup --dry-run works unprivileged and starts no process', async () => {
+    const result = await runCli(['cleanup', '-dry-run']);
+    expect(result.code).toBe(0);
+    expect(result.runner.calls).toEqual([]);
+    expect(restoreInput(result.stdout)).toBe(
+      [
+        '*nat',
+        ':CONSUL_PROXY_INBOUND - [0:0]',
+        ':CONSUL_PROXY_IN_REDIRECT - [0:0]',
+        ':CONSUL_PROXY_OUTPUT - [0:0]',
+        ':CONSUL_PROXY_REDIRECT - [0:0]',
+        ':CONSUL_DNS_REDIRECT - [0:0]',
+        '-X CONSUL_PROXY_INBOUND',
+        '-X CONSUL_PROXY_IN_REDIRECT',
+        '-X CONSUL_PROXY_OUTPUT',
+        '-X CONSUL_PROXY_REDIRECT',
+        '-X CONSUL_DNS_REDIRECT',
+        'COMMIT',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('without --dry-run and without root: one clear line, exit 77, nothing run', async () => {
+    expectOneLineFailure(await runCli(REQUIRED), ExitCode.noPermission, 'root', '--dry-run');
+    expectOneLineFailure(await runCli(['cleanup']), ExitCode.noPermission, 'root');
+  });
+});
+
+describe('run: every bad value is one stderr line naming the flag and the value, exit 64, nothing run', () => {
+  const cases: [string, string][] = [
+    ['proxy-uid', 'a b'],
+    ['proxy-uid', '-1'],
+    ['proxy-uid', '4294967295'],
+    ['proxy-inbound-port', '0'],
+    ['proxy-inbound-port', '65536'],
+    ['proxy-inbound-port', 'abc'],
+    ['proxy-inbound-port', '+80'],
+    ['proxy-outbound-port', '1e3'],
+    ['exclude-inbound-port', '22 -j ACCEPT'],
+    ['exclude-inbound-port', '90:80'],
+    ['exclude-inbound-port', '22\n-A OUTPUT -j DROP'],
+    ['exclude-outbound-port', '٨٠'],
+    ['exclude-outbound-cidr', '10.0.0.0/8 -j ACCEPT'],
+    ['exclude-outbound-cidr', 'example.com'],
+    ['exclude-outbound-cidr', '10.0.0.0/33'],
+    ['exclude-outbound-cidr', '::1.2.3.4'],
+    ['exclude-uid', '$(id)'],
+    ['exclude-uid', 'root\0'],
+    ['consul-dns-ip', 'localhost'],
+    ['consul-dns-ip', '10.0.0.53/32'],
+    ['consul-dns-port', '0'],
+    ['iptables-mode', 'iptables'],
+  ];
+
+  it.each(cases)('-%s=%j', async (flag, value) => {
+    const inline = await runCli(['--dry-run', ...REQUIRED, `-${flag}=${value}`]);
+    expectOneLineFailure(inline, ExitCode.usage, flag);
+    expect(inline.stderrLines[0]?.includes(JSON.stringify(value)) || inline.stderrLines[0]?.includes(value)).toBe(true);
+    const spaced = await runCli(['--dry-run', ...REQUIRED, `-${flag}`, value]);
+    expectOneLineFailure(spaced, ExitCode.usage, flag);
+  });
+
+  it('-netns must exist', async () => {
+    const missing = `${scratch.dir}/no-such-ns`;
+    expectOneLineFailure(await runCli(['--dry-run', ...REQUIRED, `-netns=${missing}`]), ExitCode.usage, '-netns', missing);
+    expectOneLineFailure(await runCli(['cleanup', '--dry-run', '-netns', missing]), ExitCode.usage, '-netns', missing);
+  });
+
+  it('an unknown user name (not in passwd, not in NSS) names the flag and the user', async () => {
+    const result = await runCli(['--dry-run', '-proxy-uid=no-such-user-xyz', '-proxy-inbound-port=20000'], { allow: allowGetent });
+    expect(result.code).toBe(ExitCode.usage);
+    expect(result.stderrLines).toHaveLength(1);
+    expect(result.stderrLines[0]).toContain('-proxy-uid');
+    expect(result.stderrLines[0]).toContain('no-such-user-xyz');
+    expect(result.stdout).toBe('');
+  });
+
+  it("Consul's checks come out as one line each", async () => {
+    expectOneLineFailure(await runCli(['--dry-run']), ExitCode.usage, '-proxy-uid');
+    expectOneLineFailure(await runCli(['--dry-run', '-proxy-uid=1']), ExitCode.usage, '-proxy-inbound-port');
+    expectOneLineFailure(await runCli(['--dry-run', '-proxy-uid=1', '-proxy-id=web', '-proxy-inbound-port=2']), ExitCode.usage, '-proxy-id');
+    expectOneLineFailure(
+      await runCli(['--dry-run', '-proxy-uid=1', '-proxy-id=web', '-proxy-outbound-port=15002']),
+      ExitCode.usage,
+      '-proxy-outbound-port',
+    );
+  });
+
+  it('a bad token is never echoed, even when it cannot be parsed as a flag value', async () => {
+    for (const token of [`${SECRET} x`, `${SECRET}\nx`]) {
+      const result = await runCli(['--dry-run', '-proxy-uid=1', '-proxy-id=web', `-token=${token}`]);
+      expect(result.code).toBe(ExitCode.usage);
+      expect(result.stderr).not.toContain(SECRET);
+      expect(result.stderrLines).toHaveLength(1);
+    }
+  });
+});
+
+describe('run: config file errors exit 78 with one line', () => {
+  it('unknown key', async () => {
+    const path = scratch.write('unknown.json', { 'proxy-uid': 1, 'proxy-inbound-port': 2, 'exclude-ports': [22] });
+    expectOneLineFailure(await runCli(['--dry-run', `-config=${path}`]), ExitCode.config, 'exclude-ports', path);
+  });
+
+  it('bad value', async () => {
+    const path = scratch.write('bad.json', { 'proxy-uid': 1, 'proxy-inbound-port': 2, 'exclude-outbound-cidr': ['10.0.0.0/8 -j ACCEPT'] });
+    expectOneLineFailure(await runCli(['--dry-run', '-config', path]), ExitCode.config, 'exclude-outbound-cidr', '10.0.0.0/8 -j ACCEPT', path);
+  });
+
+  it('a list of the wrong type', async () => {
+    const path = scratch.write('types.json', { 'proxy-uid': 1, 'proxy-inbound-port': 2, 'exclude-uid': [true] });
+    expectOneLineFailure(await runCli(['--dry-run', `-config=${path}`]), ExitCode.config, 'exclude-uid', path);
+  });
+
+  it('missing or broken file', async () => {
+    const broken = scratch.write('broken.json', '{');
+    expectOneLineFailure(await runCli(['--dry-run', `-config=${broken}`]), ExitCode.config, broken);
+    expectOneLineFailure(await runCli(['--dry-run', `-config=${scratch.dir}/absent.json`]), ExitCode.config, 'absent.json');
+  });
+
+  it('control characters in a config path or a config key never split the error line', async () => {
+    const weirdKey = scratch.write('weird-key.json', '{"proxy-uid": 1, "proxy-inbound-port": 2, "exclude-uid\\nx": [1]}');
+    expectOneLineFailure(await runCli(['--dry-run', `-config=${weirdKey}`]), ExitCode.config, 'exclude-uid\\nx', weirdKey);
+    const newlinePath = `${scratch.dir}/no\nsuch.json`;
+    const result = await runCli(['--dry-run', `-config=${newlinePath}`]);
+    expect(result.stderrLines, result.stderr).toHaveLength(1);
+    expect([ExitCode.usage, ExitCode.config]).toContain(result.code);
+    expect(result.stderr).toContain('-config');
+    expect(result.runner.calls).toEqual([]);
+  });
+
+  it('a good file works with --dry-run', async () => {
+    const path = scratch.write('good.json', { 'proxy-uid': 101, 'proxy-inbound-port': 20000, 'exclude-inbound-port': [22] });
+    const result = await runCli(['--dry-run', `--config=${path}`]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain('--dport 22 -j RETURN');
+  });
+});
+
+describe('run: command-line syntax errors exit 64 with one line', () => {
+  it.each([
+    [['--dry-run', ...REQUIRED, '-bogus'], 'bogus'],
+    [['--dry-run', ...REQUIRED, '--bogus=1'], 'bogus'],
+    [['--dry-run', ...REQUIRED, '-proxy-uid-typo=1'], 'proxy-uid-typo'],
+    [['--dry-run', '-proxy-inbound-port=20000', '-proxy-uid'], 'proxy-uid'],
+    [['--dry-run', ...REQUIRED, 'extra'], ''],
+    [['--dry-run', ...REQUIRED, '--', 'extra'], ''],
+    [['-dry-run=yes', ...REQUIRED], 'dry-run'],
+    [['cleanup', '-proxy-uid=1'], 'proxy-uid'],
+    [['cleanup', 'extra'], ''],
+    [['status', '-dry-run'], 'dry-run'],
+    [['--dry-run', ...REQUIRED, '-bogus\nsecond line'], 'bogus'],
+  ])('%j', async (argv, fragment) => {
+    expectOneLineFailure(await runCli(argv), ExitCode.usage, fragment);
+  });
+});
+
+describe('run: --help and --version', () => {
+  it.each([['--help'], ['-help'], ['-h'], ['cleanup', '--help'], ['status', '-help']])('%j exits 0 with usage on stdout', async (...argv) => {
+    const result = await runCli(argv);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/^Usage: redirect-traffic/);
+    expect(result.stderr).toBe('');
+    expect(result.runner.calls).toEqual([]);
+  });
+
+  it('the main help lists the consul-style flags and an example', async () => {
+    const { stdout } = await runCli(['--help']);
+    for (const flag of ['proxy-uid', 'proxy-inbound-port', 'proxy-outbound-port', 'exclude-inbound-port', 'exclude-outbound-port', 'exclude-outbound-cidr', 'exclude-uid', 'consul-dns-ip', 'consul-dns-port', 'netns', 'dry-run']) {
+      expect(stdout).toContain(`--${flag}`);
+    }
+    expect(stdout).toMatch(/Examples:/);
+  });
+
+  it.each([['--version'], ['-version'], ['-v']])('%s exits 0 and prints the version', async (arg) => {
+    const result = await runCli([arg]);
+    expect(result.code).toBe(0);
+    expect(result.stdout).toMatch(/^\d+\.\d+\.\d+\S*\n$/);
+    expect(result.stderr).toBe('');
+  });
+});
+
+describe('run: colour', () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+    vi.doUnmock('chalk');
+    vi.resetModules();
+  });
+
+  /**
+   * Runs a fresh copy of the CLI on the real process streams (captured), with chalk believing stderr is a
+   * 256-colour terminal, so only the CLI's own colour policy decides.
+   */
+  async function runOnColourTerminal(argv: readonly string[], env: NodeJS.ProcessEnv) {
+    vi.resetModules();
+    vi.doMock('chalk', async (importOriginal) => {
+      const chalk = await importOriginal<typeof import('chalk')>();
+      return { ...chalk, chalkStderr: new chalk.Chalk({ level: 2 }) };
+    });
+    const { run } = await import('../../src/main.ts');
+    let written = '';
+    const capture = ((chunk: string | Uint8Array) => {
+      written += String(chunk);
+      return true;
+    }) as typeof process.stderr.write;
+    vi.spyOn(process.stderr, 'write').mockImplementation(capture);
+    vi.spyOn(process.stdout, 'write').mockImplementation(capture);
+    const runner = fakeRunner();
+    const code = await run(argv, { env, runner: runner.factory });
+    vi.restoreAllMocks();
+    expect(runner.unexpected).toEqual([]);
+    return { code, written };
+  }
+
+  const BAD = ['--dry-run', '-proxy-uid=1', '-proxy-inbound-port=0'];
+
+  it('errors are coloured when colour is forced (control: the capture does see colour)', async () => {
+    const { code, written } = await runOnColourTerminal(BAD, { FORCE_COLOR: '1' });
+    expect(code).toBe(ExitCode.usage);
+    expect(written).toContain('\u001b[');
+  });
+
+  it.each([{ NO_COLOR: '1' }, { NO_COLOR: '1', FORCE_COLOR: '3' }, { NO_COLOR: '' }])(
+    'no ANSI escapes at all with %j, in errors, warnings, help and output',
+    async (env) => {
+      for (const argv of [BAD, ['-bogus'], ['--help'], ['--dry-run', ...REQUIRED], ['cleanup', '--dry-run']]) {
+        const { written } = await runOnColourTerminal(argv, env);
+        expect(written, JSON.stringify(argv)).not.toContain('\u001b');
+      }
+    },
+  );
+
+  it('no colour when stderr is not a terminal and nothing forces it', async () => {
+    const { written } = await runOnColourTerminal(BAD, {});
+    expect(written).not.toContain('\u001b');
+    expect(written).toContain('redirect-traffic: error: ');
+  });
+});
