@@ -5,6 +5,7 @@ import { cleanup } from './commands/cleanup.ts';
 import type { CommandContext } from './commands/context.ts';
 import { status } from './commands/status.ts';
 import { CliError, ExitCode } from './errors.ts';
+import { fetchProxyPorts } from './consul/agent.ts';
 import { createRunner } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import { applyOptions, cleanupOptions, statusOptions, type CommandName, type RawOptions } from './options.ts';
@@ -28,10 +29,7 @@ export async function run(
     env,
     version: VERSION,
     runner: overrides.runner ?? ((netns) => createRunner({ netns })),
-    // Loaded only with -proxy-id: the HTTP/TLS stack costs start-up time every other run would pay.
-    fetchProxyPorts:
-      overrides.fetchProxyPorts ??
-      (async (agent, proxyId, logger) => (await import('./consul/agent.ts')).fetchProxyPorts(agent, proxyId, logger)),
+    fetchProxyPorts: overrides.fetchProxyPorts ?? fetchProxyPorts,
   };
   let exitCode: number = ExitCode.ok;
   const handle = async (name: CommandName, flags: RawOptions) => {

@@ -15,6 +15,9 @@ import {
   type UidSpec,
 } from './core/values.ts';
 
+// A one-shot CLI parses each schema once: zod's generated fast path would cost more to build than it saves.
+z.config({ jitless: true });
+
 // Every flag, environment variable and config-file key is validated here, once, into typed options.
 // Raw values are keyed by flag name (`exclude-uid`), the same names the config file uses.
 
@@ -49,6 +52,8 @@ export interface RuleOptions {
 /** How to reach the Consul agent. The token is only ever read into memory and sent as a header. */
 export interface AgentOptions {
   address: string;
+  /** For messages: the flag, variable or config key that gave the address. */
+  addressSource: string;
   token: string | undefined;
   /** For messages only: which setting supplied the token (never the token itself). */
   tokenSource: string | undefined;
@@ -364,6 +369,7 @@ function agentOptions(parsed: Parsed, sources: Record<string, Source>, env: Node
   }
   return {
     address: parsed['http-addr'] ?? DEFAULT_HTTP_ADDR,
+    addressSource: describeSource('http-addr', sources['http-addr']),
     ...resolveToken(parsed, sources, env),
     caFile: file('ca-file'),
     caPath: parsed['ca-path'] === undefined ? undefined : existingPath('ca-path', sources, parsed['ca-path'], 'directory'),

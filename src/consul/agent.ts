@@ -1,8 +1,169 @@
+import type * as z from 'zod';
 import { CliError, ExitCode } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentOptions } from '../options.ts';
-import type { ProxyPorts } from '../core/registration.ts';
+import {
+  agentChecksSchema,
+  agentServiceSchema,
+  decodeAgentAnswer,
+  deriveProxyPorts,
+  exposedChecksService,
+  nodeServicesSchema,
+  quoteExcerpt,
+  requireProxy,
+  type ProxyPorts,
+} from '../core/registration.ts';
+import { createAgentClient, type AgentClient } from './client.ts';
+import { retryWhileTransient, TransientAgentError } from './retry.ts';
+import { secretHider } from './secrets.ts';
 
-export async function fetchProxyPorts(_agent: AgentOptions, _proxyId: string, _log: Logger): Promise<ProxyPorts> {
-  throw new CliError('-proxy-id is not implemented yet', ExitCode.internal);
+// Resolves -proxy-id as `consul connect redirect-traffic` does (reference §2.2), with -wait for boot races.
+
+/** Reads the proxy's ports from the agent (or the catalog, with -node-name). Never shows the token. */
+export async function fetchProxyPorts(agent: AgentOptions, proxyId: string, log: Logger): Promise<ProxyPorts> {
+  const sanitize = textSanitizer(agent);
+  try {
+    const client = await createAgentClient(agent);
+    const lookup = { agent, client, proxyId, debug: (message: string) => log.debug(sanitize(message)) };
+    const { nodeName } = agent;
+    const resolve = nodeName === undefined ? () => fromAgent(lookup) : () => fromCatalog(lookup, nodeName);
+    return await retryWhileTransient(resolve, agent.waitMs, (message) => log.info(sanitize(message)));
+  } catch (error) {
+    // Rebuilt rather than rethrown, so neither the message nor the stack can carry a secret an agent echoed.
+    if (error instanceof CliError) throw new CliError(sanitize(error.message), error.exitCode);
+    throw new Error(sanitize(error instanceof Error ? error.message : String(error)));
+  }
+}
+
+interface Lookup {
+  agent: AgentOptions;
+  client: AgentClient;
+  proxyId: string;
+  debug(message: string): void;
+}
+
+async function fromAgent(lookup: Lookup): Promise<ProxyPorts> {
+  const { proxyId } = lookup;
+  const subject = `service ID ${JSON.stringify(proxyId)}`;
+  const service = await getAnswer(lookup, agentServiceSchema, {
+    path: `/v1/agent/service/${pathSegment(proxyId)}`,
+    subject,
+    notFound: () => notRegistered(lookup, subject),
+  });
+  const proxy = requireProxy(service, proxyId);
+  const checkedService = exposedChecksService(proxy);
+  const checks =
+    checkedService === undefined
+      ? null
+      : await getAnswer(lookup, agentChecksSchema, {
+          path: '/v1/agent/checks',
+          query: new URLSearchParams({ filter: `ServiceName == ${goQuote(checkedService)}` }),
+          subject: `the checks of service ${JSON.stringify(checkedService)}`,
+        });
+  return deriveProxyPorts(proxy, checks);
+}
+
+/** Consul's -node-name mode: the catalog, with central config merged in, and no exposed-checks lookup. */
+async function fromCatalog(lookup: Lookup, nodeName: string): Promise<ProxyPorts> {
+  const { proxyId } = lookup;
+  const subject = `service ID ${JSON.stringify(proxyId)} on node ${JSON.stringify(nodeName)}`;
+  const answer = await getAnswer(lookup, nodeServicesSchema, {
+    path: `/v1/catalog/node-services/${pathSegment(nodeName)}`,
+    query: new URLSearchParams({ filter: `ID == ${goQuote(proxyId)}`, 'merge-central-config': '' }),
+    subject,
+    notFound: () => notRegistered(lookup, subject),
+  });
+  const [service, ...others] = answer?.Services ?? [];
+  if (service === undefined) throw notRegistered(lookup, subject);
+  if (others.length > 0) {
+    throw new CliError(
+      `the catalog holds ${others.length + 1} services with ID ${JSON.stringify(proxyId)} ` +
+        `on node ${JSON.stringify(nodeName)}, expected one`,
+      ExitCode.badRegistration,
+    );
+  }
+  return deriveProxyPorts(requireProxy(service, proxyId), null);
+}
+
+interface AgentRequest {
+  path: string;
+  query?: URLSearchParams;
+  /** What is asked for, for messages: `service ID "web-sidecar-proxy"`. */
+  subject: string;
+  /** The error for a 404, when it means "not registered (yet)" rather than a wrong address. */
+  notFound?: () => CliError;
+}
+
+/** One GET; anything but 200 with a valid body becomes the error that says what to do about it. */
+async function getAnswer<S extends z.ZodType>(lookup: Lookup, schema: S, request: AgentRequest): Promise<z.output<S>> {
+  const { status, body } = await lookup.client.get(request.path, request.query);
+  lookup.debug(`GET ${lookup.client.location}${request.path}: HTTP ${status}`);
+  if (status === 200) return decodeAgentAnswer(body, schema, request.subject);
+  if (status === 404 && request.notFound) throw request.notFound();
+  throw statusFailure(lookup, status, body, request.subject);
+}
+
+function statusFailure(lookup: Lookup, status: number, body: string, subject: string): CliError {
+  const { agent, client } = lookup;
+  const answer = `HTTP ${status}: ${quoteExcerpt(body)}`;
+  if (status === 403) {
+    const advice =
+      agent.token === undefined
+        ? 'no ACL token was given: set -token-file or CONSUL_HTTP_TOKEN_FILE'
+        : `check the ACL token from ${agent.tokenSource ?? 'the options'}`;
+    const needs = agent.nodeName === undefined ? 'service:read' : 'service:read and node:read';
+    return new CliError(
+      `the Consul agent at ${client.location} denied access to ${subject} (${answer}): ${advice} (it needs ${needs})`,
+      ExitCode.noPermission,
+    );
+  }
+  if (status === 401) {
+    return new CliError(
+      `the Consul agent at ${client.location} wants HTTP authentication (${answer}): check CONSUL_HTTP_AUTH`,
+      ExitCode.noPermission,
+    );
+  }
+  if (status >= 500 || status === 429) {
+    return new TransientAgentError(
+      `the Consul agent at ${client.location} failed to answer for ${subject} (${answer})`,
+      `the Consul agent at ${client.location} to recover (HTTP ${status})`,
+    );
+  }
+  if (status === 400) {
+    return new CliError(
+      `the Consul agent at ${client.location} rejected the request for ${subject} (${answer})`,
+      ExitCode.usage,
+    );
+  }
+  return new CliError(
+    `unexpected answer from the Consul agent at ${client.location} for ${subject} (${answer})`,
+    ExitCode.unavailable,
+  );
+}
+
+function notRegistered(lookup: Lookup, subject: string): TransientAgentError {
+  const { agent, client } = lookup;
+  const where = agent.nodeName === undefined ? 'with the Consul agent at' : 'in the catalog of';
+  const bootHint = agent.waitMs > 0 ? '' : '; at boot, -wait=60s waits for the registration';
+  return new TransientAgentError(
+    `${subject} is not registered ${where} ${client.location}: ` +
+      `check -proxy-id (the sidecar's own service ID), -namespace and -partition${bootHint}`,
+    `${subject} to be registered ${where} ${client.location}`,
+  );
+}
+
+/** An encoded path segment: the value can add neither segments (`/`, `..`) nor a query or fragment. */
+function pathSegment(value: string): string {
+  const encoded = encodeURIComponent(value);
+  return encoded === '.' || encoded === '..' ? encoded.replaceAll('.', '%2E') : encoded;
+}
+
+// Consul builds filters with Go's %q. A JSON string literal is a form strconv.Unquote (and so the filter
+// parser) reads back to the same value, quotes and backslashes escaped.
+const goQuote = (value: string) => JSON.stringify(value);
+
+/** Makes text fit for stderr: one line (a system error may span lines), without a secret an agent echoed. */
+function textSanitizer(agent: AgentOptions): (text: string) => string {
+  const hideSecrets = secretHider(agent);
+  return (text) => hideSecrets(text).replace(/\s*[\r\n]+\s*/g, ' ');
 }

@@ -140,17 +140,12 @@ export function requireProxy(service: AgentService, proxyId: string): ProxyRegis
   return { ...service, Proxy: service.Proxy };
 }
 
-/** The destination service whose checks' exposed ports Consul excludes, when Expose.Checks is on. */
+/**
+ * The service whose checks' exposed ports are excluded, when Expose.Checks is on. Consul filters on
+ * DestinationServiceName even when it is empty (which matches no check), and so does this.
+ */
 export function exposedChecksService(proxy: ProxyRegistration): string | undefined {
-  if (proxy.Proxy.Expose?.Checks !== true) return undefined;
-  const name = proxy.Proxy.DestinationServiceName;
-  if (!name) {
-    throw new CliError(
-      'invalid proxy registration: Proxy.Expose.Checks is true but Proxy.DestinationServiceName is empty',
-      ExitCode.badRegistration,
-    );
-  }
-  return name;
+  return proxy.Proxy.Expose?.Checks === true ? (proxy.Proxy.DestinationServiceName ?? '') : undefined;
 }
 
 /** Consul's derivation of the ports (reference §2.2 steps 5 to 7); checks in check-ID order for determinism. */

@@ -1,0 +1,131 @@
+import type { IncomingMessage, RequestOptions } from 'node:http';
+import { CliError, ExitCode } from '../errors.ts';
+import type { AgentOptions } from '../options.ts';
+import { parseAgentAddress } from './address.ts';
+import { formatDuration, TransientAgentError } from './retry.ts';
+import { secretHider } from './secrets.ts';
+import { describeTlsFailure, tlsSettings } from './tls.ts';
+
+export interface AgentAnswer {
+  status: number;
+  body: string;
+}
+
+/**
+ * GET requests to the agent, carrying what Consul's API client adds to each (token, namespace, partition).
+ * Answers come back with the token and password hidden, should the agent echo them.
+ */
+export interface AgentClient {
+  /** The agent's address as messages show it. */
+  location: string;
+  get(path: string, query?: URLSearchParams): Promise<AgentAnswer>;
+}
+
+// Registrations are a few kilobytes; a runaway answer must not exhaust memory.
+const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
+
+/** Errors that say the agent is not there (yet): refused, no socket file, reset, unroutable, no DNS answer. */
+const UNREACHABLE: Record<string, string> = {
+  ECONNREFUSED: 'connection refused',
+  ENOENT: 'no such socket file',
+  ECONNRESET: 'connection reset',
+  EPIPE: 'connection closed',
+  ETIMEDOUT: 'connection timed out',
+  EHOSTUNREACH: 'host unreachable',
+  ENETUNREACH: 'network unreachable',
+  ENOTFOUND: 'host name not found',
+  EAI_AGAIN: 'host name lookup failed',
+};
+
+export async function createAgentClient(agent: AgentOptions): Promise<AgentClient> {
+  const endpoint = parseAgentAddress(agent.address, agent.useTls, agent.addressSource);
+  const { location } = endpoint;
+  // Loaded only here: the HTTP and TLS stacks cost start-up time that runs without -proxy-id never need.
+  const { request } = endpoint.tls ? await import('node:https') : await import('node:http');
+  const hideSecrets = secretHider(agent);
+  const base: RequestOptions = {
+    ...(endpoint.socketPath === undefined
+      ? { host: endpoint.host, port: endpoint.port }
+      : { socketPath: endpoint.socketPath }),
+    ...(endpoint.tls ? await tlsSettings(agent) : {}),
+    ...(agent.basicAuth === undefined ? {} : { auth: `${agent.basicAuth.username}:${agent.basicAuth.password}` }),
+    method: 'GET',
+    // One connection per request: nothing lingers to keep the process alive afterwards.
+    agent: false,
+    headers: { Accept: 'application/json', ...(agent.token === undefined ? {} : { 'X-Consul-Token': agent.token }) },
+  };
+
+  return {
+    location,
+    async get(path, query) {
+      const params = new URLSearchParams(query);
+      if (agent.namespace !== undefined) params.set('ns', agent.namespace);
+      if (agent.partition !== undefined) params.set('partition', agent.partition);
+      const search = params.toString();
+      const signal = AbortSignal.timeout(agent.timeoutMs);
+      try {
+        const response = await new Promise<IncomingMessage>((resolve, reject) => {
+          const options = { ...base, path: `${endpoint.pathPrefix}${path}${search ? `?${search}` : ''}`, signal };
+          request(options, resolve).on('error', reject).end();
+        });
+        return { status: response.statusCode ?? 0, body: hideSecrets(await readAnswer(response, location)) };
+      } catch (error) {
+        throw requestFailure(error, location, signal.aborted ? agent.timeoutMs : undefined);
+      }
+    },
+  };
+}
+
+/** Turns what node:http threw into the error that says what happened and what to do. */
+function requestFailure(error: unknown, location: string, timedOutAfterMs: number | undefined): CliError {
+  if (error instanceof CliError) return error;
+  if (timedOutAfterMs !== undefined) {
+    const limit = formatDuration(timedOutAfterMs);
+    return new TransientAgentError(
+      `the Consul agent at ${location} did not answer within ${limit}: ` +
+        'is it overloaded or stuck? -timeout sets the limit',
+      `the Consul agent at ${location} (no answer within ${limit})`,
+    );
+  }
+  const tlsFailure = describeTlsFailure(error);
+  if (tlsFailure !== undefined) {
+    const message = `TLS handshake with the Consul agent at ${location} failed: ${tlsFailure}`;
+    return new CliError(message, ExitCode.unavailable);
+  }
+  const { code = '', message } = error as NodeJS.ErrnoException;
+  const unreachable = UNREACHABLE[code];
+  if (unreachable !== undefined) {
+    return new TransientAgentError(
+      `cannot reach the Consul agent at ${location} (${unreachable}): ` +
+        'is the agent running? set -http-addr or CONSUL_HTTP_ADDR',
+      `the Consul agent at ${location} (${unreachable})`,
+    );
+  }
+  if (code === 'EACCES') {
+    return new CliError(
+      `permission denied on the Consul agent socket ${location}: run as a user allowed to use it`,
+      ExitCode.noPermission,
+    );
+  }
+  if (code.startsWith('HPE_')) {
+    return new CliError(
+      `the Consul agent at ${location} did not answer in HTTP (${code}): if it serves HTTPS, use an https:// address`,
+      ExitCode.unavailable,
+    );
+  }
+  return new CliError(`request to the Consul agent at ${location} failed: ${message}`, ExitCode.unavailable);
+}
+
+async function readAnswer(response: IncomingMessage, location: string): Promise<string> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of response as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_ANSWER_BYTES) {
+      response.destroy();
+      throw new CliError(`the Consul agent at ${location} sent an answer larger than 4 MiB`, ExitCode.badRegistration);
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
