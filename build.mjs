@@ -1,20 +1,22 @@
-// Bundles the CLI into one CommonJS file plus a lazily loaded one for execa, then records a V8 code
-// cache so start-up deserialises compiled code instead of parsing ~0.5 MB of JavaScript.
+// Bundles the CLI into one CommonJS file, then records a V8 code cache so start-up deserialises
+// compiled code instead of parsing ~0.3 MB of JavaScript.
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 
 const { version } = JSON.parse(await readFile(new URL('./package.json', import.meta.url), 'utf8'));
 
-await build({
-  entryPoints: { cli: 'src/main.ts', exec: 'src/host/exec.ts' },
+const { metafile } = await build({
+  entryPoints: { cli: 'src/main.ts' },
+  metafile: true,
   outdir: 'dist',
   outExtension: { '.js': '.cjs' },
   bundle: true,
   platform: 'node',
   format: 'cjs',
   target: 'node20',
-  // import() of the exec bundle becomes require(): a vm-compiled script has no dynamic-import hook.
+  // Lazy import()s become require(): a vm-compiled script has no dynamic-import hook.
   supported: { 'dynamic-import': false },
   minifyWhitespace: true,
   minifySyntax: true,
@@ -35,17 +37,22 @@ await build({
         }));
       },
     },
-    {
-      name: 'lazy-exec-bundle',
-      setup(builder) {
-        builder.onResolve({ filter: /\/exec\.ts$/ }, (args) =>
-          args.kind === 'dynamic-import' ? { path: './exec.cjs', external: true } : undefined,
-        );
-      },
-    },
   ],
   logLevel: 'warning',
 });
+
+// The bundle carries other people's code: ship their licences with it (MIT and ISC require the notice).
+const packageDirs = new Set(
+  Object.keys(metafile.inputs).flatMap((input) => input.match(/^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//)?.[1] ?? []),
+);
+const notices = [];
+for (const dir of [...packageDirs].sort()) {
+  const { name, version: packageVersion, license } = JSON.parse(await readFile(join(dir, 'package.json'), 'utf8'));
+  const licenceFile = (await readdir(dir)).find((file) => /^(licen[cs]e|copying)/i.test(file));
+  const text = licenceFile ? await readFile(join(dir, licenceFile), 'utf8') : `${license} (no licence file shipped)`;
+  notices.push(`${name}@${packageVersion} (${license})\n\n${text.trim()}\n`);
+}
+await writeFile('dist/THIRD-PARTY-LICENSES.txt', notices.join(`\n${'-'.repeat(72)}\n\n`));
 
 // A typical dry run compiles the functions every invocation needs; the shim then saves them.
 execFileSync(process.execPath, ['bin/redirect-traffic', '--dry-run', '-proxy-uid=0', '-proxy-inbound-port=20000',

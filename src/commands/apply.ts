@@ -22,6 +22,8 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   const { log } = context;
   const netns = options.host.netns;
   const runner = context.runner(netns);
+  // Independent of the tables: asked while they are read.
+  const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
   const surveys = await surveyTables(runner, netns !== undefined);
   requireSomeBackend(surveys.map((s) => s.table));
   const choice = chooseBackend(surveys, options.host.iptablesMode);
@@ -68,7 +70,7 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
     anyChange = true;
   }
 
-  if (!options.rules.dualStack && (await hasGlobalIpv6(runner, netns))) {
+  if (await bypassingIpv6) {
     log.warn('this host has a global IPv6 address, and its IPv6 traffic bypasses the proxy: add -dual-stack to redirect it too');
   }
   context.output.stdout(`${summary(config, rulesets, choice.backend, netns, anyChange)}\n`);
