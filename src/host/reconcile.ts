@@ -30,14 +30,16 @@ export async function reconcile(
   let previous: OwnedState | undefined;
   let save = options.firstSave;
   let lastFailure: { error: IptablesError; table: string; transaction: string } | undefined;
-  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-    save ??= await table.save('nat');
-    const current = ownedState(parseNatTable(save));
+  // Every write is followed by a read that checks it, the last write included.
+  for (let attempt = 0; ; attempt++) {
+    const natTable = parseNatTable(save ?? (await table.save('nat')));
+    save = undefined;
+    const current = ownedState(natTable);
     previous ??= current;
     if (stateMatches(current, target)) return { changed: attempt > 0, previous };
+    if (attempt === MAX_ATTEMPTS) break;
     const transaction = renderTransaction(current, target);
-    const before = JSON.stringify(parseNatTable(save));
-    save = undefined; // the next pass reads the table back and checks it
+    const before = JSON.stringify(natTable);
     try {
       await table.restore(transaction);
     } catch (error) {
