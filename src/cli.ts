@@ -1,4 +1,5 @@
 import { Command, Option } from 'commander';
+import { parseBoolean } from './core/values.ts';
 import type { CommandName, RawOptions } from './options.ts';
 
 // Commander wiring only: which flags exist, their help, and how a consul-style `-flag` is accepted.
@@ -48,7 +49,8 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'wait', value: '<duration>', group: AGENT, commands: APPLY_STATUS, description: 'keep retrying this long while the agent is down or the proxy not yet registered (default: 0, one try)' },
   { name: 'netns', value: '<path>', group: HOST, commands: ALL, description: 'apply inside this network namespace, e.g. /var/run/netns/web' },
   { name: 'iptables-mode', value: '<mode>', group: HOST, commands: ALL, description: 'iptables backend: auto, legacy or nft (default: auto)' },
-  { name: 'allow-ssh-capture', group: HOST, commands: ['apply'], description: "apply even though this SSH session's port would be redirected" },
+  // Accepted by status too, so it takes an apply's exact flags.
+  { name: 'allow-ssh-capture', group: HOST, commands: APPLY_STATUS, description: "apply even though this SSH session's port would be redirected" },
   { name: 'config', value: '<file>', group: RUN, commands: ALL, description: 'JSON file of flag names to values; flags on the command line win over it' },
   { name: 'dry-run', group: RUN, commands: ['apply', 'cleanup'], description: 'print the iptables-restore input instead of applying it; needs no root' },
   { name: 'json', group: RUN, commands: ['status'], description: 'print the status as JSON' },
@@ -57,12 +59,16 @@ export const FLAGS: readonly FlagSpec[] = [
 
 const byName = new Map(FLAGS.map((spec) => [spec.name, spec]));
 
+const SUBCOMMANDS = ['apply', 'cleanup', 'status'];
+
 /**
  * Rewrites Go-style `-proxy-uid=101` / `-proxy-uid 101` to `--proxy-uid…`, only for known flag names and
- * only where a flag can stand (not as the value of the previous flag, not after `--`).
+ * only where a flag can stand (not as the value of the previous flag, not after `--`). A subcommand given
+ * after flags (`--dry-run cleanup`) is moved first, so those flags reach it instead of the default command.
  */
 export function normaliseArgv(args: readonly string[]): string[] {
   const out: string[] = [];
+  let subcommandAt: number | undefined;
   let expectValue = false;
   let optionsEnded = false;
   for (const arg of args) {
@@ -80,19 +86,20 @@ export function normaliseArgv(args: readonly string[]): string[] {
     const name = match?.[1];
     const spec = name === undefined ? undefined : byName.get(name);
     if (!match || !spec || name === undefined) {
+      if (subcommandAt === undefined && !arg.startsWith('-')) subcommandAt = SUBCOMMANDS.includes(arg) ? out.length : -1;
       out.push(arg === '-help' ? '--help' : arg === '-version' ? '--version' : arg);
       continue;
     }
     const inline = match[2];
     if (spec.value === undefined && inline !== undefined) {
       // Go accepts -dual-stack=true / =false for booleans.
-      if (/^=(1|t|true)$/i.test(inline)) out.push(`--${name}`);
-      else if (!/^=(0|f|false)$/i.test(inline)) out.push(`--${name}${inline}`);
+      if (parseBoolean(`-${name}`, inline.slice(1))) out.push(`--${name}`);
       continue;
     }
     out.push(`--${name}${inline ?? ''}`);
     expectValue = spec.value !== undefined && inline === undefined;
   }
+  if (subcommandAt !== undefined && subcommandAt > 0) out.unshift(...out.splice(subcommandAt, 1));
   return out;
 }
 

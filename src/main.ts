@@ -41,9 +41,12 @@ export async function run(
   program.configureOutput({
     writeOut: (text) => output.stdout(text),
     writeErr: (text) => output.stderr(text),
-    // One line whatever the argument held: control characters are shown escaped.
-    outputError: (text) =>
-      log.error(`${escapeControls(text.replace(/^error: /, '').trim())} (see --help)`),
+    // One line whatever the argument held (control characters escaped), and never the value of an unknown
+    // `--flag=value`: it may be a token given to a command that takes none.
+    outputError: (text) => {
+      const message = text.replace(/^error: /, '').trim().replace(/(unknown option '[^'=]*)=[^']*'/, "$1=…'");
+      log.error(`${escapeControls(message)} (see --help)`);
+    },
   });
   for (const sub of program.commands) sub.configureOutput(program.configureOutput());
   try {

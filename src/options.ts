@@ -5,6 +5,7 @@ import { DEFAULT_OUTBOUND_PORT } from './core/ruleset.ts';
 import {
   cidrSchema,
   durationSchema,
+  parseBoolean,
   ipAddressSchema,
   portOrRangeSchema,
   portSchema,
@@ -115,26 +116,51 @@ export const ENV_FALLBACKS: Record<string, string> = {
   partition: 'CONSUL_PARTITION',
 };
 
+/** Keys that shape the ruleset: given to `status`, they ask it to compare. */
+const RULE_KEYS = [
+  'proxy-uid',
+  'proxy-id',
+  'proxy-inbound-port',
+  'proxy-outbound-port',
+  'exclude-inbound-port',
+  'exclude-outbound-port',
+  'exclude-outbound-cidr',
+  'exclude-uid',
+  'consul-dns-ip',
+  'consul-dns-port',
+  'dual-stack',
+] as const;
+
 const LIST_KEYS = ['exclude-inbound-port', 'exclude-outbound-port', 'exclude-outbound-cidr', 'exclude-uid'];
 
 // Printable, no whitespace: nothing a value could use to start a new restore line or a new option.
 const plainText = z.string().regex(/^[\x21-\x7e]+$/, { error: 'must be non-empty printable text without spaces' });
 const pathText = z.string().regex(/^[^\0\n\r]+$/, { error: 'must be a file path' });
-const flag = z.union([z.boolean(), z.enum(['true', 'false']).transform((v) => v === 'true')]);
+const flag = z.union([z.boolean(), z.string().transform((text, ctx) => {
+  try {
+    return parseBoolean('', text);
+  } catch {
+    ctx.addIssue({ code: 'custom', message: 'must be true or false' });
+    return z.NEVER;
+  }
+})]);
 const list = <T extends z.ZodType>(item: T) => z.array(item).optional();
+
+const unsetOrPort = z.union([z.literal('0').transform(() => undefined), z.literal(0).transform(() => undefined), portSchema]).optional();
 
 /** Every key a flag or config file may set. Strict: an unknown config key is an error. */
 const rawSchema = z.strictObject({
   'proxy-uid': uidSchema.optional(),
   'proxy-id': plainText.optional(),
-  'proxy-inbound-port': portSchema.optional(),
+  // Consul's int flags default to 0, and generated command lines pass it: 0 means "not given".
+  'proxy-inbound-port': unsetOrPort,
   'proxy-outbound-port': portSchema.optional(),
   'exclude-inbound-port': list(portOrRangeSchema),
   'exclude-outbound-port': list(portOrRangeSchema),
   'exclude-outbound-cidr': list(cidrSchema),
   'exclude-uid': list(uidSchema),
   'consul-dns-ip': ipAddressSchema.optional(),
-  'consul-dns-port': portSchema.optional(),
+  'consul-dns-port': unsetOrPort,
   'dual-stack': flag.optional(),
   netns: pathText.optional(),
   'iptables-mode': z.enum(['auto', 'legacy', 'nft'], { error: 'must be auto, legacy or nft' }).optional(),
@@ -150,7 +176,7 @@ const rawSchema = z.strictObject({
   namespace: plainText.optional(),
   partition: plainText.optional(),
   'node-name': plainText.optional(),
-  timeout: durationSchema.optional(),
+  timeout: durationSchema.refine((ms) => ms > 0, { error: 'must be longer than 0' }).optional(),
   wait: durationSchema.optional(),
   'dry-run': flag.optional(),
   debug: flag.optional(),
@@ -323,12 +349,10 @@ function ruleOptions(parsed: Parsed): RuleOptions {
   };
 }
 
-function parseBool(variable: string, value: string | undefined, fallback: boolean): boolean {
-  if (value === undefined || value === '') return fallback;
-  if (/^(1|t|true)$/i.test(value)) return true;
-  if (/^(0|f|false)$/i.test(value)) return false;
-  throw invalidValue(variable, value, 'must be true or false');
-}
+const envBoolean = (env: NodeJS.ProcessEnv, variable: string, fallback: boolean) => {
+  const value = env[variable];
+  return value === undefined || value === '' ? fallback : parseBoolean(variable, value);
+};
 
 /** Reads the token with Consul's precedence: -token-file, -token, CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_TOKEN. */
 function resolveToken(parsed: Parsed, sources: Record<string, Source>, env: NodeJS.ProcessEnv) {
@@ -376,8 +400,8 @@ function agentOptions(parsed: Parsed, sources: Record<string, Source>, env: Node
     clientCert,
     clientKey,
     tlsServerName: parsed['tls-server-name'],
-    useTls: parseBool('CONSUL_HTTP_SSL', env['CONSUL_HTTP_SSL'], false),
-    verifyTls: parseBool('CONSUL_HTTP_SSL_VERIFY', env['CONSUL_HTTP_SSL_VERIFY'], true),
+    useTls: envBoolean(env, 'CONSUL_HTTP_SSL', false),
+    verifyTls: envBoolean(env, 'CONSUL_HTTP_SSL_VERIFY', true),
     basicAuth: auth ? { username, password: password.join(':') } : undefined,
     namespace: parsed.namespace,
     partition: parsed.partition,
@@ -410,7 +434,8 @@ export function cleanupOptions(flags: RawOptions, env: NodeJS.ProcessEnv): Clean
 
 export function statusOptions(flags: RawOptions, env: NodeJS.ProcessEnv): StatusOptions {
   const { parsed, sources } = mergeSources(flags, env);
-  const wantsComparison = parsed['proxy-uid'] !== undefined || parsed['proxy-id'] !== undefined;
+  // Any flag about the rules asks for a comparison (and then -proxy-uid is required, as for an apply).
+  const wantsComparison = RULE_KEYS.some((key) => parsed[key] !== undefined);
   const rules = wantsComparison ? ruleOptions(parsed) : undefined;
   return {
     ...common(parsed),

@@ -1,23 +1,24 @@
 import { CliError, ExitCode } from '../errors.ts';
-import { desiredState, EMPTY_STATE, renderTransaction, type OwnedState } from '../core/natTable.ts';
+import { desiredState, EMPTY_STATE, renderTransaction } from '../core/natTable.ts';
 import type { RedirectConfig, Ruleset } from '../core/ruleset.ts';
 import type { Family } from '../core/values.ts';
-import { familyLabel, requireSomeBackend, type IptablesTable } from '../host/iptables.ts';
+import { familyLabel, requireSomeBackend } from '../host/iptables.ts';
 import { reconcile } from '../host/reconcile.ts';
-import { chooseBackend, surveyTables } from '../host/survey.ts';
+import { chooseBackend, surveyTables, type TableSurvey } from '../host/survey.ts';
 import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
 import type { ApplyOptions } from '../options.ts';
 import { resolveRulesets } from './config.ts';
 import type { CommandContext } from './context.ts';
 
 export async function apply(options: ApplyOptions, context: CommandContext): Promise<void> {
+  // Before anything else, the agent included: waiting for it only to then fail on permissions helps nobody.
+  if (!options.dryRun) requireNetAdmin('applying traffic redirection rules');
   const { config, rulesets } = await resolveRulesets(options.rules, options.agent, context);
   if (options.dryRun) {
     context.output.stdout(renderDryRun(rulesets, context.version));
     return;
   }
   refuseSshCapture(config, rulesets, options.allowSshCapture, context.env);
-  requireNetAdmin('applying traffic redirection rules');
 
   const { log } = context;
   const netns = options.host.netns;
@@ -27,7 +28,6 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   const surveys = await surveyTables(runner, netns !== undefined);
   requireSomeBackend(surveys.map((s) => s.table));
   const choice = chooseBackend(surveys, options.host.iptablesMode);
-  if (!choice) throw new CliError('no iptables backend is usable', ExitCode.missingProgram);
   log.debug(`using iptables-${choice.backend}: ${choice.reason}`);
 
   const wanted = new Map(rulesets.map((ruleset) => [ruleset.family, desiredState(ruleset)]));
@@ -36,38 +36,42 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
     .filter((s) => wanted.has(s.table.family) || s.holdsOurs);
   for (const family of wanted.keys()) {
     if (!targets.some((s) => s.table.family === family)) {
-      const tool = family === 4 ? 'iptables' : 'ip6tables';
       throw new CliError(
-        `${tool}-${choice.backend}-save/-restore are not installed; install the 'iptables' package (it provides both)`,
+        `the ${familyLabel(family)} save/restore programs of iptables-${choice.backend} are not installed: ` +
+          "install the 'iptables' package (on RHEL, 'iptables-legacy' for the legacy backend)",
         ExitCode.missingProgram,
       );
     }
   }
 
-  // Every family of the chosen backend goes to its target (a family no longer asked for is emptied);
-  // if one fails, the ones already changed are put back as they were.
-  const changed: { table: IptablesTable; previous: OwnedState }[] = [];
+  // Every family of the chosen backend goes to its target (a family no longer asked for is emptied). If one
+  // fails, every table touched so far, the failing one included, is put back as the survey found it.
+  const touched: TableSurvey[] = [];
   let anyChange = false;
   for (const survey of targets) {
-    const target = wanted.get(survey.table.family) ?? EMPTY_STATE;
+    touched.push(survey);
     try {
-      const result = await reconcile(survey.table, target, {
+      const result = await reconcile(survey.table, wanted.get(survey.table.family) ?? EMPTY_STATE, {
         firstSave: survey.dump,
         onRetry: (reason) => log.debug(`retrying ${familyLabel(survey.table.family)}: ${reason}`),
       });
-      changed.push({ table: survey.table, previous: result.previous });
       anyChange ||= result.changed;
     } catch (error) {
-      await rollBack(changed, context);
+      await rollBack(touched, context);
       throw error;
     }
   }
 
   // Rules in the other backend would be evaluated too, and silently disagree with ours.
   for (const stale of surveys.filter((s) => s.table.backend !== choice.backend && s.holdsOurs)) {
-    await reconcile(stale.table, EMPTY_STATE, { firstSave: stale.dump });
-    log.info(`removed stale rules from iptables-${stale.table.backend} (${familyLabel(stale.table.family)})`);
-    anyChange = true;
+    const where = `iptables-${stale.table.backend} (${familyLabel(stale.table.family)})`;
+    try {
+      await reconcile(stale.table, EMPTY_STATE, { firstSave: stale.dump });
+      log.info(`removed stale rules from ${where}`);
+      anyChange = true;
+    } catch (error) {
+      log.warn(`applied, but could not remove the stale rules in ${where}: ${(error as Error).message}`);
+    }
   }
 
   if (await bypassingIpv6) {
@@ -76,13 +80,14 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   context.output.stdout(`${summary(config, rulesets, choice.backend, netns, anyChange)}\n`);
 }
 
-async function rollBack(changed: { table: IptablesTable; previous: OwnedState }[], context: CommandContext) {
-  for (const { table, previous } of changed.reverse()) {
+async function rollBack(touched: readonly TableSurvey[], context: CommandContext) {
+  for (const { table, owned } of [...touched].reverse()) {
+    const where = `iptables-${table.backend} ${familyLabel(table.family)}`;
     try {
-      await reconcile(table, previous);
-      context.log.warn(`rolled ${familyLabel(table.family)} back to the rules it had before`);
+      const { changed } = await reconcile(table, owned);
+      if (changed) context.log.warn(`put ${where} back to the rules it had before`);
     } catch (error) {
-      context.log.error(`could not roll ${familyLabel(table.family)} back: ${(error as Error).message}`);
+      context.log.error(`could not put ${where} back: ${(error as Error).message}`);
     }
   }
 }
@@ -103,7 +108,7 @@ function summary(config: RedirectConfig, rulesets: Ruleset[], backend: string, n
 }
 
 /** The restore input for a host without these rules, one block per family. */
-export function renderDryRun(rulesets: readonly Ruleset[], version: string): string {
+function renderDryRun(rulesets: readonly Ruleset[], version: string): string {
   return rulesets
     .map((ruleset) => {
       const tool = ruleset.family === 4 ? 'iptables-restore' : 'ip6tables-restore';

@@ -1,6 +1,6 @@
 import { EMPTY_STATE, renderTransaction } from '../core/natTable.ts';
 import { OWNED_CHAINS } from '../core/ruleset.ts';
-import { familyLabel } from '../host/iptables.ts';
+import { familyLabel, requireSomeBackend } from '../host/iptables.ts';
 import { reconcile } from '../host/reconcile.ts';
 import { surveyTables } from '../host/survey.ts';
 import { hasNetAdmin, requireNetAdmin } from '../host/system.ts';
@@ -18,9 +18,9 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
     return;
   }
   requireNetAdmin('removing traffic redirection rules');
-  const surveys = (await surveyTables(context.runner(netns), netns !== undefined)).filter(
-    (s) => s.holdsOurs && (mode === 'auto' || s.table.backend === mode),
-  );
+  const everything = await surveyTables(context.runner(netns), netns !== undefined);
+  requireSomeBackend(everything.map((s) => s.table));
+  const surveys = everything.filter((s) => s.holdsOurs && (mode === 'auto' || s.table.backend === mode));
   if (surveys.length === 0) {
     output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
     return;

@@ -2,7 +2,7 @@ import { ExitCode } from '../errors.ts';
 import { desiredState, stateMatches, type OwnedState, type SavedRule } from '../core/natTable.ts';
 import { OWNED_CHAINS } from '../core/ruleset.ts';
 import type { Family } from '../core/values.ts';
-import { familyLabel } from '../host/iptables.ts';
+import { familyLabel, requireSomeBackend } from '../host/iptables.ts';
 import { surveyTables, type TableSurvey } from '../host/survey.ts';
 import { requireNetAdmin } from '../host/system.ts';
 import type { StatusOptions } from '../options.ts';
@@ -27,15 +27,18 @@ interface StatusReport {
 
 const EXIT: Record<Verdict, number> = { 'in-sync': 0, installed: 0, drifted: ExitCode.drifted, absent: ExitCode.absent };
 
-/** Shows what is installed and, given apply's flags, whether it is exactly what an apply would install. */
-/** Returns the exit code: 0 in sync (or installed, without flags to compare), 3 drifted, 4 absent. */
+/**
+ * Shows what is installed and, given apply's flags, whether it is exactly what an apply would install.
+ * Returns the exit code: 0 in sync (or installed, without flags to compare), 3 drifted, 4 absent.
+ */
 export async function status(options: StatusOptions, context: CommandContext): Promise<number> {
+  requireNetAdmin('reading the iptables rules');
   const wanted =
     options.rules === undefined
       ? undefined
       : new Map((await resolveRulesets(options.rules, options.agent, context)).rulesets.map((r) => [r.family, desiredState(r)]));
-  requireNetAdmin('reading the iptables rules');
   const surveys = await surveyTables(context.runner(options.host.netns), options.host.netns !== undefined);
+  requireSomeBackend(surveys.map((s) => s.table));
   const report = buildReport(surveys.filter((s) => s.holdsOurs), wanted);
   context.output.stdout(options.json ? `${JSON.stringify(report, null, 2)}\n` : renderReport(report));
   return EXIT[report.status];

@@ -153,7 +153,8 @@ export function buildRuleset(config: RedirectConfig, family: Family): Ruleset {
 /** A rule's match and target exactly as `iptables-save` prints them, so installed and wanted compare as text. */
 export function ruleSpec(rule: Rule): string {
   const parts: string[] = [];
-  if (rule.destination !== undefined) parts.push('-d', rule.destination);
+  // A /0 destination matches everything, and iptables-save leaves it out.
+  if (rule.destination !== undefined && !rule.destination.endsWith('/0')) parts.push('-d', rule.destination);
   if (rule.protocol !== undefined) parts.push('-p', rule.protocol);
   if (rule.destinationPort !== undefined) parts.push('-m', rule.protocol ?? 'tcp', '--dport', rule.destinationPort);
   if (rule.uidOwner !== undefined) parts.push('-m', 'owner', '--uid-owner', String(rule.uidOwner));

@@ -1,5 +1,6 @@
 import IPCIDR from 'ip-cidr';
 import * as z from 'zod';
+import { invalidValue } from '../errors.ts';
 
 // Pure validators for single values. Each returns a canonical form that is safe to place in an
 // iptables-restore line: digits, dots, colons, slashes and hex only, never whitespace or a leading dash.
@@ -87,14 +88,18 @@ function ipv4Number(text: string): number | undefined {
 
 const ipv4Text = (value: number) => [24, 16, 8, 0].map((shift) => (value >>> shift) & 255).join('.');
 
+// IPv4 inside IPv6, however written: ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, which ip6tables-save
+// prints in that dotted form, so it would never read back as written).
+const IPV4_IN_IPV6 = /^::(ffff:)?[0-9a-f]{1,4}:[0-9a-f]{1,4}$/;
+
 /**
  * The canonical text of an IPv6 address, or undefined. Zone IDs mean nothing to iptables, and IPv4 inside
- * IPv6 (::ffff:a.b.c.d, ::a.b.c.d, or the same in hex) is refused: ip-cidr rewrites it to IPv4 and drops the prefix.
+ * IPv6 is refused: ip-cidr rewrites some of it to IPv4, dropping the prefix, and ip6tables prints it dotted.
  */
 function canonicalIpv6(text: string): string | undefined {
   if (!text.includes(':') || /[%.]/.test(text) || !IPCIDR.isValidAddress(text)) return undefined;
   const canonical = IPCIDR.createAddress(text).correctForm();
-  return /^::ffff:/.test(canonical) ? undefined : canonical;
+  return IPV4_IN_IPV6.test(canonical) ? undefined : canonical;
 }
 
 function prefixLength(text: string | undefined, family: Family): number | undefined {
@@ -122,7 +127,9 @@ function canonicalCidr(text: string): Cidr | string {
     const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
     return { family, cidr: `${ipv4Text((ipv4 & mask) >>> 0)}/${prefix}` };
   }
-  return { family, cidr: `${new IPCIDR(`${ipv6}/${prefix}`).addressStart.correctForm()}/${prefix}` };
+  const network = new IPCIDR(`${ipv6}/${prefix}`).addressStart.correctForm();
+  if (IPV4_IN_IPV6.test(network)) return 'must not be an IPv4 address written as IPv6; give the IPv4 form';
+  return { family, cidr: `${network}/${prefix}` };
 }
 
 /** An address or prefix; host bits are allowed (iptables masks them) and are masked here too. */
@@ -138,6 +145,13 @@ export const ipAddressSchema = z.string().transform((text, ctx): IpAddress => {
 });
 
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** Go's strconv.ParseBool, as Consul reads booleans: 1, t, true, 0, f, false in any case. */
+export function parseBoolean(where: string, text: string): boolean {
+  if (/^(1|t|true)$/i.test(text)) return true;
+  if (/^(0|f|false)$/i.test(text)) return false;
+  throw invalidValue(where, text, 'must be true or false');
+}
 
 // Node's timers treat anything longer as 1 ms.
 const MAX_DURATION_MS = 2 ** 31 - 1;
@@ -158,7 +172,7 @@ export const durationSchema = scalarString.transform((text, ctx) => {
   return total > MAX_DURATION_MS ? fail(ctx, 'must be at most 24 days') : Math.round(total);
 });
 
-/** Splits `a,b , c` into items; an empty item is an error, not silently dropped. */
+/** Splits `a,b , c` into items; an empty item is kept, for the schema to reject, not silently dropped. */
 export function splitList(values: readonly string[]): string[] {
   return values.flatMap((value) => value.split(',').map((item) => item.replace(/^ +| +$/g, '')));
 }

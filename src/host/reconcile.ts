@@ -9,13 +9,7 @@ import {
 } from '../core/natTable.ts';
 import { IptablesError, type IptablesTable } from './iptables.ts';
 
-export const MAX_ATTEMPTS = 8;
-
-export interface ReconcileResult {
-  changed: boolean;
-  /** What was there before, for a rollback. */
-  previous: OwnedState;
-}
+const MAX_ATTEMPTS = 8;
 
 /**
  * Brings one table to `target` with optimistic concurrency: read, write one transaction, read back. A
@@ -26,22 +20,31 @@ export async function reconcile(
   table: IptablesTable,
   target: OwnedState,
   options: { firstSave?: string | undefined; onRetry?: (reason: string) => void } = {},
-): Promise<ReconcileResult> {
-  let previous: OwnedState | undefined;
+): Promise<{ changed: boolean }> {
   let save = options.firstSave;
   let lastFailure: { error: IptablesError; table: string; transaction: string } | undefined;
+  let lastWrite: { table: string; transaction: string } | undefined;
   // Every write is followed by a read that checks it, the last write included.
   for (let attempt = 0; ; attempt++) {
     const natTable = parseNatTable(save ?? (await table.save('nat')));
     save = undefined;
     const current = ownedState(natTable);
-    previous ??= current;
-    if (stateMatches(current, target)) return { changed: attempt > 0, previous };
+    if (stateMatches(current, target)) return { changed: attempt > 0 };
     if (attempt === MAX_ATTEMPTS) break;
     const transaction = renderTransaction(current, target);
-    const before = JSON.stringify(natTable);
+    const before = JSON.stringify(natTable ?? null);
+    if (lastWrite?.table === before && lastWrite.transaction === transaction) {
+      // This very write, on this very table, already came back as this table: iptables stores some rule
+      // in another spelling than ours, and no retry can change that.
+      throw new CliError(
+        `the rules read back from iptables-${table.backend} differ from the rules written (a rule spelled ` +
+          "differently by iptables-save); please report it with `redirect-traffic status` output",
+        ExitCode.internal,
+      );
+    }
     try {
       await table.restore(transaction);
+      lastWrite = { table: before, transaction };
     } catch (error) {
       if (!(error instanceof IptablesError)) throw error;
       // The same transaction failing twice on the same table is deterministic (a missing module, a bad

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { isEmptyState, ownedState, parseNatTable, type OwnedState } from '../core/natTable.ts';
 import type { Family } from '../core/values.ts';
 import { BACKENDS, openTable, systemDefaultBackend, type BackendName, type IptablesTable } from './iptables.ts';
+import type { IptablesMode } from '../options.ts';
 import type { CommandRunner } from './runner.ts';
 
 /** One backend's view of one family: everything it holds, and what of that is ours. */
@@ -14,7 +15,7 @@ export interface TableSurvey {
   holdsRules: boolean;
 }
 
-export const FAMILIES: readonly Family[] = [4, 6];
+const FAMILIES: readonly Family[] = [4, 6];
 
 // iptables-legacy lists loaded tables here; reading it costs no process and loads no module.
 function legacyTablesLoaded(family: Family): boolean {
@@ -55,24 +56,22 @@ export interface BackendChoice {
 
 /**
  * The backend that already holds our chains, else the one holding any rules, else the system default
- * (what plain `iptables` is), as Istio and Kuma decide. A forced mode wins.
+ * (what plain `iptables` is), as Istio and Kuma decide. A forced mode wins. Surveys must not be empty.
  */
 export function chooseBackend(
   surveys: readonly TableSurvey[],
-  mode: 'auto' | BackendName,
+  mode: IptablesMode,
   systemDefault: BackendName | undefined = systemDefaultBackend(),
-): BackendChoice | undefined {
+): BackendChoice {
   if (mode !== 'auto') return { backend: mode, reason: 'set by -iptables-mode' };
   const installed = BACKENDS.filter((backend) => surveys.some((s) => s.table.backend === backend));
   const preferDefault = (candidates: BackendName[]) =>
-    candidates.includes(systemDefault ?? 'nft') ? (systemDefault ?? 'nft') : candidates[0];
+    systemDefault !== undefined && candidates.includes(systemDefault) ? systemDefault : (candidates[0] ?? 'nft');
   const holding = (test: (s: TableSurvey) => boolean) =>
     installed.filter((backend) => surveys.some((s) => s.table.backend === backend && test(s)));
   const withOurs = holding((s) => s.holdsOurs);
-  if (withOurs.length > 0) return { backend: preferDefault(withOurs)!, reason: 'it holds the existing redirection chains' };
+  if (withOurs.length > 0) return { backend: preferDefault(withOurs), reason: 'it holds the existing redirection chains' };
   const withRules = holding((s) => s.holdsRules);
-  if (withRules.length > 0) return { backend: preferDefault(withRules)!, reason: 'it holds the host\'s other rules' };
-  if (systemDefault && installed.includes(systemDefault)) return { backend: systemDefault, reason: 'it is the system default' };
-  const fallback = installed[0];
-  return fallback && { backend: fallback, reason: 'it is the only one installed' };
+  if (withRules.length > 0) return { backend: preferDefault(withRules), reason: "it holds the host's other rules" };
+  return { backend: preferDefault(installed), reason: 'it is the system default, or the only one installed' };
 }

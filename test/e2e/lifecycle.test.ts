@@ -104,6 +104,15 @@ describeE2E('apply, re-apply, cleanup and status', () => {
       expect(await saveEverything(ns)).toEqual(before);
     });
 
+    it('flags given before the subcommand still reach it: `--dry-run -netns X cleanup` changes nothing', async () => {
+      const ns = await testNamespace();
+      await cli(applyArgs(ns, FLAGS));
+      const before = await saveEverything(ns);
+      const result = await cli(['--dry-run', '-netns', ns.path, 'cleanup']);
+      expect(result.stdout).toContain('-X CONSUL_PROXY_OUTPUT');
+      expect(await saveEverything(ns)).toEqual(before);
+    });
+
     it('can run twice', async () => {
       const ns = await testNamespace();
       await addForeignRules(ns);
@@ -121,6 +130,13 @@ describeE2E('apply, re-apply, cleanup and status', () => {
       await cli(applyArgs(ns, FLAGS));
       const result = await cli(statusArgs(ns, FLAGS, '--json'), 0);
       expect(JSON.parse(result.stdout)).toMatchObject({ status: 'in-sync' });
+    });
+
+    it('is in sync after an apply that excludes everything (/0), which iptables-save prints without -d', async () => {
+      const ns = await testNamespace();
+      const everything: RedirectFlags = { ...FLAGS, excludeOutboundCidrs: ['0.0.0.0/0', '::/0', '::/96'], dualStack: true };
+      await cli(applyArgs(ns, everything));
+      await cli(statusArgs(ns, everything), 0);
     });
 
     it('is drifted after a rule is deleted by hand (exit 3), also in --json', async () => {

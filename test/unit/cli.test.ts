@@ -91,9 +91,28 @@ describe('normaliseArgv', () => {
     ['-dry-run=false', []],
     ['-dry-run=F', []],
     ['-dry-run=0', []],
-    ['-dry-run=yes', ['--dry-run=yes']],
   ])('Go boolean syntax %s', (arg, expected) => {
     expect(normaliseArgv([arg])).toEqual(expected);
+  });
+
+  it('never echoes the value of an unknown --flag=value: it may be a token given to the wrong command', async () => {
+    const result = await runCli(['cleanup', '-token=s3cr3t-tok']);
+    expectOneLineFailure(result, ExitCode.usage, "unknown option '--token=");
+    expect(result.stderr).not.toContain('s3cr3t-tok');
+  });
+
+  it('refuses a boolean value Go would not read, naming the flag', () => {
+    expect(() => normaliseArgv(['-dry-run=yes'])).toThrow('invalid value "yes" for -dry-run: must be true or false');
+  });
+
+  it('moves a subcommand given after flags to the front, so the flags reach it', () => {
+    expect(normaliseArgv(['--dry-run', '-netns', '/run/netns/x', 'cleanup'])).toEqual([
+      'cleanup',
+      '--dry-run',
+      '--netns',
+      '/run/netns/x',
+    ]);
+    expect(normaliseArgv(['-proxy-id', 'cleanup', '-proxy-uid=1'])).toEqual(['--proxy-id', 'cleanup', '--proxy-uid=1']);
   });
 
   it('rewrites a flag whose inline value holds a newline or other control characters', () => {
@@ -232,7 +251,6 @@ describe('run: every bad value is one stderr line naming the flag and the value,
     ['proxy-uid', 'a b'],
     ['proxy-uid', '-1'],
     ['proxy-uid', '4294967295'],
-    ['proxy-inbound-port', '0'],
     ['proxy-inbound-port', '65536'],
     ['proxy-inbound-port', 'abc'],
     ['proxy-inbound-port', '+80'],
@@ -249,7 +267,7 @@ describe('run: every bad value is one stderr line naming the flag and the value,
     ['exclude-uid', 'root\0'],
     ['consul-dns-ip', 'localhost'],
     ['consul-dns-ip', '10.0.0.53/32'],
-    ['consul-dns-port', '0'],
+    ['consul-dns-port', '65536'],
     ['iptables-mode', 'iptables'],
   ];
 

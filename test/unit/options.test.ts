@@ -148,7 +148,8 @@ describe('apply options: values and defaults', () => {
     });
     expect(applyOptions({ ...BASE, 'consul-dns-port': '8600' }, {}).rules).toMatchObject({ dnsIp: undefined, dnsPort: 8600 });
     expectUsage(() => applyOptions({ ...BASE, 'consul-dns-ip': 'consul.local' }, {}), '-consul-dns-ip', 'consul.local');
-    expectUsage(() => applyOptions({ ...BASE, 'consul-dns-port': '0' }, {}), '-consul-dns-port', '"0"');
+    // As with Consul's int flags, 0 means "not given".
+    expect(applyOptions({ ...BASE, 'consul-dns-port': '0' }, {}).rules).toMatchObject({ dnsPort: undefined });
   });
 
   it('an IPv6 DNS address needs -dual-stack (else no DNS rule would be installed at all)', () => {

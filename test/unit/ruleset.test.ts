@@ -72,7 +72,8 @@ function savedForm(args: string[]): string {
   };
   const parts: string[] = [];
   const d = opt('-d');
-  if (d !== undefined) parts.push('-d', d.includes('/') ? d : `${d}/${d.includes(':') ? 128 : 32}`);
+  // iptables-save leaves out a /0 destination: it matches everything.
+  if (d !== undefined && !d.endsWith('/0')) parts.push('-d', d.includes('/') ? d : `${d}/${d.includes(':') ? 128 : 32}`);
   const p = opt('-p');
   if (p !== undefined) parts.push('-p', p);
   const dport = opt('--dport');
@@ -227,7 +228,7 @@ describe('buildRuleset, IPv4: Consul reference §3.2', () => {
     const output = expectLikeConsul(
       config({ excludeOutboundCidrs: [cidr('10.0.0.0/8'), cidr('192.168.1.7/32'), cidr('0.0.0.0/0')] }),
     ).get(CHAINS.output);
-    expect(output?.slice(0, 3)).toEqual(['-d 0.0.0.0/0 -j RETURN', '-d 192.168.1.7/32 -j RETURN', '-d 10.0.0.0/8 -j RETURN']);
+    expect(output?.slice(0, 3)).toEqual(['-j RETURN', '-d 192.168.1.7/32 -j RETURN', '-d 10.0.0.0/8 -j RETURN']);
   });
 
   it('one and several exclude-uids, reversed', () => {
