@@ -62,7 +62,7 @@ const byName = new Map(FLAGS.map((spec) => [spec.name, spec]));
 const SUBCOMMANDS = ['apply', 'cleanup', 'status'];
 
 /**
- * Rewrites Go-style `-proxy-uid=101` / `-proxy-uid 101` to `--proxy-uid…`, only for known flag names and
+ * Rewrites Go-style `-proxy-uid=101` / `-proxy-uid 101` to `--proxy-uid...`, only for known flag names and
  * only where a flag can stand (not as the value of the previous flag, not after `--`). A subcommand given
  * after flags (`--dry-run cleanup`) is moved first, so those flags reach it instead of the default command.
  */

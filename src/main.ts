@@ -44,7 +44,7 @@ export async function run(
     // One line whatever the argument held (control characters escaped), and never the value of an unknown
     // `--flag=value`: it may be a token given to a command that takes none.
     outputError: (text) => {
-      const message = text.replace(/^error: /, '').trim().replace(/(unknown option '[^'=]*)=[^']*'/, "$1=…'");
+      const message = text.replace(/^error: /, '').trim().replace(/(unknown option '[^'=]*)=[^']*'/, "$1=...'");
       log.error(`${escapeControls(message)} (see --help)`);
     },
   });

@@ -77,7 +77,6 @@ export interface AgentOptions {
 
 export interface CommonOptions {
   dryRun: boolean;
-  debug: boolean;
 }
 
 export interface ApplyOptions extends CommonOptions {
@@ -105,7 +104,7 @@ export const DEFAULT_AGENT_TIMEOUT_MS = 5_000;
 const SECRET_KEYS = new Set(['token']);
 
 /** Environment variables standing in for flags, as Consul's CLI reads them. */
-export const ENV_FALLBACKS: Record<string, string> = {
+const ENV_FALLBACKS: Record<string, string> = {
   'http-addr': 'CONSUL_HTTP_ADDR',
   'ca-file': 'CONSUL_CACERT',
   'ca-path': 'CONSUL_CAPATH',
@@ -314,7 +313,7 @@ function hostOptions(parsed: Parsed, sources: Record<string, Source>): HostOptio
   };
 }
 
-/** Consul's checks, in Consul's order (reference §2.1). */
+/** Consul's checks, in Consul's order (reference section 2.1). */
 function ruleOptions(parsed: Parsed): RuleOptions {
   const proxyUid = parsed['proxy-uid'];
   if (proxyUid === undefined) throw new UsageError('-proxy-uid is required');
@@ -412,7 +411,7 @@ function agentOptions(parsed: Parsed, sources: Record<string, Source>, env: Node
 }
 
 function common(parsed: Parsed): CommonOptions {
-  return { dryRun: parsed['dry-run'] ?? false, debug: parsed.debug ?? false };
+  return { dryRun: parsed['dry-run'] ?? false };
 }
 
 export function applyOptions(flags: RawOptions, env: NodeJS.ProcessEnv): ApplyOptions {

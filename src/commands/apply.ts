@@ -7,7 +7,7 @@ import { reconcile } from '../host/reconcile.ts';
 import { chooseBackend, surveyTables, type TableSurvey } from '../host/survey.ts';
 import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
 import type { ApplyOptions } from '../options.ts';
-import { resolveRulesets } from './config.ts';
+import { resolveRulesets } from './rulesets.ts';
 import type { CommandContext } from './context.ts';
 
 export async function apply(options: ApplyOptions, context: CommandContext): Promise<void> {

@@ -6,7 +6,7 @@ import { familyLabel, requireSomeBackend } from '../host/iptables.ts';
 import { surveyTables, type TableSurvey } from '../host/survey.ts';
 import { requireNetAdmin } from '../host/system.ts';
 import type { StatusOptions } from '../options.ts';
-import { resolveRulesets } from './config.ts';
+import { resolveRulesets } from './rulesets.ts';
 import type { CommandContext } from './context.ts';
 
 type Verdict = 'in-sync' | 'drifted' | 'absent' | 'installed';

@@ -17,7 +17,7 @@ import { createAgentClient, type AgentClient } from './client.ts';
 import { retryWhileTransient, TransientAgentError } from './retry.ts';
 import { secretHider } from './secrets.ts';
 
-// Resolves -proxy-id as `consul connect redirect-traffic` does (reference §2.2), with -wait for boot races.
+// Resolves -proxy-id as `consul connect redirect-traffic` does (reference section 2.2), with -wait for boot races.
 
 /** Reads the proxy's ports from the agent (or the catalog, with -node-name). Never shows the token. */
 export async function fetchProxyPorts(agent: AgentOptions, proxyId: string, log: Logger): Promise<ProxyPorts> {

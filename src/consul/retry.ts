@@ -3,7 +3,7 @@ import { CliError, ExitCode } from '../errors.ts';
 
 /** A failure time may fix (agent still starting, proxy not registered yet): -wait retries these, and only these. */
 export class TransientAgentError extends CliError {
-  /** What a retry waits for, for the progress line: `the Consul agent at … (connection refused)`. */
+  /** What a retry waits for, for the progress line: `the Consul agent at ... (connection refused)`. */
   readonly waitingFor: string;
   constructor(message: string, waitingFor: string) {
     super(message, ExitCode.unavailable);

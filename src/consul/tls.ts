@@ -87,7 +87,7 @@ export function describeTlsFailure(error: unknown): string | undefined {
     return `certificate signed by unknown authority (${code}): check -ca-file/-ca-path and -tls-server-name`;
   }
   if (NAME_MISMATCH.has(code)) return `${message}: check -tls-server-name`;
-  // Node reports a plain-HTTP server answering a TLS hello as ERR_SSL_… or as a bare EPROTO.
+  // Node reports a plain-HTTP server answering a TLS hello as ERR_SSL_... or as a bare EPROTO.
   if (code === 'ERR_SSL_WRONG_VERSION_NUMBER' || (code === 'EPROTO' && /wrong version number/.test(message))) {
     return 'the agent does not speak TLS at this address: use an http:// address, or unset CONSUL_HTTP_SSL';
   }

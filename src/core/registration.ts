@@ -1,11 +1,12 @@
 import * as z from 'zod';
 import { CliError, ExitCode } from '../errors.ts';
 import { DEFAULT_OUTBOUND_PORT } from './ruleset.ts';
+import { portText } from './values.ts';
 
-// The agent's JSON, validated, and what Consul derives from a proxy registration (reference §2.2).
+// The agent's JSON, validated, and what Consul derives from a proxy registration (reference section 2.2).
 // Pure: the HTTP side lives in src/consul. Plain z.object everywhere, so fields a newer agent adds are ignored.
 
-/** What a proxy registration contributes to the ruleset (reference §2.2). */
+/** What a proxy registration contributes to the ruleset (reference section 2.2). */
 export interface ProxyPorts {
   inboundPort: number;
   outboundPort: number;
@@ -17,15 +18,13 @@ const PORT_OR_ZERO = 'must be a port number from 0 to 65535';
 const port = z.int({ error: PORT_OR_ZERO }).min(0, { error: PORT_OR_ZERO }).max(65535, { error: PORT_OR_ZERO });
 const object = <T extends z.core.$ZodLooseShape>(shape: T) => z.object(shape, { error: 'must be an object' });
 
-// Leading zeros are refused rather than guessed at: Go's ParseInt(s, 0) would read "010" as octal 8.
-const DECIMAL_PORT = /^(0|[1-9]\d{0,4})$/;
-
 /** Consul decodes Proxy.Config weakly (mapstructure.WeakDecode): a number, a numeric string, or "" for 0. */
 const bindPort = z
   .unknown()
   .transform((value, ctx) => {
     if (value === undefined || value === null || value === '') return 0;
-    const number = typeof value === 'string' && DECIMAL_PORT.test(value) ? Number(value) : value;
+    // Leading zeros are refused rather than guessed at: Go's ParseInt(s, 0) would read "010" as octal 8.
+    const number = typeof value === 'string' ? (portText(value) ?? value) : value;
     if (typeof number === 'number' && Number.isInteger(number) && number >= 0 && number <= 65535) return number;
     ctx.addIssue({ code: 'custom', message: `${PORT_OR_ZERO}, as a number or a numeric string` });
     return z.NEVER;
@@ -38,12 +37,12 @@ const bindAddressPort = z
   .nullish()
   .transform((text, ctx) => {
     if (!text) return undefined;
-    const portText = /^(?:\[[^[\]]*\]|[^:[\]]*):([^:[\]]*)$/.exec(text)?.[1];
-    if (portText === undefined) {
+    const portPart = /^(?:\[[^[\]]*\]|[^:[\]]*):([^:[\]]*)$/.exec(text)?.[1];
+    if (portPart === undefined) {
       ctx.addIssue({ code: 'custom', message: 'must be host:port, [ipv6]:port or :port' });
       return z.NEVER;
     }
-    const number = DECIMAL_PORT.test(portText) ? Number(portText) : 0;
+    const number = portText(portPart) ?? 0;
     if (number < 1 || number > 65535) {
       ctx.addIssue({ code: 'custom', message: 'must end in a port number from 1 to 65535' });
       return z.NEVER;
@@ -78,7 +77,7 @@ export const nodeServicesSchema = object({
 export const agentChecksSchema = z.record(z.string(), object({ ExposedPort: port.nullish() })).nullable();
 export type AgentChecks = z.output<typeof agentChecksSchema>;
 
-const truncate = (text: string, max: number) => (text.length > max ? `${text.slice(0, max)}…` : text);
+const truncate = (text: string, max: number) => (text.length > max ? `${text.slice(0, max)}...` : text);
 
 /** Agent-supplied text as one quoted, bounded line: safe to put in a message. */
 export function quoteExcerpt(text: string, max = 200): string {
@@ -148,7 +147,7 @@ export function exposedChecksService(proxy: ProxyRegistration): string | undefin
   return proxy.Proxy.Expose?.Checks === true ? (proxy.Proxy.DestinationServiceName ?? '') : undefined;
 }
 
-/** Consul's derivation of the ports (reference §2.2 steps 5 to 7); checks in check-ID order for determinism. */
+/** Consul's derivation of the ports (reference section 2.2 steps 5 to 7); checks in check-ID order for determinism. */
 export function deriveProxyPorts(proxy: ProxyRegistration, checks: AgentChecks): ProxyPorts {
   const { Config: config, TransparentProxy: transparentProxy, Expose: expose } = proxy.Proxy;
   const bindPort = config?.bind_port ?? 0;

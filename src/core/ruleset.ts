@@ -99,7 +99,7 @@ function dnsSteps(dns: DnsRedirect, family: Family): Step[] {
   ];
 }
 
-/** Consul's command sequence (reference §3.2), `-A` and `-I` alike, for one address family. */
+/** Consul's command sequence (reference section 3.2), `-A` and `-I` alike, for one address family. */
 function consulSteps(config: RedirectConfig, family: Family): Step[] {
   const ret: Target = { kind: 'return' };
   return [

@@ -30,15 +30,21 @@ function fail(ctx: z.core.$RefinementCtx<string>, message: string): never {
 }
 
 /** Strings only; config files may also hold plain integers. */
-export const scalarString = z.union([z.string(), z.number().int()]).transform(String);
+const scalarString = z.union([z.string(), z.number().int()]).transform(String);
 
 // Go's ParseInt(s, 0) and iptables' strtoul(s, 0) read a leading zero as octal: refuse it rather than guess.
 const DECIMAL = /^(0|[1-9]\d*)$/;
 
-function portNumber(text: string): number | undefined {
+/** A decimal 0..65535 without leading zeros, or undefined. */
+export function portText(text: string): number | undefined {
   if (!DECIMAL.test(text) || text.length > 5) return undefined;
   const port = Number(text);
-  return port >= 1 && port <= 65535 ? port : undefined;
+  return port <= 65535 ? port : undefined;
+}
+
+function portNumber(text: string): number | undefined {
+  const port = portText(text);
+  return port === undefined || port === 0 ? undefined : port;
 }
 
 export const portSchema = scalarString.transform((text, ctx) => {

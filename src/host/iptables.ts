@@ -22,7 +22,7 @@ export const familyLabel = (family: Family) => (family === 4 ? 'IPv4' : 'IPv6');
 const toolPrefix = (family: Family) => (family === 4 ? 'iptables' : 'ip6tables');
 
 /** Which backend a multi-call binary is, judged by the file a plain `iptables-save` links to. */
-export function backendOfProgram(path: string): BackendName | undefined {
+function backendOfProgram(path: string): BackendName | undefined {
   let target: string;
   try {
     target = realpathSync(path);

@@ -27,7 +27,7 @@ export function findProgram(name: string, pathEnv = process.env['PATH'] ?? ''): 
       accessSync(candidate, constants.X_OK);
       return candidate;
     } catch {
-      // not here; try the next directory
+      // not in this directory (or not executable by us)
     }
   }
   return undefined;
@@ -35,7 +35,7 @@ export function findProgram(name: string, pathEnv = process.env['PATH'] ?? ''): 
 
 export class MissingProgramError extends CliError {
   constructor(program: string, hint: string) {
-    super(`${program} was not found on PATH or in /usr/sbin, /sbin: ${hint}`, ExitCode.missingProgram);
+    super(`${program} was not found on PATH or in the system directories (/usr/sbin, /sbin, ...): ${hint}`, ExitCode.missingProgram);
   }
 }
 
@@ -47,7 +47,7 @@ const MAX_OUTPUT_BYTES = 256 * 1024 * 1024;
  * Node's execFile rather than execa: this runs a handful of short-lived commands, and execa's start-up
  * and per-call cost measured ~20 ms of an apply that should be close to the cost of the commands alone.
  */
-export function createRunner(options: { netns?: string | undefined; timeoutMs?: number } = {}): CommandRunner {
+export function createRunner(options: { netns?: string | undefined } = {}): CommandRunner {
   const nsenter = options.netns === undefined ? undefined : findProgram('nsenter');
   if (options.netns !== undefined && nsenter === undefined) {
     throw new MissingProgramError('nsenter', "it is needed for -netns; install the 'util-linux' package");
@@ -56,7 +56,7 @@ export function createRunner(options: { netns?: string | undefined; timeoutMs?: 
     async run(program, args, runOptions = {}) {
       const [file, argv] =
         nsenter === undefined ? [program, args] : [nsenter, [`--net=${options.netns}`, '--', program, ...args]];
-      const timeout = runOptions.timeoutMs ?? options.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+      const timeout = runOptions.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
       // Loaded on first use: a dry run starts no process and should not pay for node:child_process.
       const { execFile } = await import('node:child_process');
       const outcome = await new Promise<{ error: ExecFileError | null; stdout: string; stderr: string }>((resolve) => {

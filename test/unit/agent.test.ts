@@ -389,7 +389,7 @@ describe('faults', () => {
     const { error } = await failure({ address: agent.address });
     expect(error.exitCode).toBe(ExitCode.unavailable);
     expect(error.message).toMatch(
-      /^the Consul agent at http:\/\/[\d.:]+ failed to answer for service ID "web-sidecar-proxy" \(HTTP 500: "rpc error: No cluster leader\\nx+…"\)$/,
+      /^the Consul agent at http:\/\/[\d.:]+ failed to answer for service ID "web-sidecar-proxy" \(HTTP 500: "rpc error: No cluster leader\\nx+\.\.\."\)$/,
     );
     expect(error.message.length).toBeLessThan(400);
   });

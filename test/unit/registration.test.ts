@@ -82,7 +82,7 @@ describe('decodeAgentAnswer', () => {
 
   it('shows a long offending value truncated', () => {
     const { message } = decode(JSON.stringify({ Port: 'y'.repeat(5_000) }));
-    expect(message).toMatch(/^invalid answer from the Consul agent for service ID "web": Port must be a port number from 0 to 65535 \(got "y+…\)$/);
+    expect(message).toMatch(/^invalid answer from the Consul agent for service ID "web": Port must be a port number from 0 to 65535 \(got "y+\.\.\.\)$/);
     expect(message.length).toBeLessThan(300);
   });
 
