@@ -1,6 +1,6 @@
 import { readFileSync, statSync } from 'node:fs';
 import * as z from 'zod';
-import { ConfigError, invalidValue, UsageError } from './errors.ts';
+import { CliError, ConfigError, invalidValue, UsageError } from './errors.ts';
 import { DEFAULT_OUTBOUND_PORT } from './core/ruleset.ts';
 import {
   cidrSchema,
@@ -187,6 +187,15 @@ type Parsed = z.output<typeof rawSchema>;
 /** Keys that take no effect in a config file (they describe the invocation, not the setup). */
 const INVOCATION_KEYS = new Set(['config', 'dry-run', 'debug', 'json']);
 
+/** A usage error, or a config error (exit 78) when the key's value came from the config file. */
+function errorFor(key: string, sources: Record<string, Source>, message: string): CliError {
+  return sources[key]?.kind === 'file' ? new ConfigError(message) : new UsageError(message);
+}
+
+function badValue(key: string, sources: Record<string, Source>, value: string, reason: string): CliError {
+  return errorFor(key, sources, invalidValue(describeSource(key, sources[key]), value, reason).message);
+}
+
 function describeSource(key: string, source: Source | undefined): string {
   if (source?.kind === 'file') return `key "${key}" in ${source.path}`;
   if (source?.kind === 'env') return source.variable;
@@ -212,22 +221,24 @@ function validate(raw: RawOptions, sources: Record<string, Source>): Parsed {
     throw new ConfigError(`unknown key ${JSON.stringify(key)} in ${where}: keys are flag names without dashes, e.g. "exclude-uid"`);
   }
   const key = String(issue.path[0] ?? '');
-  const source = sources[key];
-  const where = describeSource(key, source);
-  const error = SECRET_KEYS.has(key)
-    ? new UsageError(`invalid value for ${where} (not shown): ${issue.message}`)
-    : invalidValue(where, rawValueAt(raw, issue.path), issue.message);
-  throw source?.kind === 'file' ? new ConfigError(error.message) : error;
+  if (SECRET_KEYS.has(key)) {
+    throw errorFor(key, sources, `invalid value for ${describeSource(key, sources[key])} (not shown): ${issue.message}`);
+  }
+  throw badValue(key, sources, rawValueAt(raw, issue.path), issue.message);
+}
+
+/** Reads a text file named by the user; `describe` says which one, for the error that names the reason. */
+export function readUserFile(path: string, describe: string, kind: typeof UsageError | typeof ConfigError = UsageError): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (error) {
+    throw new kind(`cannot read ${describe}: ${(error as NodeJS.ErrnoException).code ?? 'unreadable'}`);
+  }
 }
 
 /** Reads `-config`: a JSON object whose keys are flag names. */
 export function readConfigFile(path: string): RawOptions {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (error) {
-    throw new ConfigError(`cannot read -config file ${JSON.stringify(path)}: ${(error as NodeJS.ErrnoException).code ?? String(error)}`);
-  }
+  const text = readUserFile(path, `-config file ${JSON.stringify(path)}`, ConfigError);
   let data: unknown;
   try {
     data = JSON.parse(text);
@@ -302,8 +313,7 @@ function existingPath(key: string, sources: Record<string, Source>, path: string
     }
   })();
   if (problem === undefined) return path;
-  const error = invalidValue(describeSource(key, sources[key]), path, problem);
-  throw sources[key]?.kind === 'file' ? new ConfigError(error.message) : error;
+  throw badValue(key, sources, path, problem);
 }
 
 function hostOptions(parsed: Parsed, sources: Record<string, Source>): HostOptions {
@@ -366,13 +376,7 @@ function resolveToken(parsed: Parsed, sources: Record<string, Source>, env: Node
   if (!chosen) return { token: undefined, tokenSource: undefined };
   let token = chosen.token;
   if (chosen.file !== undefined) {
-    try {
-      token = readFileSync(chosen.file, 'utf8').trim();
-    } catch (error) {
-      throw new UsageError(
-        `cannot read the ACL token file ${chosen.file} (${chosen.label}): ${(error as NodeJS.ErrnoException).code ?? 'unreadable'}`,
-      );
-    }
+    token = readUserFile(chosen.file, `the ACL token file ${chosen.file} (${chosen.label})`).trim();
   }
   if (token === undefined || !/^[\x21-\x7e]*$/.test(token)) {
     throw new UsageError(`the ACL token from ${chosen.label} contains characters an HTTP header cannot carry (not shown)`);

@@ -1,7 +1,7 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { UsageError } from '../errors.ts';
-import type { AgentOptions } from '../options.ts';
+import { readUserFile, type AgentOptions } from '../options.ts';
 
 /** The TLS part of a request's options (node:https passes them to tls.connect). */
 export interface TlsSettings {
@@ -14,13 +14,7 @@ export interface TlsSettings {
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
 
-function readText(flag: string, path: string): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (error) {
-    throw new UsageError(`cannot read ${flag} ${path}: ${(error as NodeJS.ErrnoException).code ?? 'unreadable'}`);
-  }
-}
+const readText = (flag: string, path: string) => readUserFile(path, `${flag} ${path}`);
 
 function certificatesIn(flag: string, path: string): string[] {
   return readText(flag, path).match(PEM_CERTIFICATE) ?? [];
