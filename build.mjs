@@ -2,20 +2,16 @@
 // compiled code instead of parsing ~0.3 MB of JavaScript.
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
-import { randomUUID } from 'node:crypto';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 const { version } = JSON.parse(await readFile(new URL('./package.json', import.meta.url), 'utf8'));
 
-// V8 checks a code cache against its source by length only; a cache left from another build could crash
-// it. The bundle's first line names its build, and the shim uses a cache only if it names the same one.
-const buildId = randomUUID();
-
-const { metafile } = await build({
-  banner: { js: `// redirect-traffic build ${buildId}` },
+const { metafile, outputFiles } = await build({
   entryPoints: { cli: 'src/main.ts' },
   metafile: true,
+  write: false,
   outdir: 'dist',
   outExtension: { '.js': '.cjs' },
   bundle: true,
@@ -46,6 +42,15 @@ const { metafile } = await build({
   ],
   logLevel: 'warning',
 });
+
+// V8 checks a code cache against its source by length only; a cache left from another build could crash
+// it. The bundle's first line names its content, and the shim uses a cache only if it names the same.
+const bundle = outputFiles[0].text;
+const buildId = createHash('sha256').update(bundle).digest('hex').slice(0, 32);
+await mkdir('dist', { recursive: true });
+// Written aside and renamed, so a CLI starting meanwhile never reads half a bundle.
+await writeFile('dist/cli.cjs.tmp', `// redirect-traffic build ${buildId}\n${bundle}`);
+await rename('dist/cli.cjs.tmp', 'dist/cli.cjs');
 
 // The bundle carries other people's code: ship their licences with it (MIT and ISC require the notice).
 const packageDirs = new Set(

@@ -1,5 +1,6 @@
 import { Command, Option } from 'commander';
 import { parseBoolean } from './core/values.ts';
+import { UsageError } from './errors.ts';
 import type { CommandName, RawOptions } from './options.ts';
 
 // Commander wiring only: which flags exist, their help, and how a consul-style `-flag` is accepted.
@@ -59,41 +60,40 @@ export const FLAGS: readonly FlagSpec[] = [
 
 const byName = new Map(FLAGS.map((spec) => [spec.name, spec]));
 
-const SUBCOMMANDS = ['apply', 'cleanup', 'status'];
-
 /**
  * Rewrites Go-style `-proxy-uid=101` / `-proxy-uid 101` to `--proxy-uid...`, only for known flag names and
- * only where a flag can stand (not as the value of the previous flag, not after `--`). A subcommand given
- * after flags (`--dry-run cleanup`) is moved first, so those flags reach it instead of the default command.
+ * only where a flag can stand (not as the value of the previous flag). A subcommand given after flags
+ * (`--dry-run cleanup`) is moved first, so those flags reach it instead of the default command. No command
+ * takes arguments, so any other word (and `--`, which would hide a subcommand) is refused here.
  */
 export function normaliseArgv(args: readonly string[]): string[] {
   const out: string[] = [];
   let subcommandAt: number | undefined;
   let expectValue = false;
-  let optionsEnded = false;
   for (const arg of args) {
-    if (optionsEnded || expectValue) {
+    if (expectValue) {
       out.push(arg);
       expectValue = false;
-      continue;
-    }
-    if (arg === '--') {
-      optionsEnded = true;
-      out.push(arg);
       continue;
     }
     const match = /^--?([a-z][a-z0-9-]*)(=[\s\S]*)?$/.exec(arg);
     const name = match?.[1];
     const spec = name === undefined ? undefined : byName.get(name);
-    if (!match || !spec || name === undefined) {
-      if (subcommandAt === undefined && !arg.startsWith('-')) subcommandAt = SUBCOMMANDS.includes(arg) ? out.length : -1;
+    if (!match || !spec) {
+      if (!arg.startsWith('-') || arg === '--') {
+        // The word itself is not shown: it may be a value (a token) whose flag was mistyped.
+        if (subcommandAt !== undefined || !ALL.includes(arg as CommandName)) {
+          throw new UsageError('unexpected argument: the commands are apply (the default), cleanup and status, and every value follows its flag');
+        }
+        subcommandAt = out.length;
+      }
       out.push(arg === '-help' ? '--help' : arg === '-version' ? '--version' : arg);
       continue;
     }
     const inline = match[2];
     if (spec.value === undefined && inline !== undefined) {
-      // Go accepts -dual-stack=true / =false for booleans.
-      if (parseBoolean(`-${name}`, inline.slice(1))) out.push(`--${name}`);
+      // Go accepts -dual-stack=true / =false; false must still override a config file's true.
+      out.push(parseBoolean(`-${name}`, inline.slice(1)) ? `--${name}` : `--no-${name}`);
       continue;
     }
     out.push(`--${name}${inline ?? ''}`);
@@ -112,6 +112,8 @@ function addFlags(command: Command, name: CommandName): Command {
     const option = new Option(`--${spec.name}${spec.value ? ` ${spec.value}` : ''}`, spec.description).helpGroup(spec.group);
     if (spec.repeatable) option.argParser(collect);
     command.addOption(option);
+    // The target of Go's `-flag=false`: an explicit false, which a config file's true must not beat.
+    if (spec.value === undefined) command.addOption(new Option(`--no-${spec.name}`).hideHelp());
   }
   return command;
 }

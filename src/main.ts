@@ -19,7 +19,14 @@ export async function run(
   overrides: Partial<CommandContext> & { output?: Output } = {},
 ): Promise<number> {
   const output = overrides.output ?? processOutput;
-  const debug = argv.some((arg) => arg === '--debug' || arg === '-debug');
+  let args: string[] = [];
+  let argvError: unknown;
+  try {
+    args = normaliseArgv(argv);
+  } catch (error) {
+    argvError = error;
+  }
+  const debug = args.includes('--debug');
   const env = overrides.env ?? process.env;
   const palette = output === processOutput ? await stderrPalette(env) : undefined;
   const log = overrides.log ?? createLogger(output, { debug, env, ...(palette ? { palette } : {}) });
@@ -44,13 +51,14 @@ export async function run(
     // One line whatever the argument held (control characters escaped), and never the value of an unknown
     // `--flag=value`: it may be a token given to a command that takes none.
     outputError: (text) => {
-      const message = text.replace(/^error: /, '').trim().replace(/(unknown option '[^'=]*)=[^']*'/, "$1=...'");
+      const message = text.replace(/^error: /, '').trim().replace(/(unknown option '[^'=]*)=[\s\S]*'/, "$1=...'");
       log.error(`${escapeControls(message)} (see --help)`);
     },
   });
   for (const sub of program.commands) sub.configureOutput(program.configureOutput());
   try {
-    await program.parseAsync(normaliseArgv(argv), { from: 'user' });
+    if (argvError !== undefined) throw argvError;
+    await program.parseAsync(args, { from: 'user' });
     return exitCode;
   } catch (error) {
     if (error instanceof CommanderError) {

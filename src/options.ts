@@ -89,7 +89,7 @@ export interface ApplyOptions extends CommonOptions {
 
 export type CleanupOptions = CommonOptions & { host: HostOptions };
 
-export interface StatusOptions extends CommonOptions {
+export interface StatusOptions {
   host: HostOptions;
   /** Undefined when no rule flags were given: report what is installed without comparing. */
   rules: RuleOptions | undefined;
@@ -363,7 +363,10 @@ const envBoolean = (env: NodeJS.ProcessEnv, variable: string, fallback: boolean)
   return value === undefined || value === '' ? fallback : parseBoolean(variable, value);
 };
 
-/** Reads the token with Consul's precedence: -token-file, -token, CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_TOKEN. */
+/**
+ * Reads the token with Consul's precedence (-token-file, -token, CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_TOKEN),
+ * the config file's keys ranking between the command line and the environment.
+ */
 function resolveToken(parsed: Parsed, sources: Record<string, Source>, env: NodeJS.ProcessEnv) {
   const candidates: { file?: string; token?: string; label: string }[] = [];
   if (parsed['token-file'] !== undefined) {
@@ -372,7 +375,9 @@ function resolveToken(parsed: Parsed, sources: Record<string, Source>, env: Node
   if (parsed.token !== undefined) candidates.push({ token: parsed.token, label: describeSource('token', sources['token']) });
   if (env['CONSUL_HTTP_TOKEN_FILE']) candidates.push({ file: env['CONSUL_HTTP_TOKEN_FILE'], label: 'CONSUL_HTTP_TOKEN_FILE' });
   if (env['CONSUL_HTTP_TOKEN']) candidates.push({ token: env['CONSUL_HTTP_TOKEN'], label: 'CONSUL_HTTP_TOKEN' });
-  const chosen = candidates[0];
+  // The command line beats the config file, which beats the environment; within one, the file beats the token.
+  const rank = (label: string) => (label.startsWith('-') ? 0 : label.startsWith('key ') ? 1 : 2);
+  const chosen = candidates.sort((a, b) => rank(a.label) - rank(b.label))[0];
   if (!chosen) return { token: undefined, tokenSource: undefined };
   let token = chosen.token;
   if (chosen.file !== undefined) {
@@ -441,7 +446,6 @@ export function statusOptions(flags: RawOptions, env: NodeJS.ProcessEnv): Status
   const wantsComparison = RULE_KEYS.some((key) => parsed[key] !== undefined);
   const rules = wantsComparison ? ruleOptions(parsed) : undefined;
   return {
-    ...common(parsed),
     host: hostOptions(parsed, sources),
     rules,
     agent: rules?.proxyId === undefined ? undefined : agentOptions(parsed, sources, env),

@@ -18,11 +18,10 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
     context.output.stdout(renderDryRun(rulesets, context.version));
     return;
   }
-  refuseSshCapture(config, rulesets, options.allowSshCapture, context.env);
-
   const { log } = context;
   const netns = options.host.netns;
   const runner = context.runner(netns);
+  refuseSshCapture(config, rulesets, options.allowSshCapture, context.env);
   // Independent of the tables: asked while they are read.
   const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
   const surveys = await surveyTables(runner, netns !== undefined);
@@ -136,6 +135,7 @@ function refuseSshCapture(config: RedirectConfig, rulesets: readonly Ruleset[], 
   const family: Family = ssh.address.includes(':') && !/^::ffff:/i.test(ssh.address) ? 6 : 4;
   if (!rulesets.some((r) => r.family === family)) return;
   if (portCovered(ssh.port, config.excludeInboundPorts)) return;
+  // By port alone, -netns or not: a false refusal costs one flag, a false pass the operator's session.
   throw new CliError(
     `refusing to apply: this SSH session (server port ${ssh.port}) would be redirected to the proxy and cut off; ` +
       `add -exclude-inbound-port=${ssh.port}, or -allow-ssh-capture to apply anyway`,

@@ -76,3 +76,4 @@ export function sshServerEndpoint(env: NodeJS.ProcessEnv): { address: string; po
   const port = Number(fields[3]);
   return Number.isInteger(port) && port > 0 && port < 65536 ? { address: fields[2] ?? '', port } : undefined;
 }
+

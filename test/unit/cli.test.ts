@@ -66,12 +66,20 @@ describe('normaliseArgv', () => {
     expect(normaliseArgv(['-dry-run', '-proxy-uid', '1'])).toEqual(['--dry-run', '--proxy-uid', '1']);
   });
 
-  it('leaves everything after -- alone', () => {
-    expect(normaliseArgv(['-dry-run', '--', '-proxy-uid=1', '-dry-run'])).toEqual(['--dry-run', '--', '-proxy-uid=1', '-dry-run']);
-  });
+  it.each([[['-dry-run', '--', 'cleanup']], [['extra']], [['']], [['cleanup', 'status']], [['s3cr3t-token-value']]])(
+    'refuses a positional argument other than one subcommand (and --, which would hide one), without echoing it: %j',
+    (argv) => {
+      expect(() => normaliseArgv(argv)).toThrow('unexpected argument: the commands are');
+      try {
+        normaliseArgv(argv);
+      } catch (error) {
+        expect((error as Error).message).not.toContain('s3cr3t');
+      }
+    },
+  );
 
-  it.each([['-foo'], ['-foo=bar'], ['-Proxy-uid=1'], ['---proxy-uid=1'], ['-p'], ['-v'], ['-h'], ['extra'], ['-'], ['']])(
-    'leaves unknown or non-flag arguments alone: %j',
+  it.each([['-foo'], ['-foo=bar'], ['-Proxy-uid=1'], ['---proxy-uid=1'], ['-p'], ['-v'], ['-h'], ['-']])(
+    'leaves unknown flags for commander to report: %j',
     (arg) => {
       expect(normaliseArgv([arg])).toEqual([arg]);
     },
@@ -88,9 +96,10 @@ describe('normaliseArgv', () => {
     ['-dry-run=t', ['--dry-run']],
     ['-dry-run=1', ['--dry-run']],
     ['--dual-stack=true', ['--dual-stack']],
-    ['-dry-run=false', []],
-    ['-dry-run=F', []],
-    ['-dry-run=0', []],
+    // An explicit false, so it beats a config file's true.
+    ['-dry-run=false', ['--no-dry-run']],
+    ['-dry-run=F', ['--no-dry-run']],
+    ['-dry-run=0', ['--no-dry-run']],
   ])('Go boolean syntax %s', (arg, expected) => {
     expect(normaliseArgv([arg])).toEqual(expected);
   });

@@ -216,6 +216,19 @@ describe('config file (-config)', () => {
     expect(rules.proxyUid).toEqual({ kind: 'id', uid: 1 });
   });
 
+  it("an explicit false on the command line (Go's -dual-stack=false) beats the file's true", () => {
+    const path = configFile({ 'proxy-uid': 1, 'proxy-inbound-port': 20000, 'dual-stack': true });
+    expect(applyOptions({ config: path }, {}).rules.dualStack).toBe(true);
+    expect(applyOptions({ config: path, 'dual-stack': false }, {}).rules.dualStack).toBe(false);
+  });
+
+  it('ranks the token by source first: -token on the command line beats a token-file in the config file', () => {
+    const tokenFile = scratch.write('token-from-file', 'file-token\n');
+    const path = configFile({ ...WITH_ID, 'token-file': tokenFile });
+    expect(applyOptions({ config: path, token: 'cli-token' }, {}).agent).toMatchObject({ token: 'cli-token', tokenSource: '-token' });
+    expect(applyOptions({ config: path }, { CONSUL_HTTP_TOKEN: 'env-token' }).agent?.token).toBe('file-token');
+  });
+
   it('the file wins over the environment, the command line over both', () => {
     const path = configFile({ 'http-addr': 'file.example:8500', namespace: 'file-ns' });
     const env = { CONSUL_HTTP_ADDR: 'env.example:8500', CONSUL_NAMESPACE: 'env-ns', CONSUL_PARTITION: 'env-part' };
