@@ -1,5 +1,13 @@
 import { CliError, ExitCode } from '../errors.ts';
-import { desiredState, EMPTY_STATE, renderTransaction } from '../core/natTable.ts';
+import {
+  desiredState,
+  EMPTY_STATE,
+  ownedState,
+  parseNatTable,
+  renderTransaction,
+  stateMatches,
+  type OwnedState,
+} from '../core/natTable.ts';
 import type { RedirectConfig, Ruleset } from '../core/ruleset.ts';
 import type { Family } from '../core/values.ts';
 import { familyLabel, requireSomeBackend } from '../host/iptables.ts';
@@ -56,7 +64,7 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
       });
       anyChange ||= result.changed;
     } catch (error) {
-      await rollBack(touched, context);
+      await rollBack(touched, wanted, context);
       throw error;
     }
   }
@@ -79,12 +87,18 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   context.output.stdout(`${summary(config, rulesets, choice.backend, netns, anyChange)}\n`);
 }
 
-async function rollBack(touched: readonly TableSurvey[], context: CommandContext) {
+/**
+ * Puts each touched table back as the survey found it, but only if it still holds what this run wrote:
+ * a table showing anything else was never changed by us, or has since been set by another run.
+ */
+async function rollBack(touched: readonly TableSurvey[], wanted: Map<Family, OwnedState>, context: CommandContext) {
   for (const { table, owned } of [...touched].reverse()) {
     const where = `iptables-${table.backend} ${familyLabel(table.family)}`;
     try {
-      const { changed } = await reconcile(table, owned);
-      if (changed) context.log.warn(`put ${where} back to the rules it had before`);
+      const now = ownedState(parseNatTable(await table.save('nat')));
+      if (!stateMatches(now, wanted.get(table.family) ?? EMPTY_STATE)) continue;
+      await reconcile(table, owned);
+      context.log.warn(`put ${where} back to the rules it had before`);
     } catch (error) {
       context.log.error(`could not put ${where} back: ${(error as Error).message}`);
     }
