@@ -1,3 +1,4 @@
+import { CliError } from '../errors.ts';
 import { EMPTY_STATE, renderTransaction } from '../core/natTable.ts';
 import { OWNED_CHAINS } from '../core/ruleset.ts';
 import { familyLabel, requireSomeBackend } from '../host/iptables.ts';
@@ -25,14 +26,27 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
     output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
     return;
   }
+  // Every table is tried even if one fails: as a stop hook, removing what can be removed matters most.
+  const failures: CliError[] = [];
   for (const survey of surveys) {
     const where = `iptables-${survey.table.backend}, ${familyLabel(survey.table.family)}`;
     if (options.dryRun) {
       output.stdout(`# ${where}\n${renderTransaction(survey.owned, EMPTY_STATE)}`);
       continue;
     }
-    await reconcile(survey.table, EMPTY_STATE, { firstSave: survey.dump });
+    try {
+      await reconcile(survey.table, EMPTY_STATE, { firstSave: survey.dump });
+    } catch (error) {
+      if (!(error instanceof CliError)) throw error;
+      failures.push(new CliError(`${where}: ${error.message}`, error.exitCode));
+      continue;
+    }
     const rules = survey.owned.chainRules.length + survey.owned.jumps.length + survey.owned.otherReferences.length;
     output.stdout(`removed traffic redirection (${where}${netns ? `, netns ${netns}` : ''}): ${survey.owned.chains.length} chains, ${rules} rules\n`);
+  }
+  const [first, ...more] = failures;
+  if (first) {
+    for (const failure of more) log.error(failure.message);
+    throw first;
   }
 }

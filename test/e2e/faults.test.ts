@@ -7,6 +7,8 @@ import {
   cli,
   describeE2E,
   expectFailureChangesNothing,
+  natRules,
+  runCli,
   statusArgs,
   testNamespace,
   type RedirectFlags,
@@ -67,6 +69,17 @@ describeE2E('a failing iptables-restore', () => {
     const ns = await testNamespace();
     await cli(applyArgs(ns, BEFORE));
     await expectFailureChangesNothing(ns, ['cleanup', '-netns', ns.path], { env: shimPath(RESTORES, SHIMS['fails (exit 1)']) });
+  });
+
+  it('cleanup still removes the IPv4 rules when only the IPv6 restore fails, and says what is left', async () => {
+    const ns = await testNamespace();
+    await cli(applyArgs(ns, { ...BEFORE, dualStack: true }));
+    const result = await runCli(['cleanup', '-netns', ns.path], { env: shimPath(['ip6tables-nft-restore'], SHIMS['fails (exit 1)']) });
+    expect(result.exitCode).not.toBe(0);
+    expect(result.stderrLines).toHaveLength(1);
+    expect(result.stderr).toContain('IPv6');
+    expect(await natRules(ns, { family: 4 })).not.toContain('CONSUL_');
+    expect(await natRules(ns, { family: 6 })).toContain('CONSUL_');
   });
 
   it.each(SHIM_NAMES)('with -dual-stack, rolls IPv4 back when only the IPv6 restore %s', async (shim) => {
