@@ -150,8 +150,17 @@ Examples:
   $ redirect-traffic cleanup
 `;
 
-/** Builds a fresh program; `handle` receives the command name and its raw flags. */
-export function createProgram(version: string, handle: CommandHandler): Command {
+const SUBCOMMANDS: readonly CommandName[] = ['apply', 'cleanup', 'status'];
+
+/**
+ * Builds a fresh program for `args` (as normaliseArgv leaves them, a subcommand first); `handle` receives
+ * the command name and its raw flags. Only the command `args` invoke gets its flags: building every
+ * command's options costs more than a whole dry run's parsing.
+ */
+export function createProgram(version: string, handle: CommandHandler, args: readonly string[]): Command {
+  const [first, second] = args;
+  const invoked = SUBCOMMANDS.find((name) => name === (first === 'help' ? second : first));
+  const withFlags = (command: Command, name: CommandName) => (invoked === name ? addFlags(command, name) : command);
   const program = new Command('redirect-traffic')
     .description(
       "Redirect this host's TCP traffic through its Consul service-mesh sidecar (Envoy). " +
@@ -166,17 +175,17 @@ export function createProgram(version: string, handle: CommandHandler): Command 
     .addHelpText('after', EXAMPLES)
     .exitOverride();
 
-  addFlags(program, 'apply').action(async () => handle('apply', rawFlags(program, 'apply')));
+  (invoked === undefined ? addFlags(program, 'apply') : program).action(async () => handle('apply', rawFlags(program, 'apply')));
 
-  const apply = addFlags(new Command('apply'), 'apply').description('install the redirection (the default command)');
+  const apply = withFlags(new Command('apply'), 'apply').description('install the redirection (the default command)');
   apply.action(async () => handle('apply', rawFlags(apply, 'apply')));
 
-  const cleanup = addFlags(new Command('cleanup'), 'cleanup').description(
+  const cleanup = withFlags(new Command('cleanup'), 'cleanup').description(
     'remove the redirection rules (ours or Consul\'s) from every iptables backend and family, and nothing else',
   );
   cleanup.action(async () => handle('cleanup', rawFlags(cleanup, 'cleanup')));
 
-  const status = addFlags(new Command('status'), 'status').description(
+  const status = withFlags(new Command('status'), 'status').description(
     'show what is installed; with apply flags, whether it matches (exit 0 in sync, 3 drifted, 4 absent)',
   );
   status.action(async () => handle('status', rawFlags(status, 'status')));

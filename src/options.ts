@@ -1,23 +1,27 @@
 import { readFileSync, statSync } from 'node:fs';
-import * as z from 'zod';
+import { en } from 'zod/locales';
+import * as z from 'zod/mini';
 import { CliError, ConfigError, invalidValue, UsageError } from './errors.ts';
 import { DEFAULT_OUTBOUND_PORT } from './core/ruleset.ts';
 import {
-  cidrSchema,
+  cidrListSchema,
   durationSchema,
   parseBoolean,
   ipAddressSchema,
   portOrRangeSchema,
   portSchema,
   splitList,
+  transformed,
   uidSchema,
   type Cidr,
   type IpAddress,
   type UidSpec,
 } from './core/values.ts';
 
-// A one-shot CLI parses each schema once: zod's generated fast path would cost more to build than it saves.
-z.config({ jitless: true });
+// zod/mini: the classic API attaches dozens of methods to every schema it builds, a cost paid at each start.
+// Its messages come from the English locale. And a one-shot CLI parses each schema once: zod's generated
+// fast path (jit) would cost more to build than it saves.
+z.config({ ...en(), jitless: true });
 
 // Every flag, environment variable and config-file key is validated here, once, into typed options.
 // Raw values are keyed by flag name (`exclude-uid`), the same names the config file uses.
@@ -133,54 +137,55 @@ const RULE_KEYS = [
 const LIST_KEYS = ['exclude-inbound-port', 'exclude-outbound-port', 'exclude-outbound-cidr', 'exclude-uid'];
 
 // Printable, no whitespace: nothing a value could use to start a new restore line or a new option.
-const plainText = z.string().regex(/^[\x21-\x7e]+$/, { error: 'must be non-empty printable text without spaces' });
-const pathText = z.string().regex(/^[^\0\n\r]+$/, { error: 'must be a file path' });
-const flag = z.union([z.boolean(), z.string().transform((text, ctx) => {
+const plainText = z.string().check(z.regex(/^[\x21-\x7e]+$/, { error: 'must be non-empty printable text without spaces' }));
+const pathText = z.string().check(z.regex(/^[^\0\n\r]+$/, { error: 'must be a file path' }));
+const flag = z.union([z.boolean(), transformed(z.string(), (text, ctx) => {
   try {
     return parseBoolean('', text);
   } catch {
-    ctx.addIssue({ code: 'custom', message: 'must be true or false' });
+    ctx.issues.push({ code: 'custom', message: 'must be true or false', input: text });
     return z.NEVER;
   }
 })]);
-const list = <T extends z.ZodType>(item: T) => z.array(item).optional();
+const list = <T extends z.ZodMiniType>(item: T) => z.optional(z.array(item));
+const notGiven = () => undefined;
 
-const unsetOrPort = z.union([z.literal('0').transform(() => undefined), z.literal(0).transform(() => undefined), portSchema]).optional();
+const unsetOrPort = z.optional(z.union([transformed(z.literal('0'), notGiven), transformed(z.literal(0), notGiven), portSchema]));
 
 /** Every key a flag or config file may set. Strict: an unknown config key is an error. */
 const rawSchema = z.strictObject({
-  'proxy-uid': uidSchema.optional(),
-  'proxy-id': plainText.optional(),
+  'proxy-uid': z.optional(uidSchema),
+  'proxy-id': z.optional(plainText),
   // Consul's int flags default to 0, and generated command lines pass it: 0 means "not given".
   'proxy-inbound-port': unsetOrPort,
-  'proxy-outbound-port': portSchema.optional(),
+  'proxy-outbound-port': z.optional(portSchema),
   'exclude-inbound-port': list(portOrRangeSchema),
   'exclude-outbound-port': list(portOrRangeSchema),
-  'exclude-outbound-cidr': list(cidrSchema),
+  'exclude-outbound-cidr': z.optional(cidrListSchema),
   'exclude-uid': list(uidSchema),
-  'consul-dns-ip': ipAddressSchema.optional(),
+  'consul-dns-ip': z.optional(ipAddressSchema),
   'consul-dns-port': unsetOrPort,
-  'dual-stack': flag.optional(),
-  netns: pathText.optional(),
-  'iptables-mode': z.enum(['auto', 'legacy', 'nft'], { error: 'must be auto, legacy or nft' }).optional(),
-  'allow-ssh-capture': flag.optional(),
-  'http-addr': plainText.optional(),
-  token: plainText.optional(),
-  'token-file': pathText.optional(),
-  'ca-file': pathText.optional(),
-  'ca-path': pathText.optional(),
-  'client-cert': pathText.optional(),
-  'client-key': pathText.optional(),
-  'tls-server-name': plainText.optional(),
-  namespace: plainText.optional(),
-  partition: plainText.optional(),
-  'node-name': plainText.optional(),
-  timeout: durationSchema.refine((ms) => ms > 0, { error: 'must be longer than 0' }).optional(),
-  wait: durationSchema.optional(),
-  'dry-run': flag.optional(),
-  debug: flag.optional(),
-  json: flag.optional(),
-  config: pathText.optional(),
+  'dual-stack': z.optional(flag),
+  netns: z.optional(pathText),
+  'iptables-mode': z.optional(z.enum(['auto', 'legacy', 'nft'], { error: 'must be auto, legacy or nft' })),
+  'allow-ssh-capture': z.optional(flag),
+  'http-addr': z.optional(plainText),
+  token: z.optional(plainText),
+  'token-file': z.optional(pathText),
+  'ca-file': z.optional(pathText),
+  'ca-path': z.optional(pathText),
+  'client-cert': z.optional(pathText),
+  'client-key': z.optional(pathText),
+  'tls-server-name': z.optional(plainText),
+  namespace: z.optional(plainText),
+  partition: z.optional(plainText),
+  'node-name': z.optional(plainText),
+  timeout: z.optional(durationSchema.check(z.refine((ms) => ms > 0, { error: 'must be longer than 0' }))),
+  wait: z.optional(durationSchema),
+  'dry-run': z.optional(flag),
+  debug: z.optional(flag),
+  json: z.optional(flag),
+  config: z.optional(pathText),
 });
 type Parsed = z.output<typeof rawSchema>;
 

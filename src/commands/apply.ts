@@ -32,12 +32,14 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   refuseSshCapture(config, rulesets, options.allowSshCapture, context.env);
   // Independent of the tables: asked while they are read.
   const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
-  const surveys = await surveyTables(runner, netns !== undefined);
+  const surveying = surveyTables(runner, netns !== undefined);
+  // Rendered while the saves run: with thousands of rules, that is most of the time they take.
+  const wanted = new Map(rulesets.map((ruleset) => [ruleset.family, desiredState(ruleset)]));
+  const surveys = await surveying;
   requireSomeBackend(surveys.map((s) => s.table));
   const choice = chooseBackend(surveys, options.host.iptablesMode);
   log.debug(`using iptables-${choice.backend}: ${choice.reason}`);
 
-  const wanted = new Map(rulesets.map((ruleset) => [ruleset.family, desiredState(ruleset)]));
   const targets = surveys
     .filter((s) => s.table.backend === choice.backend)
     .filter((s) => wanted.has(s.table.family) || s.holdsOurs);
@@ -95,7 +97,7 @@ async function rollBack(touched: readonly TableSurvey[], wanted: Map<Family, Own
   for (const { table, owned } of [...touched].reverse()) {
     const where = `iptables-${table.backend} ${familyLabel(table.family)}`;
     try {
-      const now = ownedState(parseNatTable(await table.save('nat')));
+      const now = ownedState(parseNatTable(await table.saveNat()));
       if (!stateMatches(now, wanted.get(table.family) ?? EMPTY_STATE)) continue;
       await reconcile(table, owned);
       context.log.warn(`put ${where} back to the rules it had before`);

@@ -1,4 +1,4 @@
-import type * as z from 'zod';
+import type * as z from 'zod/mini';
 import { CliError, ExitCode } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentOptions } from '../options.ts';
@@ -95,7 +95,7 @@ interface AgentRequest {
 }
 
 /** One GET; anything but 200 with a valid body becomes the error that says what to do about it. */
-async function getAnswer<S extends z.ZodType>(lookup: Lookup, schema: S, request: AgentRequest): Promise<z.output<S>> {
+async function getAnswer<S extends z.ZodMiniType>(lookup: Lookup, schema: S, request: AgentRequest): Promise<z.output<S>> {
   const { status, body } = await lookup.client.get(request.path, request.query);
   lookup.debug(`GET ${lookup.client.location}${request.path}: HTTP ${status}`);
   if (status === 200) return decodeAgentAnswer(body, schema, request.subject);

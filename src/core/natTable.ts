@@ -32,13 +32,27 @@ export function parseNatTable(saveOutput: string): NatTable | undefined {
     } else if (line.startsWith(':')) {
       const name = line.slice(1).split(/\s+/)[0];
       if (name) chains.push(name);
-    } else if (line.startsWith('-A ')) {
-      // The spec stays verbatim: a quoted comment's spacing must survive into a `-D` that matches it.
-      const match = /^-A (\S+)(?: (.*))?$/.exec(line);
-      if (match?.[1]) rules.push({ chain: match[1], spec: match[2] ?? '' });
+    } else {
+      const rule = parseRuleLine(line);
+      if (rule) rules.push(rule);
     }
   }
   return seen ? { chains, rules } : undefined;
+}
+
+/** An `-A <chain> <spec>` line, as iptables-save and `iptables -S` print it. */
+function parseRuleLine(line: string): SavedRule | undefined {
+  // The spec stays verbatim: a quoted comment's spacing must survive into a `-D` that matches it.
+  const match = /^-A (\S+)(?: (.*))?$/.exec(line);
+  return match?.[1] ? { chain: match[1], spec: match[2] ?? '' } : undefined;
+}
+
+/** The jumps into owned chains in `iptables -S <hook chain>` listings. */
+export function listedJumps(listings: readonly string[]): SavedRule[] {
+  return listings
+    .flatMap((listing) => listing.split('\n'))
+    .flatMap((line) => parseRuleLine(line.trim()) ?? [])
+    .filter((rule) => isOwned(ruleTarget(rule.spec) ?? ''));
 }
 
 /** Splits a saved rule into words the way iptables-restore does: double quotes group, `\"` escapes. */
@@ -112,6 +126,9 @@ function sameRules(a: readonly SavedRule[], b: readonly SavedRule[]): boolean {
     })
   );
 }
+
+/** True when the hook chains hold exactly the jumps `wanted` has, in order. */
+export const jumpsMatch = (jumps: readonly SavedRule[], wanted: OwnedState) => sameRules(jumps, wanted.jumps);
 
 /** True when the table holds exactly `wanted`: same chains, same rules in the same order, one copy of each jump. */
 export function stateMatches(current: OwnedState, wanted: OwnedState): boolean {

@@ -1,7 +1,7 @@
-import * as z from 'zod';
+import * as z from 'zod/mini';
 import { CliError, ExitCode } from '../errors.ts';
 import { DEFAULT_OUTBOUND_PORT } from './ruleset.ts';
-import { portText } from './values.ts';
+import { portText, transformed } from './values.ts';
 
 // The agent's JSON, validated, and what Consul derives from a proxy registration (reference section 2.2).
 // Pure: the HTTP side lives in src/consul. Plain z.object everywhere, so fields a newer agent adds are ignored.
@@ -15,66 +15,66 @@ export interface ProxyPorts {
 }
 
 const PORT_OR_ZERO = 'must be a port number from 0 to 65535';
-const port = z.int({ error: PORT_OR_ZERO }).min(0, { error: PORT_OR_ZERO }).max(65535, { error: PORT_OR_ZERO });
+const port = z.int({ error: PORT_OR_ZERO }).check(z.minimum(0, { error: PORT_OR_ZERO }), z.maximum(65535, { error: PORT_OR_ZERO }));
 const object = <T extends z.core.$ZodLooseShape>(shape: T) => z.object(shape, { error: 'must be an object' });
 
 /** Consul decodes Proxy.Config weakly (mapstructure.WeakDecode): a number, a numeric string, or "" for 0. */
-const bindPort = z
-  .unknown()
-  .transform((value, ctx) => {
+const bindPort = z.optional(
+  transformed(z.unknown(), (value, ctx) => {
     if (value === undefined || value === null || value === '') return 0;
     // Leading zeros are refused rather than guessed at: Go's ParseInt(s, 0) would read "010" as octal 8.
     const number = typeof value === 'string' ? (portText(value) ?? value) : value;
     if (typeof number === 'number' && Number.isInteger(number) && number >= 0 && number <= 65535) return number;
-    ctx.addIssue({ code: 'custom', message: `${PORT_OR_ZERO}, as a number or a numeric string` });
+    ctx.issues.push({ code: 'custom', message: `${PORT_OR_ZERO}, as a number or a numeric string`, input: value });
     return z.NEVER;
-  })
-  .optional();
+  }),
+);
 
 /** The port of an Envoy bind address (`host:port`, `[v6]:port`, `:port`, as Go's net.SplitHostPort splits them). */
-const bindAddressPort = z
-  .string({ error: 'must be a host:port string' })
-  .nullish()
-  .transform((text, ctx) => {
-    if (!text) return undefined;
-    const portPart = /^(?:\[[^[\]]*\]|[^:[\]]*):([^:[\]]*)$/.exec(text)?.[1];
-    if (portPart === undefined) {
-      ctx.addIssue({ code: 'custom', message: 'must be host:port, [ipv6]:port or :port' });
-      return z.NEVER;
-    }
-    const number = portText(portPart) ?? 0;
-    if (number < 1 || number > 65535) {
-      ctx.addIssue({ code: 'custom', message: 'must end in a port number from 1 to 65535' });
-      return z.NEVER;
-    }
-    return String(number);
-  });
+const bindAddressPort = transformed(z.nullish(z.string({ error: 'must be a host:port string' })), (text, ctx) => {
+  if (!text) return undefined;
+  const portPart = /^(?:\[[^[\]]*\]|[^:[\]]*):([^:[\]]*)$/.exec(text)?.[1];
+  if (portPart === undefined) {
+    ctx.issues.push({ code: 'custom', message: 'must be host:port, [ipv6]:port or :port', input: text });
+    return z.NEVER;
+  }
+  const number = portText(portPart) ?? 0;
+  if (number < 1 || number > 65535) {
+    ctx.issues.push({ code: 'custom', message: 'must end in a port number from 1 to 65535', input: text });
+    return z.NEVER;
+  }
+  return String(number);
+});
 
 const proxySchema = object({
-  DestinationServiceName: z.string({ error: 'must be a string' }).nullish(),
-  TransparentProxy: object({ OutboundListenerPort: port.nullish() }).nullish(),
-  Config: object({
-    bind_port: bindPort,
-    envoy_prometheus_bind_addr: bindAddressPort,
-    envoy_stats_bind_addr: bindAddressPort,
-  }).nullish(),
-  Expose: object({
-    Checks: z.boolean({ error: 'must be true or false' }).nullish(),
-    Paths: z.array(object({ ListenerPort: port.nullish() }), { error: 'must be an array' }).nullish(),
-  }).nullish(),
+  DestinationServiceName: z.nullish(z.string({ error: 'must be a string' })),
+  TransparentProxy: z.nullish(object({ OutboundListenerPort: z.nullish(port) })),
+  Config: z.nullish(
+    object({
+      bind_port: bindPort,
+      envoy_prometheus_bind_addr: bindAddressPort,
+      envoy_stats_bind_addr: bindAddressPort,
+    }),
+  ),
+  Expose: z.nullish(
+    object({
+      Checks: z.nullish(z.boolean({ error: 'must be true or false' })),
+      Paths: z.nullish(z.array(object({ ListenerPort: z.nullish(port) }), { error: 'must be an array' })),
+    }),
+  ),
 });
 
 /** `GET /v1/agent/service/<id>`: an `api.AgentService`, reduced to the fields Consul's command reads. */
-export const agentServiceSchema = object({ Port: port, Proxy: proxySchema.nullish() });
+export const agentServiceSchema = object({ Port: port, Proxy: z.nullish(proxySchema) });
 export type AgentService = z.output<typeof agentServiceSchema>;
 
 /** `GET /v1/catalog/node-services/<node>`; an unknown node may come back as null. */
-export const nodeServicesSchema = object({
-  Services: z.array(agentServiceSchema, { error: 'must be an array' }).nullish(),
-}).nullable();
+export const nodeServicesSchema = z.nullable(
+  object({ Services: z.nullish(z.array(agentServiceSchema, { error: 'must be an array' })) }),
+);
 
 /** `GET /v1/agent/checks`: checks keyed by check ID. */
-export const agentChecksSchema = z.record(z.string(), object({ ExposedPort: port.nullish() })).nullable();
+export const agentChecksSchema = z.nullable(z.record(z.string(), object({ ExposedPort: z.nullish(port) })));
 export type AgentChecks = z.output<typeof agentChecksSchema>;
 
 const truncate = (text: string, max: number) => (text.length > max ? `${text.slice(0, max)}...` : text);
@@ -107,7 +107,7 @@ function valueAt(data: unknown, path: readonly PropertyKey[]): unknown {
  * Parses and validates one answer of the agent. Anything unexpected is one line naming the field, what
  * is wrong and the value found, never a partial result.
  */
-export function decodeAgentAnswer<S extends z.ZodType>(body: string, schema: S, subject: string): z.output<S> {
+export function decodeAgentAnswer<S extends z.ZodMiniType>(body: string, schema: S, subject: string): z.output<S> {
   const invalid = (detail: string) =>
     new CliError(`invalid answer from the Consul agent for ${subject}: ${detail}`, ExitCode.badRegistration);
   let data: unknown;

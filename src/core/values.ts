@@ -1,5 +1,5 @@
 import IPCIDR from 'ip-cidr';
-import * as z from 'zod';
+import * as z from 'zod/mini';
 import { invalidValue } from '../errors.ts';
 
 // Pure validators for single values. Each returns a canonical form that is safe to place in an
@@ -24,13 +24,24 @@ export type UidSpec = { kind: 'id'; uid: number } | { kind: 'name'; name: string
 
 const MAX_UID = 4294967294; // 2^32-1 is (uid_t)-1, "no user"
 
-function fail(ctx: z.core.$RefinementCtx<string>, message: string): never {
-  ctx.addIssue({ code: 'custom', message });
+/** What a transform's context holds: the value being parsed and the issues found so far. */
+type TransformContext = z.core.ParsePayload;
+
+function fail(ctx: TransformContext, message: string): never {
+  ctx.issues.push({ code: 'custom', message, input: ctx.value });
   return z.NEVER as never;
 }
 
+/** A schema that parses `input` and maps it through `transform`, which reports problems with `fail`. */
+export function transformed<In extends z.ZodMiniType, Out>(
+  input: In,
+  transform: (value: z.output<In>, ctx: TransformContext) => Out,
+) {
+  return z.pipe(input, z.transform(transform));
+}
+
 /** Strings only; config files may also hold plain integers. */
-const scalarString = z.union([z.string(), z.number().int()]).transform(String);
+const scalarString = transformed(z.union([z.string(), z.int()]), String);
 
 // Go's ParseInt(s, 0) and iptables' strtoul(s, 0) read a leading zero as octal: refuse it rather than guess.
 const DECIMAL = /^(0|[1-9]\d*)$/;
@@ -47,12 +58,12 @@ function portNumber(text: string): number | undefined {
   return port === undefined || port === 0 ? undefined : port;
 }
 
-export const portSchema = scalarString.transform((text, ctx) => {
+export const portSchema = transformed(scalarString, (text, ctx) => {
   return portNumber(text) ?? fail(ctx, 'must be a port number from 1 to 65535');
 });
 
 /** A port or an inclusive range `a:b` (a <= b); `a:a` collapses to `a`, as iptables-save prints it. */
-export const portOrRangeSchema = scalarString.transform((text, ctx) => {
+export const portOrRangeSchema = transformed(scalarString, (text, ctx) => {
   const match = /^(\d+)(?::(\d+))?$/.exec(text);
   const low = match?.[1] === undefined ? undefined : portNumber(match[1]);
   const high = match?.[2] === undefined ? low : portNumber(match[2]);
@@ -66,7 +77,7 @@ export const portOrRangeSchema = scalarString.transform((text, ctx) => {
 // POSIX portable user names, plus the trailing $ of machine accounts.
 const USER_NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/;
 
-export const uidSchema = scalarString.transform((text, ctx): UidSpec => {
+export const uidSchema = transformed(scalarString, (text, ctx): UidSpec => {
   if (/^\d+$/.test(text)) {
     const uid = Number(text);
     if (!DECIMAL.test(text) || text.length > 10 || uid > MAX_UID) {
@@ -78,16 +89,18 @@ export const uidSchema = scalarString.transform((text, ctx): UidSpec => {
   return { kind: 'name', name: text };
 });
 
-/** A dotted quad as a 32-bit number; no leading zeros (iptables would read them as octal). */
+// Each octet in decimal without leading zeros (iptables would read them as octal).
+const DOTTED_QUAD = /^(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})\.(0|[1-9]\d{0,2})$/;
+
+/** A dotted quad as a 32-bit number. */
 function ipv4Number(text: string): number | undefined {
-  const octets = text.split('.');
-  if (octets.length !== 4) return undefined;
+  const octets = DOTTED_QUAD.exec(text);
+  if (octets === null) return undefined;
   let value = 0;
-  for (const octet of octets) {
-    if (octet.length > 3 || !DECIMAL.test(octet)) return undefined;
-    const number = Number(octet);
-    if (number > 255) return undefined;
-    value = value * 256 + number;
+  for (let index = 1; index <= 4; index++) {
+    const octet = Number(octets[index]);
+    if (octet > 255) return undefined;
+    value = value * 256 + octet;
   }
   return value;
 }
@@ -131,7 +144,10 @@ function canonicalCidr(text: string): Cidr | string {
   if (ipv4 !== undefined) {
     // iptables masks host bits away; do the same so the rule reads as iptables-save prints it.
     const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
-    return { family, cidr: `${ipv4Text((ipv4 & mask) >>> 0)}/${prefix}` };
+    const network = (ipv4 & mask) >>> 0;
+    // Already canonical (the usual case, thousands at a time): keep the caller's string.
+    if (network === ipv4 && prefixText !== undefined) return { family, cidr: text };
+    return { family, cidr: `${ipv4Text(network)}/${prefix}` };
   }
   const network = new IPCIDR(`${ipv6}/${prefix}`).addressStart.correctForm();
   if (IPV4_IN_IPV6.test(network)) return 'must not be an IPv4 address written as IPv6; give the IPv4 form';
@@ -139,12 +155,29 @@ function canonicalCidr(text: string): Cidr | string {
 }
 
 /** An address or prefix; host bits are allowed (iptables masks them) and are masked here too. */
-export const cidrSchema = z.string().transform((text, ctx): Cidr => {
+export const cidrSchema = transformed(z.string(), (text, ctx): Cidr => {
   const result = canonicalCidr(text);
   return typeof result === 'string' ? fail(ctx, result) : result;
 });
 
-export const ipAddressSchema = z.string().transform((text, ctx): IpAddress => {
+/**
+ * A list of addresses or prefixes in one pass: config files carry thousands, and a schema run per item
+ * would cost more than the parsing. A refused item is reported at its index.
+ */
+export const cidrListSchema = transformed(z.array(z.string()), (texts, ctx): Cidr[] => {
+  const cidrs: Cidr[] = [];
+  for (const [index, text] of texts.entries()) {
+    const result = canonicalCidr(text);
+    if (typeof result === 'string') {
+      ctx.issues.push({ code: 'custom', message: result, input: text, path: [index] });
+      return z.NEVER as never;
+    }
+    cidrs.push(result);
+  }
+  return cidrs;
+});
+
+export const ipAddressSchema = transformed(z.string(), (text, ctx): IpAddress => {
   if (ipv4Number(text) !== undefined) return { family: 4, address: text };
   const ipv6 = text.includes('/') ? undefined : canonicalIpv6(text);
   return ipv6 === undefined ? fail(ctx, 'must be an IPv4 or IPv6 address') : { family: 6, address: ipv6 };
@@ -163,7 +196,7 @@ export function parseBoolean(where: string, text: string): boolean {
 const MAX_DURATION_MS = 2 ** 31 - 1;
 
 /** A Go-style duration (`500ms`, `5s`, `1m30s`) or plain seconds, in milliseconds. */
-export const durationSchema = scalarString.transform((text, ctx) => {
+export const durationSchema = transformed(scalarString, (text, ctx) => {
   if (/^\d+(\.\d+)?$/.test(text)) {
     const ms = Number(text) * 1000;
     return ms > MAX_DURATION_MS ? fail(ctx, 'must be at most 24 days') : Math.round(ms);
@@ -180,5 +213,11 @@ export const durationSchema = scalarString.transform((text, ctx) => {
 
 /** Splits `a,b , c` into items; an empty item is kept, for the schema to reject, not silently dropped. */
 export function splitList(values: readonly string[]): string[] {
-  return values.flatMap((value) => value.split(',').map((item) => item.replace(/^ +| +$/g, '')));
+  const items: string[] = [];
+  for (const value of values) {
+    // Most items (thousands in a config file) are one plain value each: no new strings for those.
+    if (!value.includes(',') && !value.startsWith(' ') && !value.endsWith(' ')) items.push(value);
+    else for (const item of value.split(',')) items.push(item.replace(/^ +| +$/g, ''));
+  }
+  return items;
 }

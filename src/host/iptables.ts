@@ -13,9 +13,17 @@ export const XTABLES_LOCK_WAIT_SECONDS = 10;
 export interface IptablesTable {
   backend: BackendName;
   family: Family;
-  /** `iptables-save` of the given table, or of every table the kernel already has when omitted. */
-  save(table?: 'nat'): Promise<string>;
+  /** `iptables-save` of the nat table. */
+  saveNat(): Promise<string>;
+  /**
+   * `iptables-save` of every table the kernel already has (none is created by asking), and whether it
+   * warned that iptables-legacy holds tables too: iptables-nft-save looks in /proc/net inside the
+   * namespace, which this process cannot.
+   */
+  saveAll(): Promise<{ dump: string; legacyTablesPresent: boolean }>;
   restore(input: string): Promise<void>;
+  /** One nat chain's rules as `iptables -S` prints them: in iptables-save's spelling, without the rest of the table. */
+  listRules(chain: string): Promise<string>;
 }
 
 export const familyLabel = (family: Family) => (family === 4 ? 'IPv4' : 'IPv6');
@@ -34,36 +42,47 @@ function backendOfProgram(path: string): BackendName | undefined {
   return undefined;
 }
 
-function findTool(backend: BackendName, family: Family, action: 'save' | 'restore'): string | undefined {
-  const suffixed = findProgram(`${toolPrefix(family)}-${backend}-${action}`);
+function findTool(backend: BackendName, family: Family, action: '' | '-save' | '-restore'): string | undefined {
+  const suffixed = findProgram(`${toolPrefix(family)}-${backend}${action}`);
   if (suffixed) return suffixed;
   // RHEL 8 ships only unsuffixed binaries; accept them when they are this backend.
-  const plain = findProgram(`${toolPrefix(family)}-${action}`);
+  const plain = findProgram(`${toolPrefix(family)}${action}`);
   return plain && backendOfProgram(plain) === backend ? plain : undefined;
 }
 
-/** The save/restore pair for a backend and family, or undefined when not installed. */
+/** The programs for a backend and family, or undefined when not installed. */
 export function openTable(runner: CommandRunner, backend: BackendName, family: Family): IptablesTable | undefined {
-  const saveProgram = findTool(backend, family, 'save');
-  const restoreProgram = findTool(backend, family, 'restore');
-  if (!saveProgram || !restoreProgram) return undefined;
+  const program = findTool(backend, family, '');
+  const saveProgram = findTool(backend, family, '-save');
+  const restoreProgram = findTool(backend, family, '-restore');
+  if (!program || !saveProgram || !restoreProgram) return undefined;
   const name = `${toolPrefix(family)}-${backend}`;
+  // Only the legacy backend takes the xtables lock; nft transactions are atomic in the kernel.
+  const wait = backend === 'legacy' ? ['--wait', String(XTABLES_LOCK_WAIT_SECONDS)] : [];
+  const lockTimeoutMs = (XTABLES_LOCK_WAIT_SECONDS + 20) * 1000;
+  const save = async (args: string[]) => {
+    const result = await runner.run(saveProgram, args);
+    if (result.exitCode !== 0) throw tableError(`${name}-save`, result.stderr, result.exitCode);
+    return result;
+  };
   return {
     backend,
     family,
-    async save(table) {
-      const result = await runner.run(saveProgram, table ? ['-t', table] : []);
-      if (result.exitCode !== 0) throw tableError(`${name}-save`, result.stderr, result.exitCode);
-      return result.stdout;
+    async saveNat() {
+      return (await save(['-t', 'nat'])).stdout;
+    },
+    async saveAll() {
+      const { stdout, stderr } = await save([]);
+      return { dump: stdout, legacyTablesPresent: /iptables-legacy tables present/.test(stderr) };
     },
     async restore(input) {
-      // Only the legacy backend takes the xtables lock; nft transactions are atomic in the kernel.
-      const wait = backend === 'legacy' ? ['--wait', String(XTABLES_LOCK_WAIT_SECONDS)] : [];
-      const result = await runner.run(restoreProgram, ['--noflush', ...wait], {
-        input,
-        timeoutMs: (XTABLES_LOCK_WAIT_SECONDS + 20) * 1000,
-      });
+      const result = await runner.run(restoreProgram, ['--noflush', ...wait], { input, timeoutMs: lockTimeoutMs });
       if (result.exitCode !== 0) throw tableError(`${name}-restore`, result.stderr, result.exitCode);
+    },
+    async listRules(chain) {
+      const result = await runner.run(program, [...wait, '-t', 'nat', '-S', chain], { timeoutMs: lockTimeoutMs });
+      if (result.exitCode !== 0) throw tableError(name, result.stderr, result.exitCode);
+      return result.stdout;
     },
   };
 }

@@ -1,20 +1,28 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CliError, ExitCode } from '../errors.ts';
 import {
+  jumpsMatch,
+  listedJumps,
   ownedState,
   parseNatTable,
   renderTransaction,
   stateMatches,
   type OwnedState,
 } from '../core/natTable.ts';
+import { HOOK_CHAINS } from '../core/ruleset.ts';
 import { IptablesError, type IptablesTable } from './iptables.ts';
 
 const MAX_ATTEMPTS = 8;
 
 /**
- * Brings one table to `target` with optimistic concurrency: read, write one transaction, read back. A
- * concurrent writer (a second run, Docker, kube-proxy) shows up as a failed restore or a read-back that
- * does not match, and the whole step is repeated from a fresh read, a bounded number of times.
+ * Brings one table to `target` with optimistic concurrency: read, write one transaction, check it. A
+ * concurrent writer (a second run, Docker, kube-proxy) shows up as a failed restore or a check that does
+ * not match, and the whole step is repeated from a fresh read, a bounded number of times.
+ *
+ * The check reads back only PREROUTING and OUTPUT. The transaction declares (so flushes) and refills our
+ * chains in one atomic commit, so they always hold one writer's complete rules; what a writer racing us
+ * can leave wrong is the jumps in the hook chains (two runs that both read "no jump" each add one). Reading
+ * the whole table back instead would double the cost of installing thousands of rules.
  */
 export async function reconcile(
   table: IptablesTable,
@@ -24,9 +32,8 @@ export async function reconcile(
   let save = options.firstSave;
   let lastFailure: { error: IptablesError; table: string; transaction: string } | undefined;
   let lastWrite: { table: string; transaction: string } | undefined;
-  // Every write is followed by a read that checks it, the last write included.
   for (let attempt = 0; ; attempt++) {
-    const natTable = parseNatTable(save ?? (await table.save('nat')));
+    const natTable = parseNatTable(save ?? (await table.saveNat()));
     save = undefined;
     const current = ownedState(natTable);
     if (stateMatches(current, target)) return { changed: attempt > 0 };
@@ -45,6 +52,9 @@ export async function reconcile(
     try {
       await table.restore(transaction);
       lastWrite = { table: before, transaction };
+      const jumps = listedJumps(await Promise.all(HOOK_CHAINS.map((chain) => table.listRules(chain))));
+      if (jumpsMatch(jumps, target)) return { changed: true };
+      options.onRetry?.('the jumps in PREROUTING/OUTPUT changed under us');
     } catch (error) {
       if (!(error instanceof IptablesError)) throw error;
       // The same transaction failing twice on the same table is deterministic (a missing module, a bad

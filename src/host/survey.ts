@@ -26,25 +26,34 @@ function legacyTablesLoaded(family: Family): boolean {
   }
 }
 
+const NO_TABLES = { dump: '', legacyTablesPresent: false };
+
 /**
  * Reads every installed backend and family. A plain save (no `-t`) dumps only tables that already exist,
- * so surveying never instantiates a legacy table.
+ * so surveying never instantiates a legacy table. iptables-legacy is only read when it holds tables: this
+ * process sees that in /proc/net, and inside another namespace iptables-nft-save says so.
  */
 export async function surveyTables(runner: CommandRunner, inNetns: boolean): Promise<TableSurvey[]> {
-  const tables = BACKENDS.flatMap((backend) => FAMILIES.map((family) => openTable(runner, backend, family)));
-  const present = tables.filter((table): table is IptablesTable => table !== undefined);
+  const open = (backend: BackendName) =>
+    FAMILIES.flatMap((family) => openTable(runner, backend, family) ?? []);
+  const nftSaves = new Map(open('nft').map((table) => [table.family, { table, saved: table.saveAll() }]));
+  const legacyHoldsTables = async (family: Family) => {
+    if (!inNetns) return legacyTablesLoaded(family);
+    const nft = nftSaves.get(family);
+    return nft === undefined || (await nft.saved).legacyTablesPresent;
+  };
+  const saves = [
+    ...nftSaves.values(),
+    ...open('legacy').map((table) => ({
+      table,
+      saved: legacyHoldsTables(table.family).then((present) => (present ? table.saveAll() : NO_TABLES)),
+    })),
+  ];
   return Promise.all(
-    present.map(async (table) => {
-      const skip = table.backend === 'legacy' && !inNetns && !legacyTablesLoaded(table.family);
-      const dump = skip ? '' : await table.save();
+    saves.map(async ({ table, saved }) => {
+      const { dump } = await saved;
       const owned = ownedState(parseNatTable(dump));
-      return {
-        table,
-        dump,
-        owned,
-        holdsOurs: !isEmptyState(owned),
-        holdsRules: /^-A /m.test(dump),
-      };
+      return { table, dump, owned, holdsOurs: !isEmptyState(owned), holdsRules: /^-A /m.test(dump) };
     }),
   );
 }

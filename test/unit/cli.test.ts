@@ -7,14 +7,16 @@ import { allowGetent, fakeNss, fakeRunner, redirectConfig, runCli, scratchDir, t
 
 // Every test here runs unprivileged, even under root CI: the kernel's answer to "which capabilities do I
 // have" (/proc/self/status) is replaced by an empty set; everything else reads the real file system.
-vi.mock('node:fs', async (importOriginal) => {
-  const fs = await importOriginal<typeof import('node:fs')>();
+vi.mock('node:fs', async (importOriginal) => unprivilegedFs(await importOriginal<typeof import('node:fs')>()));
+
+function unprivilegedFs(fs: typeof import('node:fs'), overrides: Partial<typeof import('node:fs')> = {}) {
   const readFileSync = ((path: unknown, ...rest: unknown[]) =>
     path === '/proc/self/status'
       ? 'Name:\tnode\nUid:\t1000\t1000\t1000\t1000\nCapEff:\t0000000000000000\n'
       : Reflect.apply(fs.readFileSync, fs, [path, ...rest])) as typeof fs.readFileSync;
-  return { ...fs, default: { ...fs, readFileSync }, readFileSync };
-});
+  const patched = { ...fs, readFileSync, ...overrides };
+  return { ...patched, default: patched };
+}
 
 const scratch = scratchDir();
 afterAll(() => scratch.remove());
@@ -412,6 +414,7 @@ describe('run: colour', () => {
   afterEach(() => {
     vi.restoreAllMocks();
     vi.doUnmock('chalk');
+    vi.doUnmock('node:fs');
     vi.resetModules();
   });
 
@@ -425,17 +428,20 @@ describe('run: colour', () => {
       const chalk = await importOriginal<typeof import('chalk')>();
       return { ...chalk, chalkStderr: new chalk.Chalk({ level: 2 }) };
     });
-    const { run } = await import('../../src/main.ts');
+    // The CLI writes to file descriptors 1 and 2 directly; everything else of node:fs stays real.
     let written = '';
-    const capture = ((chunk: string | Uint8Array) => {
-      written += String(chunk);
-      return true;
-    }) as typeof process.stderr.write;
-    vi.spyOn(process.stderr, 'write').mockImplementation(capture);
-    vi.spyOn(process.stdout, 'write').mockImplementation(capture);
+    vi.doMock('node:fs', async (importOriginal) => {
+      const fs = await importOriginal<typeof import('node:fs')>();
+      const writeSync = ((fd: number, data: Uint8Array, ...rest: unknown[]) => {
+        if (fd !== 1 && fd !== 2) return Reflect.apply(fs.writeSync, fs, [fd, data, ...rest]) as number;
+        written += Buffer.from(data).toString();
+        return data.length;
+      }) as typeof fs.writeSync;
+      return unprivilegedFs(fs, { writeSync });
+    });
+    const { run } = await import('../../src/main.ts');
     const runner = fakeRunner();
     const code = await run(argv, { env, runner: runner.factory });
-    vi.restoreAllMocks();
     expect(runner.unexpected).toEqual([]);
     return { code, written };
   }

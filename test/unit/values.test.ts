@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import type * as z from 'zod';
+import type * as z from 'zod/mini';
 import {
   cidrSchema,
   durationSchema,
@@ -12,7 +12,7 @@ import {
   type UidSpec,
 } from '../../src/core/values.ts';
 
-type Schema = z.ZodType<unknown, unknown>;
+type Schema = z.ZodMiniType<unknown, unknown>;
 
 /** safeParse that turns a thrown exception into a test failure naming the input. */
 function check(schema: Schema, input: unknown): { ok: true; value: unknown } | { ok: false; message: string } {
