@@ -20,6 +20,8 @@ const { metafile, outputFiles } = await build({
   target: 'node20',
   // Lazy import()s become require(): a vm-compiled script has no dynamic-import hook.
   supported: { 'dynamic-import': false },
+  // ASCII only (non-ASCII characters escaped), so the shim can read the bundle as latin1.
+  charset: 'ascii',
   minifyWhitespace: true,
   minifySyntax: true,
   legalComments: 'eof',

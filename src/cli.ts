@@ -158,8 +158,7 @@ const SUBCOMMANDS: readonly CommandName[] = ['apply', 'cleanup', 'status'];
  * command's options costs more than a whole dry run's parsing.
  */
 export function createProgram(version: string, handle: CommandHandler, args: readonly string[]): Command {
-  const [first, second] = args;
-  const invoked = SUBCOMMANDS.find((name) => name === (first === 'help' ? second : first));
+  const invoked = SUBCOMMANDS.find((name) => name === args[0]);
   const withFlags = (command: Command, name: CommandName) => (invoked === name ? addFlags(command, name) : command);
   const program = new Command('redirect-traffic')
     .description(

@@ -5,7 +5,6 @@ import { cleanup } from './commands/cleanup.ts';
 import type { CommandContext } from './commands/context.ts';
 import { status } from './commands/status.ts';
 import { CliError, ExitCode } from './errors.ts';
-import { fetchProxyPorts } from './consul/agent.ts';
 import { createRunner } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import { applyOptions, cleanupOptions, statusOptions, type CommandName, type RawOptions } from './options.ts';
@@ -36,7 +35,9 @@ export async function run(
     env,
     version: VERSION,
     runner: overrides.runner ?? ((netns) => createRunner({ netns })),
-    fetchProxyPorts: overrides.fetchProxyPorts ?? fetchProxyPorts,
+    // The agent client and its schemas are loaded only by runs that ask the agent (-proxy-id).
+    fetchProxyPorts:
+      overrides.fetchProxyPorts ?? (async (...args) => (await import('./consul/agent.ts')).fetchProxyPorts(...args)),
   };
   let exitCode: number = ExitCode.ok;
   const handle = async (name: CommandName, flags: RawOptions) => {

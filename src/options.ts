@@ -211,7 +211,8 @@ function rawValueAt(raw: RawOptions, path: readonly PropertyKey[]): string {
   const [key, index] = path;
   const value = raw[String(key)];
   const item = Array.isArray(value) && typeof index === 'number' ? value[index] : value;
-  return item === undefined ? '' : String(item);
+  if (item === undefined) return '';
+  return typeof item === 'string' ? item : JSON.stringify(item);
 }
 
 function validate(raw: RawOptions, sources: Record<string, Source>): Parsed {

@@ -20,21 +20,31 @@ import type { CommandContext } from './context.ts';
 
 export async function apply(options: ApplyOptions, context: CommandContext): Promise<void> {
   // Before anything else, the agent included: waiting for it only to then fail on permissions helps nobody.
-  if (!options.dryRun) requireNetAdmin('applying traffic redirection rules');
-  const { config, rulesets } = await resolveRulesets(options.rules, options.agent, context);
   if (options.dryRun) {
+    const { rulesets } = await resolveRulesets(options.rules, options.agent, context);
     context.output.stdout(renderDryRun(rulesets, context.version));
     return;
   }
+  requireNetAdmin('applying traffic redirection rules');
   const { log } = context;
   const netns = options.host.netns;
   const runner = context.runner(netns);
-  refuseSshCapture(config, rulesets, options.allowSshCapture, context.env);
-  // Independent of the tables: asked while they are read.
-  const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
+  // The tables are read (and the IPv6 question asked) while the rules are worked out: with thousands of
+  // exclusions that takes as long as the reads. A read is only a starting point; the write is checked.
   const surveying = surveyTables(runner, netns !== undefined);
-  // Rendered while the saves run: with thousands of rules, that is most of the time they take.
-  const wanted = new Map(rulesets.map((ruleset) => [ruleset.family, desiredState(ruleset)]));
+  const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
+  let resolved: Awaited<ReturnType<typeof resolveRulesets>>;
+  let wanted: Map<Family, OwnedState>;
+  try {
+    resolved = await resolveRulesets(options.rules, options.agent, context);
+    refuseSshCapture(resolved.config, resolved.rulesets, options.allowSshCapture, context.env);
+    wanted = new Map(resolved.rulesets.map((ruleset) => [ruleset.family, desiredState(ruleset)]));
+  } catch (error) {
+    // Nothing is written; let the reads finish so none of them fails unobserved.
+    await Promise.allSettled([surveying]);
+    throw error;
+  }
+  const { config, rulesets } = resolved;
   const surveys = await surveying;
   requireSomeBackend(surveys.map((s) => s.table));
   const choice = chooseBackend(surveys, options.host.iptablesMode);

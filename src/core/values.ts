@@ -161,21 +161,24 @@ export const cidrSchema = transformed(z.string(), (text, ctx): Cidr => {
 });
 
 /**
- * A list of addresses or prefixes in one pass: config files carry thousands, and a schema run per item
- * would cost more than the parsing. A refused item is reported at its index.
+ * A list of addresses or prefixes in one pass: config files carry thousands, and a schema run per item (even
+ * a bare z.string()) would cost more than the parsing itself. A refused item is reported at its index.
  */
-export const cidrListSchema = transformed(z.array(z.string()), (texts, ctx): Cidr[] => {
-  const cidrs: Cidr[] = [];
-  for (const [index, text] of texts.entries()) {
-    const result = canonicalCidr(text);
-    if (typeof result === 'string') {
-      ctx.issues.push({ code: 'custom', message: result, input: text, path: [index] });
-      return z.NEVER as never;
+export const cidrListSchema = transformed(
+  z.custom<unknown[]>(Array.isArray, { error: 'must be a list of addresses or prefixes' }),
+  (items, ctx): Cidr[] => {
+    const cidrs: Cidr[] = [];
+    for (const [index, item] of items.entries()) {
+      const result = typeof item === 'string' ? canonicalCidr(item) : 'must be a string';
+      if (typeof result === 'string') {
+        ctx.issues.push({ code: 'custom', message: result, input: item, path: [index] });
+        return z.NEVER as never;
+      }
+      cidrs.push(result);
     }
-    cidrs.push(result);
-  }
-  return cidrs;
-});
+    return cidrs;
+  },
+);
 
 export const ipAddressSchema = transformed(z.string(), (text, ctx): IpAddress => {
   if (ipv4Number(text) !== undefined) return { family: 4, address: text };
