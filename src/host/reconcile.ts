@@ -14,15 +14,19 @@ import { IptablesError, type IptablesTable } from './iptables.ts';
 
 const MAX_ATTEMPTS = 8;
 
+/** Up to this many rules the whole table is read back to check a write; beyond it, the hook chains only. */
+const FULL_CHECK_MAX_RULES = 500;
+
 /**
  * Brings one table to `target` with optimistic concurrency: read, write one transaction, check it. A
  * concurrent writer (a second run, Docker, kube-proxy) shows up as a failed restore or a check that does
  * not match, and the whole step is repeated from a fresh read, a bounded number of times.
  *
- * The check reads back only PREROUTING and OUTPUT. The transaction declares (so flushes) and refills our
- * chains in one atomic commit, so they always hold one writer's complete rules; what a writer racing us
- * can leave wrong is the jumps in the hook chains (two runs that both read "no jump" each add one). Reading
- * the whole table back instead would double the cost of installing thousands of rules.
+ * The check reads the whole nat table back, except for thousands of rules, where reading them back would
+ * cost as much as writing them: then only PREROUTING and OUTPUT are read. That is enough to catch a racing
+ * writer: the transaction declares (so flushes) and refills our chains in one atomic commit, so they always
+ * hold one writer's complete rules, and what a race can leave wrong is the jumps in the hook chains (two
+ * runs that both read "no jump" each add one).
  */
 export async function reconcile(
   table: IptablesTable,
@@ -52,6 +56,8 @@ export async function reconcile(
     try {
       await table.restore(transaction);
       lastWrite = { table: before, transaction };
+      // The next round reads the table back; it ends there if the table holds the target.
+      if (target.chainRules.length <= FULL_CHECK_MAX_RULES) continue;
       const jumps = listedJumps(await Promise.all(HOOK_CHAINS.map((chain) => table.listRules(chain))));
       if (jumpsMatch(jumps, target)) return { changed: true };
       options.onRetry?.('the jumps in PREROUTING/OUTPUT changed under us');

@@ -4,6 +4,8 @@ import {
   desiredState,
   EMPTY_STATE,
   isEmptyState,
+  jumpsMatch,
+  listedJumps,
   ownedState,
   parseNatTable,
   renderTransaction,
@@ -324,6 +326,39 @@ describe('stateMatches', () => {
     expect(stateMatches(consul, desiredState(buildRuleset(CONSUL_FLAGS, 4)))).toBe(false);
     const deduplicated = withRules(consul, { jumps: consul.jumps.filter((j, i, all) => all.findIndex((k) => k.spec === j.spec && k.chain === j.chain) === i) });
     expect(stateMatches(deduplicated, desiredState(buildRuleset(CONSUL_FLAGS, 4)))).toBe(true);
+  });
+});
+
+describe('listedJumps and jumpsMatch (the check of a write that reads back the hook chains only)', () => {
+  // `iptables -t nat -S PREROUTING` / `-S OUTPUT`, as iptables prints them: a -P line, then the rules.
+  const listings = (prerouting: string[], output: string[]) => [
+    ['-P PREROUTING ACCEPT', ...prerouting].join('\n') + '\n',
+    ['-P OUTPUT ACCEPT', ...output].join('\n') + '\n',
+  ];
+  const OURS_PREROUTING = '-A PREROUTING -p tcp -j CONSUL_PROXY_INBOUND';
+  const OURS_OUTPUT = '-A OUTPUT -p tcp -j CONSUL_PROXY_OUTPUT';
+  const DOCKER_RULE = '-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER';
+
+  it('keeps only the jumps into our chains, in listing order', () => {
+    expect(listedJumps(listings([OURS_PREROUTING], [DOCKER_RULE, OURS_OUTPUT]))).toEqual<SavedRule[]>([
+      { chain: 'PREROUTING', spec: '-p tcp -j CONSUL_PROXY_INBOUND' },
+      { chain: 'OUTPUT', spec: '-p tcp -j CONSUL_PROXY_OUTPUT' },
+    ]);
+  });
+
+  it('matches the wanted jumps exactly once each, whatever foreign rules sit around them', () => {
+    expect(jumpsMatch(listedJumps(listings([OURS_PREROUTING], [DOCKER_RULE, OURS_OUTPUT])), wanted())).toBe(true);
+  });
+
+  it('a duplicate jump (two racing writes) or a missing one is a mismatch', () => {
+    const duplicated = listings([OURS_PREROUTING, OURS_PREROUTING], [OURS_OUTPUT]);
+    expect(jumpsMatch(listedJumps(duplicated), wanted())).toBe(false);
+    expect(jumpsMatch(listedJumps(listings([], [OURS_OUTPUT])), wanted())).toBe(false);
+  });
+
+  it('after a cleanup, no jump is what is wanted', () => {
+    expect(jumpsMatch(listedJumps(listings([], [DOCKER_RULE])), EMPTY_STATE)).toBe(true);
+    expect(jumpsMatch(listedJumps(listings([OURS_PREROUTING], [])), EMPTY_STATE)).toBe(false);
   });
 });
 
