@@ -95,13 +95,12 @@ export function ownedState(table: NatTable | undefined): OwnedState {
 
 /** The state a ruleset leaves behind, in `iptables-save` form. */
 export function desiredState(ruleset: Ruleset): OwnedState {
-  const rules = ruleset.rules.map((rule) => ({ chain: rule.chain, spec: ruleSpec(rule) }));
-  return {
-    chains: OWNED_CHAINS,
-    chainRules: rules.filter((rule) => isOwned(rule.chain)),
-    jumps: rules.filter((rule) => !isOwned(rule.chain)),
-    otherReferences: [],
-  };
+  const chainRules: SavedRule[] = [];
+  const jumps: SavedRule[] = [];
+  for (const rule of ruleset.rules) {
+    (isOwned(rule.chain) ? chainRules : jumps).push({ chain: rule.chain, spec: ruleSpec(rule) });
+  }
+  return { chains: OWNED_CHAINS, chainRules, jumps, otherReferences: [] };
 }
 
 function specsByChain(rules: readonly SavedRule[]): Map<string, string[]> {

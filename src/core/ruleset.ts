@@ -144,34 +144,35 @@ export function buildRuleset(config: RedirectConfig, family: Family): Ruleset {
     }
     (insert ? chain.inserted : chain.appended).push(rule);
   }
-  return {
-    family,
-    rules: [...chains.values()].flatMap(({ inserted, appended }) => [...inserted.reverse(), ...appended]),
-  };
+  // Loops, not spreads: with thousands of exclusions, copying arrays around shows in the start-up time.
+  const rules: Rule[] = [];
+  for (const { inserted, appended } of chains.values()) {
+    for (let index = inserted.length - 1; index >= 0; index--) rules.push(inserted[index] as Rule);
+    for (const rule of appended) rules.push(rule);
+  }
+  return { family, rules };
 }
 
 /** A rule's match and target exactly as `iptables-save` prints them, so installed and wanted compare as text. */
 export function ruleSpec(rule: Rule): string {
-  const parts: string[] = [];
+  let match = '';
   // A /0 destination matches everything, and iptables-save leaves it out.
-  if (rule.destination !== undefined && !rule.destination.endsWith('/0')) parts.push('-d', rule.destination);
-  if (rule.protocol !== undefined) parts.push('-p', rule.protocol);
-  if (rule.destinationPort !== undefined) parts.push('-m', rule.protocol ?? 'tcp', '--dport', rule.destinationPort);
-  if (rule.uidOwner !== undefined) parts.push('-m', 'owner', '--uid-owner', String(rule.uidOwner));
-  const { target } = rule;
+  if (rule.destination !== undefined && !rule.destination.endsWith('/0')) match += `-d ${rule.destination} `;
+  if (rule.protocol !== undefined) match += `-p ${rule.protocol} `;
+  if (rule.destinationPort !== undefined) match += `-m ${rule.protocol ?? 'tcp'} --dport ${rule.destinationPort} `;
+  if (rule.uidOwner !== undefined) match += `-m owner --uid-owner ${rule.uidOwner} `;
+  return match + targetSpec(rule.target);
+}
+
+function targetSpec(target: Target): string {
   switch (target.kind) {
     case 'jump':
-      parts.push('-j', target.chain);
-      break;
+      return `-j ${target.chain}`;
     case 'return':
-      parts.push('-j', 'RETURN');
-      break;
+      return '-j RETURN';
     case 'redirect':
-      parts.push('-j', 'REDIRECT', '--to-ports', String(target.port));
-      break;
+      return `-j REDIRECT --to-ports ${target.port}`;
     case 'dnat':
-      parts.push('-j', 'DNAT', '--to-destination', target.to);
-      break;
+      return `-j DNAT --to-destination ${target.to}`;
   }
-  return parts.join(' ');
 }
