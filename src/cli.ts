@@ -150,15 +150,13 @@ Examples:
   $ redirect-traffic cleanup
 `;
 
-const SUBCOMMANDS: readonly CommandName[] = ['apply', 'cleanup', 'status'];
-
 /**
  * Builds a fresh program for `args` (as normaliseArgv leaves them, a subcommand first); `handle` receives
  * the command name and its raw flags. Only the command `args` invoke gets its flags: building every
  * command's options costs more than a whole dry run's parsing.
  */
 export function createProgram(version: string, handle: CommandHandler, args: readonly string[]): Command {
-  const invoked = SUBCOMMANDS.find((name) => name === args[0]);
+  const invoked = ALL.find((name) => name === args[0]);
   const withFlags = (command: Command, name: CommandName) => (invoked === name ? addFlags(command, name) : command);
   const program = new Command('redirect-traffic')
     .description(
@@ -172,6 +170,8 @@ export function createProgram(version: string, handle: CommandHandler, args: rea
     // Flags after a subcommand belong to it, not to the default (apply) command.
     .enablePositionalOptions()
     .addHelpText('after', EXAMPLES)
+    // Commander adds "[options]" only for subcommands built with their flags, which here is none of them.
+    .configureHelp({ subcommandTerm: (command) => `${command.name()} [options]` })
     .exitOverride();
 
   (invoked === undefined ? addFlags(program, 'apply') : program).action(async () => handle('apply', rawFlags(program, 'apply')));

@@ -83,5 +83,9 @@ const escapeControls = (text: string) =>
 if (typeof __VERSION__ === 'string') {
   // Output is written synchronously, so nothing is left to flush: exiting at once spares tearing down a heap
   // that may hold thousands of rules.
-  void run(process.argv.slice(2)).then((code) => process.exit(code));
+  void run(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    // Only if even reporting failed (stderr closed, say): there is nothing left to tell.
+    () => process.exit(ExitCode.internal),
+  );
 }

@@ -19,32 +19,40 @@ import { resolveRulesets } from './rulesets.ts';
 import type { CommandContext } from './context.ts';
 
 export async function apply(options: ApplyOptions, context: CommandContext): Promise<void> {
-  // Before anything else, the agent included: waiting for it only to then fail on permissions helps nobody.
   if (options.dryRun) {
     const { rulesets } = await resolveRulesets(options.rules, options.agent, context);
     context.output.stdout(renderDryRun(rulesets, context.version));
     return;
   }
+  // Before anything else, the agent included: waiting for it only to then fail on permissions helps nobody.
   requireNetAdmin('applying traffic redirection rules');
   const { log } = context;
   const netns = options.host.netns;
   const runner = context.runner(netns);
-  // The tables are read (and the IPv6 question asked) while the rules are worked out: with thousands of
-  // exclusions that takes as long as the reads. A read is only a starting point; the write is checked.
-  const surveying = surveyTables(runner, netns !== undefined);
-  const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
+  const startReads = () => {
+    const surveying = surveyTables(runner, netns !== undefined);
+    // Observed at once: a read failing while the rules are still being worked out must not go unhandled.
+    surveying.catch(() => undefined);
+    const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
+    return { surveying, bypassingIpv6 };
+  };
+  // With no agent to wait for, the tables are read while the rules are worked out: with thousands of
+  // exclusions, that takes as long as the reads. After an agent's answer instead: -wait may last a minute,
+  // and a failed apply is rolled back to what the read found.
+  const early = options.agent === undefined ? startReads() : undefined;
   let resolved: Awaited<ReturnType<typeof resolveRulesets>>;
-  let wanted: Map<Family, OwnedState>;
   try {
     resolved = await resolveRulesets(options.rules, options.agent, context);
     refuseSshCapture(resolved.config, resolved.rulesets, options.allowSshCapture, context.env);
-    wanted = new Map(resolved.rulesets.map((ruleset) => [ruleset.family, desiredState(ruleset)]));
   } catch (error) {
-    // Nothing is written; let the reads finish so none of them fails unobserved.
-    await Promise.allSettled([surveying]);
+    // Nothing is written; the reads are let finish rather than left running.
+    await Promise.allSettled([early?.surveying]);
     throw error;
   }
   const { config, rulesets } = resolved;
+  const { surveying, bypassingIpv6 } = early ?? startReads();
+  // Rendered while the tables are read.
+  const wanted = new Map(rulesets.map((ruleset) => [ruleset.family, desiredState(ruleset)]));
   const surveys = await surveying;
   requireSomeBackend(surveys.map((s) => s.table));
   const choice = chooseBackend(surveys, options.host.iptablesMode);
@@ -56,7 +64,7 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   for (const family of wanted.keys()) {
     if (!targets.some((s) => s.table.family === family)) {
       throw new CliError(
-        `the ${familyLabel(family)} save/restore programs of iptables-${choice.backend} are not installed: ` +
+        `the ${familyLabel(family)} programs of iptables-${choice.backend} (iptables, -save, -restore) are not installed: ` +
           "install the 'iptables' package (on RHEL, 'iptables-legacy' for the legacy backend)",
         ExitCode.missingProgram,
       );

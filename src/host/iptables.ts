@@ -16,9 +16,9 @@ export interface IptablesTable {
   /** `iptables-save` of the nat table. */
   saveNat(): Promise<string>;
   /**
-   * `iptables-save` of every table the kernel already has (none is created by asking), and whether it
-   * warned that iptables-legacy holds tables too: iptables-nft-save looks in /proc/net inside the
-   * namespace, which this process cannot.
+   * `iptables-save` of every table the kernel already has (none is created by asking). For the nft backend,
+   * also whether it warned that iptables-legacy holds tables of this family: iptables-nft-save looks in
+   * /proc/net inside the namespace, which this process cannot.
    */
   saveAll(): Promise<{ dump: string; legacyTablesPresent: boolean }>;
   restore(input: string): Promise<void>;
@@ -73,7 +73,8 @@ export function openTable(runner: CommandRunner, backend: BackendName, family: F
     },
     async saveAll() {
       const { stdout, stderr } = await save([]);
-      return { dump: stdout, legacyTablesPresent: /iptables-legacy tables present/.test(stderr) };
+      // "# Warning: iptables-legacy tables present, ..." (ip6tables-legacy for IPv6)
+      return { dump: stdout, legacyTablesPresent: /ip6?tables-legacy tables present/.test(stderr) };
     },
     async restore(input) {
       const result = await runner.run(restoreProgram, ['--noflush', ...wait], { input, timeoutMs: lockTimeoutMs });
@@ -118,7 +119,7 @@ export function systemDefaultBackend(): BackendName | undefined {
 export function requireSomeBackend(tables: readonly (IptablesTable | undefined)[]): void {
   if (tables.every((table) => table === undefined)) {
     throw new MissingProgramError(
-      'iptables-save/iptables-restore',
+      'iptables (with iptables-save and iptables-restore)',
       "install the 'iptables' package (Debian/Ubuntu: apt-get install iptables; RHEL/Fedora: dnf install iptables-nft)",
     );
   }

@@ -22,11 +22,13 @@ const FULL_CHECK_MAX_RULES = 500;
  * concurrent writer (a second run, Docker, kube-proxy) shows up as a failed restore or a check that does
  * not match, and the whole step is repeated from a fresh read, a bounded number of times.
  *
- * The check reads the whole nat table back, except for thousands of rules, where reading them back would
- * cost as much as writing them: then only PREROUTING and OUTPUT are read. That is enough to catch a racing
- * writer: the transaction declares (so flushes) and refills our chains in one atomic commit, so they always
- * hold one writer's complete rules, and what a race can leave wrong is the jumps in the hook chains (two
- * runs that both read "no jump" each add one).
+ * The check reads the whole nat table back and compares everything, up to FULL_CHECK_MAX_RULES. Beyond,
+ * reading thousands of rules back would cost as much as writing them, and only PREROUTING and OUTPUT are
+ * read. The transaction declares (so flushes) and refills our chains in one atomic commit, so they always
+ * hold one writer's complete rules, and that check still catches what a race between runs of the same
+ * setup leaves wrong: two runs that both read "no jump" each add one. It does not see a writer replacing
+ * our chains' contents at the same moment (a concurrent run with other flags: the last write wins and both
+ * report success), nor a rule iptables prints in another spelling than ours; `status` compares everything.
  */
 export async function reconcile(
   table: IptablesTable,

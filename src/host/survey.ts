@@ -26,32 +26,30 @@ function legacyTablesLoaded(family: Family): boolean {
   }
 }
 
-const NO_TABLES = { dump: '', legacyTablesPresent: false };
-
 /**
  * Reads every installed backend and family. A plain save (no `-t`) dumps only tables that already exist,
- * so surveying never instantiates a legacy table. iptables-legacy is only read when it holds tables: this
- * process sees that in /proc/net, and inside another namespace iptables-nft-save says so.
+ * so surveying never instantiates a legacy table. iptables-legacy is read only when the kernel holds
+ * legacy tables of that family: this process sees that in /proc/net; inside another namespace,
+ * iptables-nft-save says so (and without iptables-nft, legacy is read anyway).
  */
 export async function surveyTables(runner: CommandRunner, inNetns: boolean): Promise<TableSurvey[]> {
-  const open = (backend: BackendName) =>
-    FAMILIES.flatMap((family) => openTable(runner, backend, family) ?? []);
+  const open = (backend: BackendName) => FAMILIES.flatMap((family) => openTable(runner, backend, family) ?? []);
   const nftSaves = new Map(open('nft').map((table) => [table.family, { table, saved: table.saveAll() }]));
   const legacyHoldsTables = async (family: Family) => {
     if (!inNetns) return legacyTablesLoaded(family);
     const nft = nftSaves.get(family);
     return nft === undefined || (await nft.saved).legacyTablesPresent;
   };
-  const saves = [
-    ...nftSaves.values(),
+  const dumps = [
+    ...[...nftSaves.values()].map(({ table, saved }) => ({ table, dump: saved.then((save) => save.dump) })),
     ...open('legacy').map((table) => ({
       table,
-      saved: legacyHoldsTables(table.family).then((present) => (present ? table.saveAll() : NO_TABLES)),
+      dump: legacyHoldsTables(table.family).then(async (held) => (held ? (await table.saveAll()).dump : '')),
     })),
   ];
   return Promise.all(
-    saves.map(async ({ table, saved }) => {
-      const { dump } = await saved;
+    dumps.map(async ({ table, dump: dumping }) => {
+      const dump = await dumping;
       const owned = ownedState(parseNatTable(dump));
       return { table, dump, owned, holdsOurs: !isEmptyState(owned), holdsRules: /^-A /m.test(dump) };
     }),

@@ -119,6 +119,20 @@ describeE2E(
         expect(legacy).toBe(await natRules(consul, { backend: 'legacy' }));
       });
 
+      // Inside -netns this process cannot see the namespace's /proc/net: iptables-nft-save's warning that
+      // legacy tables exist is what sends the survey to iptables-legacy, and IPv6's warning is worded apart.
+      it.each([4, 6] as const)('with -netns, status and cleanup find IPv%s rules that only iptables-legacy holds', async (family) => {
+        const ns = await testNamespace();
+        const legacy = family === 4 ? 'iptables-legacy' : 'ip6tables-legacy';
+        await ns.must(legacy, '-t', 'nat', '-N', 'CONSUL_PROXY_INBOUND');
+        await ns.must(legacy, '-t', 'nat', '-A', 'PREROUTING', '-p', 'tcp', '-j', 'CONSUL_PROXY_INBOUND');
+        const status = await cli(['status', '-netns', ns.path, '-json']);
+        expect(status.stdout).toContain('legacy');
+        const cleanup = await cli(['cleanup', '-netns', ns.path]);
+        expect(cleanup.stdout).toContain(`iptables-legacy, IPv${family}`);
+        expect(holdsOurChains(await natRules(ns, { family, backend: 'legacy' }))).toBe(false);
+      });
+
       it.each([
         ['auto', undefined],
         ['legacy', 'legacy'],
