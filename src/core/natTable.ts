@@ -67,7 +67,8 @@ export function ruleTarget(spec: string): string | undefined {
   return flagAt < 0 ? undefined : words[flagAt + 1];
 }
 
-const isOwned = (chain: string) => OWNED_CHAINS.includes(chain);
+const OWNED = new Set(OWNED_CHAINS);
+const isOwned = (chain: string) => OWNED.has(chain);
 
 /** What of ours is in a table: owned chains, their rules, and the jumps into them. */
 export interface OwnedState {
