@@ -192,6 +192,21 @@ describe('ipAddressSchema', () => {
     16909060,
   ]);
 
+  it('takes exactly the dotted quads a reference regex takes (no leading zeros, octets to 255), on random input', () => {
+    const OCTET = '(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])';
+    const reference = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
+    const pieces = ['0', '1', '9', '00', '01', '10', '99', '100', '199', '255', '256', '300', '1000', '.', '..', 'a', ' ', '-'];
+    let seed = 1;
+    const random = (n: number) => ((seed = (seed * 48271) % 2147483647) % n);
+    const mismatches: string[] = [];
+    for (let round = 0; round < 20_000; round++) {
+      const parts = Array.from({ length: 1 + random(7) }, () => pieces[random(pieces.length)]);
+      const text = random(2) ? parts.join('') : parts.slice(0, 4).join('.');
+      if (check(ipAddressSchema, text).ok !== reference.test(text)) mismatches.push(text);
+    }
+    expect(mismatches).toEqual([]);
+  });
+
   it.each(['::1.2.3.4', '0::ffff:1.2.3.4', '0:0:0:0:0:FFFF:1.2.3.4'])('an accepted %j has an address of its own family', (input) => {
     const result = check(ipAddressSchema, input);
     if (result.ok) {
