@@ -49,6 +49,7 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'timeout', value: '<duration>', group: AGENT, commands: APPLY_STATUS, description: 'limit for each request to the agent (default: 5s)' },
   { name: 'wait', value: '<duration>', group: AGENT, commands: APPLY_STATUS, description: 'keep retrying this long while the agent is down or the proxy not yet registered (default: 0, one try)' },
   { name: 'netns', value: '<path>', group: HOST, commands: ALL, description: 'apply inside this network namespace, e.g. /var/run/netns/web' },
+  { name: 'backend', value: '<backend>', group: HOST, commands: ALL, description: 'firewall backend: auto (keep whichever holds the rules, else iptables if installed, else nftables), iptables or nftables' },
   { name: 'iptables-mode', value: '<mode>', group: HOST, commands: ALL, description: 'iptables backend: auto, legacy or nft (default: auto)' },
   // Accepted by status too, so it takes an apply's exact flags.
   { name: 'allow-ssh-capture', group: HOST, commands: APPLY_STATUS, description: "apply even though this SSH session's port would be redirected" },

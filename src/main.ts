@@ -5,9 +5,17 @@ import { cleanup } from './commands/cleanup.ts';
 import type { CommandContext } from './commands/context.ts';
 import { status } from './commands/status.ts';
 import { CliError, ExitCode } from './errors.ts';
+import { installedBackends } from './host/backends.ts';
 import { createRunner } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import { applyOptions, cleanupOptions, statusOptions, type CommandName, type RawOptions } from './options.ts';
+
+/** Each command: validated options in, exit code out. */
+const COMMANDS: Record<CommandName, (flags: RawOptions, context: CommandContext) => Promise<number>> = {
+  apply: (flags, context) => apply(applyOptions(flags, context.env), context),
+  cleanup: (flags, context) => cleanup(cleanupOptions(flags, context.env), context),
+  status: (flags, context) => status(statusOptions(flags, context.env), context),
+};
 
 declare const __VERSION__: string;
 export const VERSION = typeof __VERSION__ === 'string' ? __VERSION__ : '0.0.0-dev';
@@ -35,15 +43,14 @@ export async function run(
     env,
     version: VERSION,
     runner: overrides.runner ?? ((netns) => createRunner({ netns })),
+    backends: overrides.backends ?? installedBackends,
     // The agent client and its schemas are loaded only by runs that ask the agent (-proxy-id).
     fetchProxyPorts:
       overrides.fetchProxyPorts ?? (async (...args) => (await import('./consul/agent.ts')).fetchProxyPorts(...args)),
   };
   let exitCode: number = ExitCode.ok;
   const handle = async (name: CommandName, flags: RawOptions) => {
-    if (name === 'apply') await apply(applyOptions(flags, context.env), context);
-    else if (name === 'cleanup') await cleanup(cleanupOptions(flags, context.env), context);
-    else exitCode = await status(statusOptions(flags, context.env), context);
+    exitCode = await COMMANDS[name](flags, context);
   };
   const program = createProgram(VERSION, handle, args);
   program.configureOutput({

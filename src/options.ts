@@ -15,6 +15,7 @@ import {
   uidSchema,
   type Cidr,
   type IpAddress,
+  type PortRange,
   type UidSpec,
 } from './core/values.ts';
 
@@ -35,8 +36,11 @@ export type Source = { kind: 'flag' } | { kind: 'file'; path: string } | { kind:
 
 export type IptablesMode = 'auto' | 'legacy' | 'nft';
 
+export type BackendPreference = 'auto' | 'iptables' | 'nftables';
+
 export interface HostOptions {
   netns: string | undefined;
+  backend: BackendPreference;
   iptablesMode: IptablesMode;
 }
 
@@ -45,8 +49,8 @@ export interface RuleOptions {
   proxyId: string | undefined;
   inboundPort: number | undefined;
   outboundPort: number;
-  excludeInboundPorts: string[];
-  excludeOutboundPorts: string[];
+  excludeInboundPorts: PortRange[];
+  excludeOutboundPorts: PortRange[];
   excludeOutboundCidrs: Cidr[];
   excludeUids: UidSpec[];
   dnsIp: IpAddress | undefined;
@@ -168,6 +172,7 @@ const rawSchema = z.strictObject({
   'dual-stack': z.optional(flag),
   netns: z.optional(pathText),
   'iptables-mode': z.optional(z.enum(['auto', 'legacy', 'nft'], { error: 'must be auto, legacy or nft' })),
+  backend: z.optional(z.enum(['auto', 'iptables', 'nftables'], { error: 'must be auto, iptables or nftables' })),
   'allow-ssh-capture': z.optional(flag),
   'http-addr': z.optional(plainText),
   token: z.optional(plainText),
@@ -325,6 +330,7 @@ function existingPath(key: string, sources: Record<string, Source>, path: string
 function hostOptions(parsed: Parsed, sources: Record<string, Source>): HostOptions {
   return {
     netns: parsed.netns === undefined ? undefined : existingPath('netns', sources, parsed.netns, 'any'),
+    backend: parsed.backend ?? 'auto',
     iptablesMode: parsed['iptables-mode'] ?? 'auto',
   };
 }

@@ -1,28 +1,18 @@
 import { CliError, ExitCode } from '../errors.ts';
-import {
-  desiredState,
-  EMPTY_STATE,
-  ownedState,
-  parseNatTable,
-  renderTransaction,
-  stateMatches,
-  type OwnedState,
-} from '../core/natTable.ts';
-import type { RedirectConfig, Ruleset } from '../core/ruleset.ts';
-import type { Family } from '../core/values.ts';
-import { familyLabel, requireSomeBackend } from '../host/iptables.ts';
+import type { RedirectConfig } from '../core/ruleset.ts';
+import type { Family, PortRange } from '../core/values.ts';
 import { reconcile } from '../host/reconcile.ts';
-import { chooseBackend, surveyTables, type TableSurvey } from '../host/survey.ts';
 import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
 import type { ApplyOptions } from '../options.ts';
-import { resolveRulesets } from './rulesets.ts';
+import { chooseBackend, planApply, requireSomeBackend, type ApplyPlan, type TableStep } from './plan.ts';
+import { resolveConfig } from './rulesets.ts';
 import type { CommandContext } from './context.ts';
 
-export async function apply(options: ApplyOptions, context: CommandContext): Promise<void> {
+export async function apply(options: ApplyOptions, context: CommandContext): Promise<number> {
   if (options.dryRun) {
-    const { rulesets } = await resolveRulesets(options.rules, options.agent, context);
-    context.output.stdout(renderDryRun(rulesets, context.version));
-    return;
+    const config = await resolveConfig(options.rules, options.agent, context);
+    context.output.stdout(context.backends.dryRunProvider(options.host).dryRun(config, context.version));
+    return ExitCode.ok;
   }
   // Before anything else, the agent included: waiting for it only to then fail on permissions helps nobody.
   requireNetAdmin('applying traffic redirection rules');
@@ -30,7 +20,7 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   const netns = options.host.netns;
   const runner = context.runner(netns);
   const startReads = () => {
-    const surveying = surveyTables(runner, netns !== undefined);
+    const surveying = context.backends.survey(runner, netns !== undefined);
     // Observed at once: a read failing while the rules are still being worked out must not go unhandled.
     surveying.catch(() => undefined);
     const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
@@ -40,99 +30,91 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   // exclusions, that takes as long as the reads. After an agent's answer instead: -wait may last a minute,
   // and a failed apply is rolled back to what the read found.
   const early = options.agent === undefined ? startReads() : undefined;
-  let resolved: Awaited<ReturnType<typeof resolveRulesets>>;
+  let config: RedirectConfig;
   try {
-    resolved = await resolveRulesets(options.rules, options.agent, context);
-    refuseSshCapture(resolved.config, resolved.rulesets, options.allowSshCapture, context.env);
+    config = await resolveConfig(options.rules, options.agent, context);
+    refuseSshCapture(config, options.allowSshCapture, context.env);
   } catch (error) {
     // Nothing is written; the reads are let finish rather than left running.
     await Promise.allSettled([early?.surveying]);
     throw error;
   }
-  const { config, rulesets } = resolved;
   const { surveying, bypassingIpv6 } = early ?? startReads();
-  // Rendered while the tables are read.
-  const wanted = new Map(rulesets.map((ruleset) => [ruleset.family, desiredState(ruleset)]));
   const surveys = await surveying;
-  requireSomeBackend(surveys.map((s) => s.table));
-  const choice = chooseBackend(surveys, options.host.iptablesMode);
-  log.debug(`using iptables-${choice.backend}: ${choice.reason}`);
-
-  const targets = surveys
-    .filter((s) => s.table.backend === choice.backend)
-    .filter((s) => wanted.has(s.table.family) || s.holdsOurs);
-  for (const family of wanted.keys()) {
-    if (!targets.some((s) => s.table.family === family)) {
-      throw new CliError(
-        `the ${familyLabel(family)} programs of iptables-${choice.backend} (iptables, -save, -restore) are not installed: ` +
-          "install the 'iptables' package (on RHEL, 'iptables-legacy' for the legacy backend)",
-        ExitCode.missingProgram,
-      );
-    }
+  requireSomeBackend(surveys);
+  const choice = chooseBackend(surveys, options.host, context.backends.systemDefault());
+  log.debug(`using ${choice.backend}: ${choice.reason}`);
+  const plan = planApply(surveys, config, choice);
+  const changed = await execute(plan, context);
+  if (await bypassingIpv6) {
+    const where = netns === undefined ? 'this host' : `netns ${netns}`;
+    log.warn(`${where} has a global IPv6 address, and its IPv6 traffic bypasses the proxy: add -dual-stack to redirect it too`);
   }
+  context.output.stdout(`${summary(config, plan, netns, changed)}\n`);
+  return ExitCode.ok;
+}
 
-  // Every family of the chosen backend goes to its target (a family no longer asked for is emptied). If one
-  // fails, every table touched so far, the failing one included, is put back as the survey found it.
-  const touched: TableSurvey[] = [];
+/**
+ * Writes the chosen backend's tables; if one fails, every table touched so far, the failing one included,
+ * is put back as the survey found it. Then removes our rules from every other backend. True if anything
+ * changed.
+ */
+async function execute(plan: ApplyPlan, context: CommandContext): Promise<boolean> {
+  const { log } = context;
+  const touched: TableStep[] = [];
   let anyChange = false;
-  for (const survey of targets) {
-    touched.push(survey);
+  for (const step of plan.writes) {
+    touched.push(step);
     try {
-      const result = await reconcile(survey.table, wanted.get(survey.table.family) ?? EMPTY_STATE, {
-        firstSave: survey.dump,
-        onRetry: (reason) => log.debug(`retrying ${familyLabel(survey.table.family)}: ${reason}`),
+      const result = await reconcile(step.survey.table, step.wanted, {
+        firstDump: step.survey.dump,
+        onRetry: (reason) => log.debug(`retrying ${step.survey.table.label}: ${reason}`),
       });
       anyChange ||= result.changed;
     } catch (error) {
-      await rollBack(touched, wanted, context);
+      await rollBack(touched, context);
       throw error;
     }
   }
-
-  // Rules in the other backend would be evaluated too, and silently disagree with ours.
-  for (const stale of surveys.filter((s) => s.table.backend !== choice.backend && s.holdsOurs)) {
-    const where = `iptables-${stale.table.backend} (${familyLabel(stale.table.family)})`;
+  for (const { survey, wanted } of plan.sweeps) {
     try {
-      await reconcile(stale.table, EMPTY_STATE, { firstSave: stale.dump });
-      log.info(`removed stale rules from ${where}`);
+      await reconcile(survey.table, wanted, { firstDump: survey.dump });
+      log.info(`removed the redirection rules from ${survey.table.label}: ${plan.choice.backend} holds them now`);
       anyChange = true;
     } catch (error) {
-      log.warn(`applied, but could not remove the stale rules in ${where}: ${(error as Error).message}`);
+      log.warn(`applied, but could not remove the stale rules in ${survey.table.label}: ${(error as Error).message}`);
     }
   }
-
-  if (await bypassingIpv6) {
-    log.warn('this host has a global IPv6 address, and its IPv6 traffic bypasses the proxy: add -dual-stack to redirect it too');
-  }
-  context.output.stdout(`${summary(config, rulesets, choice.backend, netns, anyChange)}\n`);
+  return anyChange;
 }
 
 /**
  * Puts each touched table back as the survey found it, but only if it still holds what this run wrote:
  * a table showing anything else was never changed by us, or has since been set by another run.
  */
-async function rollBack(touched: readonly TableSurvey[], wanted: Map<Family, OwnedState>, context: CommandContext) {
-  for (const { table, owned } of [...touched].reverse()) {
-    const where = `iptables-${table.backend} ${familyLabel(table.family)}`;
+async function rollBack(touched: readonly TableStep[], context: CommandContext) {
+  for (const { survey, wanted } of [...touched].reverse()) {
+    const { table } = survey;
     try {
-      const now = ownedState(parseNatTable(await table.saveNat()));
-      if (!stateMatches(now, wanted.get(table.family) ?? EMPTY_STATE)) continue;
-      await reconcile(table, owned);
-      context.log.warn(`put ${where} back to the rules it had before`);
+      if (!table.dialect.same(table.dialect.parse(await table.read()), wanted)) continue;
+      await reconcile(table, survey.state);
+      context.log.warn(`put ${table.label} back to the rules it had before`);
     } catch (error) {
-      context.log.error(`could not put ${where} back: ${(error as Error).message}`);
+      context.log.error(`could not put ${table.label} back: ${(error as Error).message}`);
     }
   }
 }
 
-function summary(config: RedirectConfig, rulesets: Ruleset[], backend: string, netns: string | undefined, changed: boolean) {
-  const families = rulesets.map((r) => familyLabel(r.family)).join('+');
+const familyText = (families: readonly Family[]) => families.map((f) => (f === 4 ? 'IPv4' : 'IPv6')).join('+');
+
+function summary(config: RedirectConfig, plan: ApplyPlan, netns: string | undefined, changed: boolean) {
   const exclusions =
     config.excludeInboundPorts.length +
     config.excludeOutboundPorts.length +
     config.excludeOutboundCidrs.length +
     config.excludeUids.length;
-  const where = `iptables-${backend}, ${families}${netns ? `, netns ${netns}` : ''}`;
+  const families: Family[] = config.dualStack ? [4, 6] : [4];
+  const where = `${plan.choice.backend}, ${familyText(families)}${netns ? `, netns ${netns}` : ''}`;
   const verb = changed ? 'applied traffic redirection' : 'traffic redirection already in place, nothing changed';
   return (
     `${verb} (${where}): inbound -> ${config.inboundPort}, outbound -> ${config.outboundPort}, ` +
@@ -140,34 +122,16 @@ function summary(config: RedirectConfig, rulesets: Ruleset[], backend: string, n
   );
 }
 
-/** The restore input for a host without these rules, one block per family. */
-function renderDryRun(rulesets: readonly Ruleset[], version: string): string {
-  return rulesets
-    .map((ruleset) => {
-      const tool = ruleset.family === 4 ? 'iptables-restore' : 'ip6tables-restore';
-      return (
-        `# redirect-traffic ${version} --dry-run: ${tool} --noflush input (${familyLabel(ruleset.family)}).\n` +
-        '# On a host that already has these chains, the jumps found in PREROUTING/OUTPUT are also deleted (-D).\n' +
-        renderTransaction(EMPTY_STATE, desiredState(ruleset))
-      );
-    })
-    .join('\n');
-}
-
-function portCovered(port: number, exclusions: readonly string[]): boolean {
-  return exclusions.some((entry) => {
-    const [low, high = low] = entry.split(':').map(Number);
-    return low !== undefined && high !== undefined && port >= low && port <= high;
-  });
-}
+const portCovered = (port: number, exclusions: readonly PortRange[]) =>
+  exclusions.some((range) => port >= range.low && port <= range.high);
 
 /** Refuses to cut off the SSH session this runs in, unless told to. */
-function refuseSshCapture(config: RedirectConfig, rulesets: readonly Ruleset[], allow: boolean, env: NodeJS.ProcessEnv) {
+function refuseSshCapture(config: RedirectConfig, allow: boolean, env: NodeJS.ProcessEnv) {
   const ssh = sshServerEndpoint(env);
   if (!ssh || allow) return;
   // An IPv4-mapped address is an IPv4 connection to a dual-stack sshd.
   const family: Family = ssh.address.includes(':') && !/^::ffff:/i.test(ssh.address) ? 6 : 4;
-  if (!rulesets.some((r) => r.family === family)) return;
+  if (family === 6 && !config.dualStack) return;
   if (portCovered(ssh.port, config.excludeInboundPorts)) return;
   // By port alone, -netns or not: a false refusal costs one flag, a false pass the operator's session.
   throw new CliError(
@@ -176,4 +140,3 @@ function refuseSshCapture(config: RedirectConfig, rulesets: readonly Ruleset[], 
     ExitCode.config,
   );
 }
-

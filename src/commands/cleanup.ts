@@ -1,52 +1,52 @@
-import { CliError } from '../errors.ts';
-import { EMPTY_STATE, renderTransaction } from '../core/natTable.ts';
-import { OWNED_CHAINS } from '../core/ruleset.ts';
-import { familyLabel, requireSomeBackend } from '../host/iptables.ts';
+import { CliError, ExitCode } from '../errors.ts';
 import { reconcile } from '../host/reconcile.ts';
-import { surveyTables } from '../host/survey.ts';
 import { hasNetAdmin, requireNetAdmin } from '../host/system.ts';
 import type { CleanupOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
+import { planCleanup, requireSomeBackend } from './plan.ts';
 
-/** Removes our chains and every jump into them, in every backend and family, and nothing else. */
-export async function cleanup(options: CleanupOptions, context: CommandContext): Promise<void> {
+/** Removes our rules (ours or Consul's) from every backend and family, and nothing else. */
+export async function cleanup(options: CleanupOptions, context: CommandContext): Promise<number> {
   const { log, output } = context;
   const netns = options.host.netns;
-  const mode = options.host.iptablesMode;
   if (options.dryRun && !hasNetAdmin()) {
     log.warn('not root, so the tables cannot be read: showing the removal of the chains; the real run also deletes each jump into them it finds');
-    output.stdout(renderTransaction({ ...EMPTY_STATE, chains: OWNED_CHAINS }, EMPTY_STATE));
-    return;
+    for (const provider of context.backends.dryRunRemovals(options.host)) output.stdout(provider.dryRunRemoval());
+    return ExitCode.ok;
   }
   requireNetAdmin('removing traffic redirection rules');
-  const everything = await surveyTables(context.runner(netns), netns !== undefined);
-  requireSomeBackend(everything.map((s) => s.table));
-  const surveys = everything.filter((s) => s.holdsOurs && (mode === 'auto' || s.table.backend === mode));
-  if (surveys.length === 0) {
+  const surveys = await context.backends.survey(context.runner(netns), netns !== undefined);
+  requireSomeBackend(surveys);
+  const steps = planCleanup(surveys, options.host);
+  if (steps.length === 0) {
     output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
-    return;
+    return ExitCode.ok;
   }
   // Every table is tried even if one fails: as a stop hook, removing what can be removed matters most.
   const failures: CliError[] = [];
-  for (const survey of surveys) {
-    const where = `iptables-${survey.table.backend}, ${familyLabel(survey.table.family)}`;
+  for (const { survey, wanted } of steps) {
+    const { table } = survey;
+    const where = table.label.replace(' ', ', ');
     if (options.dryRun) {
-      output.stdout(`# ${where}\n${renderTransaction(survey.owned, EMPTY_STATE)}`);
+      output.stdout(`# ${where}\n${table.dialect.transaction(survey.state, wanted)}`);
       continue;
     }
     try {
-      await reconcile(survey.table, EMPTY_STATE, { firstSave: survey.dump });
+      await reconcile(table, wanted, { firstDump: survey.dump });
     } catch (error) {
       if (!(error instanceof CliError)) throw error;
-      failures.push(new CliError(`${where}: ${error.message}`, error.exitCode));
+      failures.push(new CliError(`${where}: ${error.message}`, error.exitCode, { cause: error }));
       continue;
     }
-    const rules = survey.owned.chainRules.length + survey.owned.jumps.length + survey.owned.otherReferences.length;
-    output.stdout(`removed traffic redirection (${where}${netns ? `, netns ${netns}` : ''}): ${survey.owned.chains.length} chains, ${rules} rules\n`);
+    const summary = table.dialect.describe(survey.state);
+    const chains = Object.keys(summary.chains).length;
+    const rules = Object.values(summary.chains).reduce((sum, count) => sum + count, 0) + summary.hooks.length;
+    output.stdout(`removed traffic redirection (${where}${netns ? `, netns ${netns}` : ''}): ${chains} chains, ${rules} rules\n`);
   }
   const [first, ...more] = failures;
   if (first) {
     for (const failure of more) log.error(failure.message);
     throw first;
   }
+  return ExitCode.ok;
 }

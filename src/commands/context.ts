@@ -1,7 +1,20 @@
 import type { Logger, Output } from '../log.ts';
-import type { AgentOptions } from '../options.ts';
+import type { AgentOptions, HostOptions } from '../options.ts';
 import type { ProxyPorts } from '../core/registration.ts';
+import type { BackendName, BackendProvider, TableSurvey } from '../host/backend.ts';
 import type { CommandRunner } from '../host/runner.ts';
+
+/** The firewall backends, as the commands see them. */
+export interface Backends {
+  /** Reads every installed backend's tables. */
+  survey(runner: CommandRunner, inNetns: boolean): Promise<TableSurvey[]>;
+  /** The iptables variant plain `iptables` is on this host. */
+  systemDefault(): BackendName | undefined;
+  /** The backend a dry run shows: the one asked for, else iptables unless only nft is installed. */
+  dryRunProvider(host: Pick<HostOptions, 'backend'>): BackendProvider;
+  /** What a cleanup removes from each backend, when the tables cannot be read. */
+  dryRunRemovals(host: Pick<HostOptions, 'backend'>): BackendProvider[];
+}
 
 /** Everything a command needs from the outside world; tests pass their own. */
 export interface CommandContext {
@@ -11,6 +24,7 @@ export interface CommandContext {
   version: string;
   /** Runs programs; with a netns path, inside that network namespace. */
   runner(netns?: string): CommandRunner;
+  backends: Backends;
   /** Reads the proxy's ports from the Consul agent. */
   fetchProxyPorts(agent: AgentOptions, proxyId: string, log: Logger): Promise<ProxyPorts>;
 }

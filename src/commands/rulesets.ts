@@ -1,29 +1,27 @@
-import { buildRuleset, type RedirectConfig, type Ruleset } from '../core/ruleset.ts';
-import type { Family } from '../core/values.ts';
+import type { RedirectConfig } from '../core/ruleset.ts';
 import { resolveUid } from '../host/system.ts';
 import type { AgentOptions, RuleOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
 
-/** Turns validated flags (plus the agent's answer, with -proxy-id) into the rulesets to install. */
-export async function resolveRulesets(
+/** Turns validated flags (plus the agent's answer, with -proxy-id) into the configuration to install. */
+export async function resolveConfig(
   rules: RuleOptions,
   agent: AgentOptions | undefined,
   context: CommandContext,
-): Promise<{ config: RedirectConfig; rulesets: Ruleset[] }> {
+): Promise<RedirectConfig> {
   const runner = context.runner();
   const proxyUid = await resolveUid(rules.proxyUid, '-proxy-uid', runner);
   const excludeUids = [];
   for (const spec of rules.excludeUids) excludeUids.push(await resolveUid(spec, '-exclude-uid', runner));
-
-  const fromAgent =
+  const ports =
     rules.proxyId !== undefined && agent !== undefined
       ? await context.fetchProxyPorts(agent, rules.proxyId, context.log)
-      : undefined;
-  const config: RedirectConfig = {
+      : { inboundPort: rules.inboundPort ?? 0, outboundPort: rules.outboundPort, excludeInboundPorts: [] };
+  return {
     proxyUid,
-    inboundPort: fromAgent?.inboundPort ?? rules.inboundPort ?? 0,
-    outboundPort: fromAgent?.outboundPort ?? rules.outboundPort,
-    excludeInboundPorts: [...(fromAgent?.excludeInboundPorts ?? []), ...rules.excludeInboundPorts],
+    inboundPort: ports.inboundPort,
+    outboundPort: ports.outboundPort,
+    excludeInboundPorts: [...ports.excludeInboundPorts, ...rules.excludeInboundPorts],
     excludeOutboundPorts: rules.excludeOutboundPorts,
     excludeOutboundCidrs: rules.excludeOutboundCidrs,
     excludeUids,
@@ -31,7 +29,6 @@ export async function resolveRulesets(
       ...(rules.dnsIp === undefined ? {} : { ip: rules.dnsIp }),
       ...(rules.dnsPort === undefined ? {} : { port: rules.dnsPort }),
     },
+    dualStack: rules.dualStack,
   };
-  const families: Family[] = rules.dualStack ? [4, 6] : [4];
-  return { config, rulesets: families.map((family) => buildRuleset(config, family)) };
 }

@@ -1,21 +1,18 @@
 import { ExitCode } from '../errors.ts';
-import { desiredState, stateMatches, type OwnedState, type SavedRule } from '../core/natTable.ts';
-import { OWNED_CHAINS } from '../core/ruleset.ts';
-import type { Family } from '../core/values.ts';
-import { familyLabel, requireSomeBackend } from '../host/iptables.ts';
-import { surveyTables, type TableSurvey } from '../host/survey.ts';
+import type { TableSummary } from '../core/dialect.ts';
+import type { TableSurvey } from '../host/backend.ts';
 import { requireNetAdmin } from '../host/system.ts';
 import type { StatusOptions } from '../options.ts';
-import { resolveRulesets } from './rulesets.ts';
 import type { CommandContext } from './context.ts';
+import { chooseBackend, planApply, requireSomeBackend } from './plan.ts';
+import { resolveConfig } from './rulesets.ts';
 
 type Verdict = 'in-sync' | 'drifted' | 'absent' | 'installed';
 
-interface InstalledTable {
+interface InstalledTable extends TableSummary {
   backend: string;
+  /** The table: "IPv4", "IPv6", or "inet consul_tproxy". */
   family: string;
-  chains: Record<string, number>;
-  jumps: string[];
 }
 
 interface StatusReport {
@@ -32,80 +29,50 @@ const EXIT: Record<Verdict, number> = { 'in-sync': 0, installed: 0, drifted: Exi
  * Returns the exit code: 0 in sync (or installed, without flags to compare), 3 drifted, 4 absent.
  */
 export async function status(options: StatusOptions, context: CommandContext): Promise<number> {
-  requireNetAdmin('reading the iptables rules');
-  const wanted =
-    options.rules === undefined
-      ? undefined
-      : new Map((await resolveRulesets(options.rules, options.agent, context)).rulesets.map((r) => [r.family, desiredState(r)]));
-  const surveys = await surveyTables(context.runner(options.host.netns), options.host.netns !== undefined);
-  requireSomeBackend(surveys.map((s) => s.table));
-  const report = buildReport(surveys.filter((s) => s.holdsOurs), wanted);
+  requireNetAdmin('reading the firewall rules');
+  const config = options.rules === undefined ? undefined : await resolveConfig(options.rules, options.agent, context);
+  const netns = options.host.netns;
+  const surveys = await context.backends.survey(context.runner(netns), netns !== undefined);
+  requireSomeBackend(surveys);
+  const installed = surveys.filter((s) => s.holdsOurs);
+  const tables = installed.map(describeTable);
+  let report: StatusReport;
+  if (installed.length === 0) report = { status: 'absent', installed: tables, differences: [] };
+  else if (config === undefined) report = { status: 'installed', installed: tables, differences: [] };
+  else {
+    // What an apply with these flags would do, read as differences: every write that changes something,
+    // and every other backend's rules it would sweep.
+    const plan = planApply(surveys, config, chooseBackend(surveys, options.host, context.backends.systemDefault()));
+    const differences: string[] = [];
+    for (const { survey, wanted } of plan.writes) {
+      const { table } = survey;
+      if (table.dialect.isEmpty(survey.state) && !table.dialect.isEmpty(wanted)) differences.push(`${table.label}: no rules installed`);
+      else if (!table.dialect.same(survey.state, wanted)) {
+        differences.push(...table.dialect.differences(survey.state, wanted).map((line) => `${table.label}: ${line}`));
+      }
+    }
+    for (const { survey } of plan.sweeps) differences.push(`${survey.table.label}: has rules, but ${plan.choice.backend} is the backend in use`);
+    report = { status: differences.length === 0 ? 'in-sync' : 'drifted', installed: tables, differences };
+  }
   context.output.stdout(options.json ? `${JSON.stringify(report, null, 2)}\n` : renderReport(report));
   return EXIT[report.status];
 }
 
 function describeTable(survey: TableSurvey): InstalledTable {
-  const chains: Record<string, number> = {};
-  for (const chain of survey.owned.chains) {
-    chains[chain] = survey.owned.chainRules.filter((rule) => rule.chain === chain).length;
-  }
-  return {
-    backend: survey.table.backend,
-    family: familyLabel(survey.table.family),
-    chains,
-    jumps: [...survey.owned.jumps, ...survey.owned.otherReferences].map((rule) => `-A ${rule.chain} ${rule.spec}`),
-  };
-}
-
-function buildReport(installed: TableSurvey[], wanted: Map<Family, OwnedState> | undefined): StatusReport {
-  const tables = installed.map(describeTable);
-  if (installed.length === 0) return { status: 'absent', installed: tables, differences: [] };
-  if (wanted === undefined) return { status: 'installed', installed: tables, differences: [] };
-  const differences: string[] = [];
-  const backends = new Set(installed.map((s) => s.table.backend));
-  if (backends.size > 1) differences.push(`rules are installed in both backends (${[...backends].join(', ')})`);
-  for (const survey of installed) {
-    const where = `iptables-${survey.table.backend} ${familyLabel(survey.table.family)}`;
-    const target = wanted.get(survey.table.family);
-    if (!target) differences.push(`${where}: has rules, but ${familyLabel(survey.table.family)} is not asked for`);
-    else if (!stateMatches(survey.owned, target)) differences.push(...diffStates(where, survey.owned, target));
-  }
-  for (const family of wanted.keys()) {
-    if (!installed.some((s) => s.table.family === family)) differences.push(`${familyLabel(family)}: no rules installed`);
-  }
-  return { status: differences.length === 0 ? 'in-sync' : 'drifted', installed: tables, differences };
-}
-
-function diffStates(where: string, current: OwnedState, target: OwnedState): string[] {
-  const lines: string[] = [];
-  for (const chain of OWNED_CHAINS) {
-    if (!current.chains.includes(chain)) lines.push(`${where}: chain ${chain} is missing`);
-  }
-  const chainsOf = (rules: readonly SavedRule[]) => [...new Set(rules.map((r) => r.chain))];
-  const all = (state: OwnedState) => [...state.chainRules, ...state.jumps];
-  for (const chain of new Set([...chainsOf(all(current)), ...chainsOf(all(target))])) {
-    const have = all(current).filter((r) => r.chain === chain).map((r) => r.spec);
-    const want = all(target).filter((r) => r.chain === chain).map((r) => r.spec);
-    if (have.join('\n') === want.join('\n')) continue;
-    const haveSet = new Set(have);
-    const wantSet = new Set(want);
-    const missing = want.filter((s) => !haveSet.has(s));
-    const unexpected = have.filter((s) => !wantSet.has(s));
-    for (const spec of missing) lines.push(`${where}: missing    -A ${chain} ${spec}`);
-    for (const spec of unexpected) lines.push(`${where}: unexpected -A ${chain} ${spec}`);
-    if (missing.length === 0 && unexpected.length === 0) {
-      lines.push(`${where}: ${chain} has the right rules in the wrong order or count`);
-    }
-  }
-  return lines;
+  const { table } = survey;
+  return { backend: table.backend, family: table.label.slice(table.backend.length + 1), ...table.dialect.describe(survey.state) };
 }
 
 function renderReport(report: StatusReport): string {
   const lines = [`status: ${report.status}`];
   for (const table of report.installed) {
     const chains = Object.entries(table.chains).map(([chain, count]) => `${chain} (${count})`).join(', ');
-    lines.push(`  iptables-${table.backend} ${table.family}: ${chains}`);
-    for (const jump of table.jumps) lines.push(`    ${jump}`);
+    lines.push(`  ${table.backend} ${table.family}: ${chains}`);
+    if (table.sets) {
+      const sets = Object.entries(table.sets).map(([set, count]) => `${set} (${count})`).join(', ');
+      if (sets !== '') lines.push(`    sets: ${sets}`);
+    }
+    for (const hook of table.hooks) lines.push(`    ${hook}`);
   }
   for (const difference of report.differences) lines.push(`  ! ${difference}`);
   return `${lines.join('\n')}\n`;

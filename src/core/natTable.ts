@@ -1,6 +1,58 @@
-import { HOOK_CHAINS, OWNED_CHAINS, ruleSpec, type Ruleset } from './ruleset.ts';
+import type { Dialect, TableSummary } from './dialect.ts';
+import {
+  buildRuleset,
+  isValueSet,
+  OWNED_CHAINS,
+  redirectedFamilies,
+  type Hook,
+  type Rule,
+  type Ruleset,
+  type Target,
+} from './ruleset.ts';
+import type { Family, PortRange } from './values.ts';
 
-// Reading `iptables-save` output and writing `iptables-restore --noflush` transactions. Pure text in, text out.
+// The iptables dialect: reading `iptables-save` output and writing `iptables-restore --noflush`
+// transactions, for one address family's nat table. Pure text in, text out.
+
+/** iptables' built-in chains where Consul hooks in. */
+export const HOOK_CHAINS: readonly string[] = ['PREROUTING', 'OUTPUT'];
+const HOOK_CHAIN: Record<Hook, string> = { prerouting: 'PREROUTING', output: 'OUTPUT' };
+
+const chainName = (chain: Rule['chain']) => (chain === 'prerouting' || chain === 'output' ? HOOK_CHAIN[chain] : chain);
+
+const portText = (range: PortRange) => (range.low === range.high ? String(range.low) : `${range.low}:${range.high}`);
+
+/** A rule's match and target exactly as `iptables-save` prints them, so installed and wanted compare as text. */
+export function ruleSpec(rule: Rule): string {
+  const { destination, destinationPort, uidOwner } = rule;
+  // Sets and family matches belong to nftables' inet tables; an iptables table is one family, one rule each.
+  if (isValueSet(destination) || isValueSet(destinationPort) || isValueSet(uidOwner) || rule.family !== undefined) {
+    throw new Error('an iptables rule matches single values only');
+  }
+  let match = '';
+  // A /0 destination matches everything, and iptables-save leaves it out.
+  if (destination !== undefined && !destination.cidr.endsWith('/0')) match += `-d ${destination.cidr} `;
+  if (rule.protocol !== undefined) match += `-p ${rule.protocol} `;
+  if (destinationPort !== undefined) match += `-m ${rule.protocol ?? 'tcp'} --dport ${portText(destinationPort)} `;
+  if (uidOwner !== undefined) match += `-m owner --uid-owner ${uidOwner} `;
+  return match + targetSpec(rule.target);
+}
+
+function targetSpec(target: Target): string {
+  switch (target.kind) {
+    case 'jump':
+      return `-j ${target.chain}`;
+    case 'return':
+      return '-j RETURN';
+    case 'redirect':
+      return `-j REDIRECT --to-ports ${target.port}`;
+    case 'dnat': {
+      const { address, port } = target.to;
+      if (port === undefined) return `-j DNAT --to-destination ${address.address}`;
+      return `-j DNAT --to-destination ${address.family === 6 ? `[${address.address}]` : address.address}:${port}`;
+    }
+  }
+}
 
 export interface SavedRule {
   chain: string;
@@ -67,7 +119,7 @@ export function ruleTarget(spec: string): string | undefined {
   return flagAt < 0 ? undefined : words[flagAt + 1];
 }
 
-const OWNED = new Set(OWNED_CHAINS);
+const OWNED = new Set<string>(OWNED_CHAINS);
 const isOwned = (chain: string) => OWNED.has(chain);
 
 /** What of ours is in a table: owned chains, their rules, and the jumps into them. */
@@ -99,7 +151,8 @@ export function desiredState(ruleset: Ruleset): OwnedState {
   const chainRules: SavedRule[] = [];
   const jumps: SavedRule[] = [];
   for (const rule of ruleset.rules) {
-    (isOwned(rule.chain) ? chainRules : jumps).push({ chain: rule.chain, spec: ruleSpec(rule) });
+    const chain = chainName(rule.chain);
+    (isOwned(chain) ? chainRules : jumps).push({ chain, spec: ruleSpec(rule) });
   }
   return { chains: OWNED_CHAINS, chainRules, jumps, otherReferences: [] };
 }
@@ -149,7 +202,7 @@ export const isEmptyState = (state: OwnedState) => state.chains.length === 0 && 
  */
 export function renderTransaction(current: OwnedState, target: OwnedState): string {
   const lines = ['*nat'];
-  const declared = OWNED_CHAINS.filter((chain) => target.chains.includes(chain) || current.chains.includes(chain));
+  const declared: string[] = OWNED_CHAINS.filter((chain) => target.chains.includes(chain) || current.chains.includes(chain));
   const removed = declared.filter((chain) => !target.chains.includes(chain));
   for (const chain of declared) lines.push(`:${chain} - [0:0]`);
   const blocking = current.otherReferences.filter((rule) => removed.includes(ruleTarget(rule.spec) ?? ''));
@@ -159,4 +212,52 @@ export function renderTransaction(current: OwnedState, target: OwnedState): stri
   for (const chain of removed) lines.push(`-X ${chain}`);
   lines.push('COMMIT', '');
   return lines.join('\n');
+}
+
+/** Why `current` is not `target`, one line each: chains missing, rules missing or unexpected, order. */
+function differences(current: OwnedState, target: OwnedState): string[] {
+  const lines: string[] = [];
+  for (const chain of target.chains) {
+    if (!current.chains.includes(chain)) lines.push(`chain ${chain} is missing`);
+  }
+  for (const chain of current.chains) {
+    if (!target.chains.includes(chain)) lines.push(`chain ${chain} is not asked for`);
+  }
+  const all = (state: OwnedState) => [...state.chainRules, ...state.jumps];
+  const have = specsByChain(all(current));
+  const want = specsByChain(all(target));
+  for (const chain of new Set([...have.keys(), ...want.keys()])) {
+    const haveSpecs = have.get(chain) ?? [];
+    const wantSpecs = want.get(chain) ?? [];
+    if (haveSpecs.join('\n') === wantSpecs.join('\n')) continue;
+    const haveSet = new Set(haveSpecs);
+    const wantSet = new Set(wantSpecs);
+    const missing = wantSpecs.filter((s) => !haveSet.has(s));
+    const unexpected = haveSpecs.filter((s) => !wantSet.has(s));
+    for (const spec of missing) lines.push(`missing    -A ${chain} ${spec}`);
+    for (const spec of unexpected) lines.push(`unexpected -A ${chain} ${spec}`);
+    if (missing.length === 0 && unexpected.length === 0) lines.push(`${chain} has the right rules in the wrong order or count`);
+  }
+  return lines;
+}
+
+function describe(state: OwnedState): TableSummary {
+  const chains: Record<string, number> = {};
+  for (const chain of state.chains) chains[chain] = state.chainRules.filter((rule) => rule.chain === chain).length;
+  const hooks = [...state.jumps, ...state.otherReferences].map((rule) => `-A ${rule.chain} ${rule.spec}`);
+  return { chains, hooks };
+}
+
+/** The iptables dialect of one family's nat table. */
+export function iptablesDialect(family: Family): Dialect<OwnedState> {
+  return {
+    wanted: (config) =>
+      config !== undefined && redirectedFamilies(config).includes(family) ? desiredState(buildRuleset(config, family)) : EMPTY_STATE,
+    parse: (dump) => ownedState(parseNatTable(dump)),
+    isEmpty: isEmptyState,
+    same: stateMatches,
+    differences,
+    transaction: renderTransaction,
+    describe,
+  };
 }

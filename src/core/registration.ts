@@ -1,7 +1,7 @@
 import * as z from 'zod/mini';
 import { CliError, ExitCode } from '../errors.ts';
 import { DEFAULT_OUTBOUND_PORT } from './ruleset.ts';
-import { portText, transformed } from './values.ts';
+import { portText, singlePort, transformed, type PortRange } from './values.ts';
 
 // The agent's JSON, validated, and what Consul derives from a proxy registration (reference section 2.2).
 // Pure: the HTTP side lives in src/consul. Plain z.object everywhere, so fields a newer agent adds are ignored.
@@ -11,7 +11,7 @@ export interface ProxyPorts {
   inboundPort: number;
   outboundPort: number;
   /** Prometheus, stats, expose paths and exposed checks, in Consul's order. */
-  excludeInboundPorts: string[];
+  excludeInboundPorts: PortRange[];
 }
 
 const PORT_OR_ZERO = 'must be a port number from 0 to 65535';
@@ -43,7 +43,7 @@ const bindAddressPort = transformed(z.nullish(z.string({ error: 'must be a host:
     ctx.issues.push({ code: 'custom', message: 'must end in a port number from 1 to 65535', input: text });
     return z.NEVER;
   }
-  return String(number);
+  return singlePort(number);
 });
 
 const proxySchema = object({
@@ -168,7 +168,7 @@ export function deriveProxyPorts(proxy: ProxyRegistration, checks: AgentChecks):
     excludeInboundPorts: [
       config?.envoy_prometheus_bind_addr,
       config?.envoy_stats_bind_addr,
-      ...exposedPorts.filter((port) => port !== 0).map(String),
+      ...exposedPorts.filter((port) => port !== 0).map(singlePort),
     ].filter((port) => port !== undefined),
   };
 }

@@ -1,36 +1,28 @@
-import { realpathSync } from 'node:fs';
-import { CliError, ExitCode } from '../errors.ts';
+import { readFileSync, realpathSync } from 'node:fs';
+import { EMPTY_STATE, iptablesDialect, jumpsMatch, listedJumps, renderTransaction, HOOK_CHAINS, type OwnedState } from '../core/natTable.ts';
+import { OWNED_CHAINS, redirectedFamilies } from '../core/ruleset.ts';
 import type { Family } from '../core/values.ts';
-import { findProgram, MissingProgramError, type CommandRunner } from './runner.ts';
+import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
+import { findProgram, type CommandRunner } from './runner.ts';
 
-export type BackendName = 'legacy' | 'nft';
-export const BACKENDS: readonly BackendName[] = ['nft', 'legacy'];
+// The iptables backend, in both its variants: one nat table per family, each written with one
+// `iptables-restore --noflush` transaction.
+
+type Variant = 'nft' | 'legacy';
+const VARIANTS: readonly Variant[] = ['nft', 'legacy'];
+const FAMILIES: readonly Family[] = [4, 6];
 
 /** How long iptables-legacy may wait for the xtables lock held by Docker, kube-proxy or a second run. */
 export const XTABLES_LOCK_WAIT_SECONDS = 10;
 
-/** One backend's nat table for one address family. */
-export interface IptablesTable {
-  backend: BackendName;
-  family: Family;
-  /** `iptables-save` of the nat table. */
-  saveNat(): Promise<string>;
-  /**
-   * `iptables-save` of every table the kernel already has (none is created by asking). For the nft backend,
-   * also whether it warned that iptables-legacy holds tables of this family: iptables-nft-save looks in
-   * /proc/net inside the namespace, which this process cannot.
-   */
-  saveAll(): Promise<{ dump: string; legacyTablesPresent: boolean }>;
-  restore(input: string): Promise<void>;
-  /** One nat chain's rules as `iptables -S` prints them: in iptables-save's spelling, without the rest of the table. */
-  listRules(chain: string): Promise<string>;
-}
+/** Up to this many rules the whole table is read back to check a write; beyond it, the hook chains only. */
+const FULL_CHECK_MAX_RULES = 500;
 
 export const familyLabel = (family: Family) => (family === 4 ? 'IPv4' : 'IPv6');
 const toolPrefix = (family: Family) => (family === 4 ? 'iptables' : 'ip6tables');
 
-/** Which backend a multi-call binary is, judged by the file a plain `iptables-save` links to. */
-function backendOfProgram(path: string): BackendName | undefined {
+/** Which variant a multi-call binary is, judged by the file a plain `iptables-save` links to. */
+function variantOfProgram(path: string): Variant | undefined {
   let target: string;
   try {
     target = realpathSync(path);
@@ -42,85 +34,139 @@ function backendOfProgram(path: string): BackendName | undefined {
   return undefined;
 }
 
-function findTool(backend: BackendName, family: Family, action: '' | '-save' | '-restore'): string | undefined {
-  const suffixed = findProgram(`${toolPrefix(family)}-${backend}${action}`);
+function findTool(variant: Variant, family: Family, action: '' | '-save' | '-restore'): string | undefined {
+  const suffixed = findProgram(`${toolPrefix(family)}-${variant}${action}`);
   if (suffixed) return suffixed;
-  // RHEL 8 ships only unsuffixed binaries; accept them when they are this backend.
+  // RHEL 8 ships only unsuffixed binaries; accept them when they are this variant.
   const plain = findProgram(`${toolPrefix(family)}${action}`);
-  return plain && backendOfProgram(plain) === backend ? plain : undefined;
+  return plain && variantOfProgram(plain) === variant ? plain : undefined;
 }
 
-/** The programs for a backend and family, or undefined when not installed. */
-export function openTable(runner: CommandRunner, backend: BackendName, family: Family): IptablesTable | undefined {
-  const program = findTool(backend, family, '');
-  const saveProgram = findTool(backend, family, '-save');
-  const restoreProgram = findTool(backend, family, '-restore');
+/** The variant a plain `iptables` command uses on this host: the system default. */
+export function systemDefaultVariant(): `iptables-${Variant}` | undefined {
+  const plain = findProgram('iptables');
+  const variant = plain ? variantOfProgram(plain) : undefined;
+  return variant && `iptables-${variant}`;
+}
+
+/** An iptables nat table, plus the full save that tells whether legacy holds tables too (nft variant). */
+interface IptablesTable extends FirewallTable<OwnedState> {
+  /**
+   * `iptables-save` of every table the kernel already has (none is created by asking). For the nft
+   * variant, also whether it warned that iptables-legacy holds tables of this family: iptables-nft-save
+   * looks in /proc/net inside the namespace, which this process cannot.
+   */
+  saveAll(): Promise<{ dump: string; legacyTablesPresent: boolean }>;
+}
+
+// Chain counters change with traffic and mean nothing to us: without them, two reads of an unchanged table are equal.
+const withoutCounters = (dump: string) => dump.replace(/ \[\d+:\d+\]$/gm, '');
+
+/** The programs for a variant and family, or undefined when not installed. */
+function openTable(runner: CommandRunner, variant: Variant, family: Family): IptablesTable | undefined {
+  const program = findTool(variant, family, '');
+  const saveProgram = findTool(variant, family, '-save');
+  const restoreProgram = findTool(variant, family, '-restore');
   if (!program || !saveProgram || !restoreProgram) return undefined;
-  const name = `${toolPrefix(family)}-${backend}`;
-  // Only the legacy backend takes the xtables lock; nft transactions are atomic in the kernel.
-  const wait = backend === 'legacy' ? ['--wait', String(XTABLES_LOCK_WAIT_SECONDS)] : [];
+  const name = `${toolPrefix(family)}-${variant}`;
+  // Only the legacy variant takes the xtables lock; nft transactions are atomic in the kernel.
+  const wait = variant === 'legacy' ? ['--wait', String(XTABLES_LOCK_WAIT_SECONDS)] : [];
   const lockTimeoutMs = (XTABLES_LOCK_WAIT_SECONDS + 20) * 1000;
   const save = async (args: string[]) => {
     const result = await runner.run(saveProgram, args);
     if (result.exitCode !== 0) throw tableError(`${name}-save`, result.stderr, result.exitCode);
     return result;
   };
+  const listRules = async (chain: string) => {
+    const result = await runner.run(program, [...wait, '-t', 'nat', '-S', chain], { timeoutMs: lockTimeoutMs });
+    if (result.exitCode !== 0) throw tableError(name, result.stderr, result.exitCode);
+    return result.stdout;
+  };
   return {
-    backend,
-    family,
-    async saveNat() {
-      return (await save(['-t', 'nat'])).stdout;
+    backend: `iptables-${variant}`,
+    families: [family],
+    label: `iptables-${variant} ${familyLabel(family)}`,
+    dialect: iptablesDialect(family),
+    async read() {
+      return withoutCounters((await save(['-t', 'nat'])).stdout);
     },
     async saveAll() {
       const { stdout, stderr } = await save([]);
       // "# Warning: iptables-legacy tables present, ..." (ip6tables-legacy for IPv6)
-      return { dump: stdout, legacyTablesPresent: /ip6?tables-legacy tables present/.test(stderr) };
+      return { dump: withoutCounters(stdout), legacyTablesPresent: /ip6?tables-legacy tables present/.test(stderr) };
     },
-    async restore(input) {
-      const result = await runner.run(restoreProgram, ['--noflush', ...wait], { input, timeoutMs: lockTimeoutMs });
+    async write(transaction) {
+      const result = await runner.run(restoreProgram, ['--noflush', ...wait], { input: transaction, timeoutMs: lockTimeoutMs });
       if (result.exitCode !== 0) throw tableError(`${name}-restore`, result.stderr, result.exitCode);
     },
-    async listRules(chain) {
-      const result = await runner.run(program, [...wait, '-t', 'nat', '-S', chain], { timeoutMs: lockTimeoutMs });
-      if (result.exitCode !== 0) throw tableError(name, result.stderr, result.exitCode);
-      return result.stdout;
+    // Reading thousands of rules back costs as much as writing them. The transaction declares (so
+    // flushes) and refills our chains in one atomic commit, so they always hold one writer's complete
+    // rules; what a race between runs leaves wrong shows in the hook chains: two runs that both read "no
+    // jump" each add one.
+    async checkWrite(wanted) {
+      if (wanted.chainRules.length <= FULL_CHECK_MAX_RULES) return undefined;
+      return jumpsMatch(listedJumps(await Promise.all(HOOK_CHAINS.map(listRules))), wanted);
     },
   };
 }
 
-/** A failed save or restore; `retryable` when another writer or the lock is the likely cause. */
-export class IptablesError extends CliError {
-  readonly retryable: boolean;
-  constructor(message: string, retryable: boolean) {
-    super(message, retryable ? ExitCode.tempFail : ExitCode.systemCommand);
-    this.retryable = retryable;
-  }
-}
-
-function tableError(program: string, stderr: string, exitCode: number): IptablesError {
-  const detail = stderr
-    .split('\n')
-    .map((line) => line.trim())
-    .filter(Boolean)
-    .slice(0, 3)
-    .join(' | ');
+function tableError(program: string, stderr: string, exitCode: number): FirewallError {
+  const detail = stderrExcerpt(stderr);
   const lock = /xtables lock|Resource temporarily unavailable/i.test(stderr) || exitCode === 4;
   const module = /Table does not exist|can't initialize|do you need to insmod|Protocol not supported/i.test(stderr);
   const hint = module ? " (the kernel lacks this table's module: is 'iptable_nat'/'nf_tables' available?)" : '';
-  return new IptablesError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock);
+  return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock);
 }
 
-/** The backend a plain `iptables` command uses on this host: the system default. */
-export function systemDefaultBackend(): BackendName | undefined {
-  const plain = findProgram('iptables');
-  return plain ? backendOfProgram(plain) : undefined;
-}
-
-export function requireSomeBackend(tables: readonly (IptablesTable | undefined)[]): void {
-  if (tables.every((table) => table === undefined)) {
-    throw new MissingProgramError(
-      'iptables (with iptables-save and iptables-restore)',
-      "install the 'iptables' package (Debian/Ubuntu: apt-get install iptables; RHEL/Fedora: dnf install iptables-nft)",
-    );
+// iptables-legacy lists loaded tables here; reading it costs no process and loads no module.
+function legacyTablesLoaded(family: Family): boolean {
+  try {
+    return readFileSync(family === 4 ? '/proc/net/ip_tables_names' : '/proc/net/ip6_tables_names', 'utf8').trim() !== '';
+  } catch {
+    return false;
   }
 }
+
+function surveyOf(table: IptablesTable, dump: string): TableSurvey<OwnedState> {
+  const state = table.dialect.parse(dump);
+  return { table, dump, state, holdsOurs: !table.dialect.isEmpty(state), holdsRules: /^-A /m.test(dump) };
+}
+
+export const iptablesProvider: BackendProvider = {
+  kind: 'iptables',
+  installed: () => VARIANTS.some((variant) => FAMILIES.some((family) => findTool(variant, family, '-restore') !== undefined)),
+  /**
+   * Reads every installed variant and family. A plain save (no `-t`) dumps only tables that already exist,
+   * so surveying never instantiates a legacy table. iptables-legacy is read only when the kernel holds
+   * legacy tables of that family: this process sees that in /proc/net; inside another namespace,
+   * iptables-nft-save says so (and without iptables-nft, legacy is read anyway).
+   */
+  async survey(runner, inNetns) {
+    const open = (variant: Variant) => FAMILIES.flatMap((family) => openTable(runner, variant, family) ?? []);
+    const nftSaves = new Map(open('nft').map((table) => [table.families[0], { table, saved: table.saveAll() }]));
+    const legacyHoldsTables = async (family: Family) => {
+      if (!inNetns) return legacyTablesLoaded(family);
+      const nft = nftSaves.get(family);
+      return nft === undefined || (await nft.saved).legacyTablesPresent;
+    };
+    return Promise.all([
+      ...[...nftSaves.values()].map(async ({ table, saved }) => surveyOf(table, (await saved).dump)),
+      ...open('legacy').map(async (table) =>
+        surveyOf(table, (await legacyHoldsTables(table.families[0] ?? 4)) ? (await table.saveAll()).dump : ''),
+      ),
+    ]);
+  },
+  dryRun(config, version) {
+    return redirectedFamilies(config)
+      .map((family) => {
+        const tool = family === 4 ? 'iptables-restore' : 'ip6tables-restore';
+        return (
+          `# redirect-traffic ${version} --dry-run: ${tool} --noflush input (${familyLabel(family)}).\n` +
+          '# On a host that already has these chains, the jumps found in PREROUTING/OUTPUT are also deleted (-D).\n' +
+          renderTransaction(EMPTY_STATE, iptablesDialect(family).wanted(config))
+        );
+      })
+      .join('\n');
+  },
+  dryRunRemoval: () => renderTransaction({ ...EMPTY_STATE, chains: OWNED_CHAINS }, EMPTY_STATE),
+};

@@ -1,81 +1,75 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CliError, ExitCode } from '../errors.ts';
-import {
-  jumpsMatch,
-  listedJumps,
-  ownedState,
-  parseNatTable,
-  renderTransaction,
-  stateMatches,
-  type OwnedState,
-} from '../core/natTable.ts';
-import { HOOK_CHAINS } from '../core/ruleset.ts';
-import { IptablesError, type IptablesTable } from './iptables.ts';
+import { FirewallError, type FirewallTable } from './backend.ts';
 
 const MAX_ATTEMPTS = 8;
 
-/** Up to this many rules the whole table is read back to check a write; beyond it, the hook chains only. */
-const FULL_CHECK_MAX_RULES = 500;
-
 /**
- * Brings one table to `target` with optimistic concurrency: read, write one transaction, check it. A
- * concurrent writer (a second run, Docker, kube-proxy) shows up as a failed restore or a check that does
- * not match, and the whole step is repeated from a fresh read, a bounded number of times.
+ * Brings one table to `wanted` with optimistic concurrency: read, write one transaction, check it. A
+ * concurrent writer (a second run, Docker, kube-proxy, a flush) shows up as a failed write or a check that
+ * does not match, and the whole step is repeated from a fresh read, a bounded number of times; contention
+ * ends in success or a temporary failure (75), never in a hard one.
  *
- * The check reads the whole nat table back and compares everything, up to FULL_CHECK_MAX_RULES. Beyond,
- * reading thousands of rules back would cost as much as writing them, and only PREROUTING and OUTPUT are
- * read. The transaction declares (so flushes) and refills our chains in one atomic commit, so they always
- * hold one writer's complete rules, and that check still catches what a race between runs of the same
- * setup leaves wrong: two runs that both read "no jump" each add one. It does not see a writer replacing
- * our chains' contents at the same moment (a concurrent run with other flags: the last write wins and both
- * report success), nor a rule iptables prints in another spelling than ours; `status` compares everything.
+ * The check reads the table back, or runs the table's cheaper `checkWrite` for large states; see there for
+ * what that one cannot see. A concurrent run with other flags replacing our rules at the same moment is
+ * not caught here (the last write wins and both report success); runs on one namespace are serialized by
+ * the caller's lock, and `status` compares everything.
  */
-export async function reconcile(
-  table: IptablesTable,
-  target: OwnedState,
-  options: { firstSave?: string | undefined; onRetry?: (reason: string) => void } = {},
+export async function reconcile<State>(
+  table: FirewallTable<State>,
+  wanted: State,
+  options: { firstDump?: string | undefined; onRetry?: (reason: string) => void } = {},
 ): Promise<{ changed: boolean }> {
-  let save = options.firstSave;
-  let lastFailure: { error: IptablesError; table: string; transaction: string } | undefined;
-  let lastWrite: { table: string; transaction: string } | undefined;
+  const { dialect } = table;
+  let dump = options.firstDump;
+  let lastFailure: { error: FirewallError; dump: string; transaction: string } | undefined;
+  let misspelt: string | undefined;
   for (let attempt = 0; ; attempt++) {
-    const natTable = parseNatTable(save ?? (await table.saveNat()));
-    save = undefined;
-    const current = ownedState(natTable);
-    if (stateMatches(current, target)) return { changed: attempt > 0 };
+    dump ??= await table.read();
+    const installed = dialect.parse(dump);
+    if (dialect.same(installed, wanted)) return { changed: attempt > 0 };
     if (attempt === MAX_ATTEMPTS) break;
-    const transaction = renderTransaction(current, target);
-    const before = JSON.stringify(natTable ?? null);
-    if (lastWrite?.table === before && lastWrite.transaction === transaction) {
-      // This very write, on this very table, already came back as this table: iptables stores some rule
-      // in another spelling than ours, and no retry can change that.
-      throw new CliError(
-        `the rules read back from iptables-${table.backend} differ from the rules written (a rule spelled ` +
-          "differently by iptables-save); please report it with `redirect-traffic status` output",
-        ExitCode.internal,
-      );
+    if (attempt > 0 && sameShape(table, installed, wanted)) {
+      // Our own write came back with every chain and rule in place but spelled otherwise, twice alike: the
+      // backend stores some rule in another form than ours, and no retry can change that. (A concurrent
+      // flush or rewrite leaves other counts, so it never ends here.)
+      const key = JSON.stringify(installed);
+      if (misspelt === key) {
+        throw new CliError(
+          `the rules read back from ${table.label} differ from the rules written (a rule spelled differently ` +
+            'by the backend); please report it with `redirect-traffic status` output',
+          ExitCode.internal,
+        );
+      }
+      misspelt = key;
     }
+    const transaction = dialect.transaction(installed, wanted);
     try {
-      await table.restore(transaction);
-      lastWrite = { table: before, transaction };
-      // The next round reads the table back; it ends there if the table holds the target.
-      if (target.chainRules.length <= FULL_CHECK_MAX_RULES) continue;
-      const jumps = listedJumps(await Promise.all(HOOK_CHAINS.map((chain) => table.listRules(chain))));
-      if (jumpsMatch(jumps, target)) return { changed: true };
-      options.onRetry?.('the jumps in PREROUTING/OUTPUT changed under us');
+      await table.write(transaction);
+      const checked = await table.checkWrite?.(wanted);
+      if (checked === true) return { changed: true };
+      if (checked === false) options.onRetry?.(`${table.label} changed under us right after our write`);
     } catch (error) {
-      if (!(error instanceof IptablesError)) throw error;
+      if (!(error instanceof FirewallError)) throw error;
       // The same transaction failing twice on the same table is deterministic (a missing module, a bad
       // rule); anything else may be a concurrent writer that got in between our read and our write.
-      if (!error.retryable && lastFailure?.table === before && lastFailure.transaction === transaction) throw error;
-      lastFailure = { error, table: before, transaction };
+      if (!error.retryable && lastFailure?.dump === dump && lastFailure.transaction === transaction) throw error;
+      lastFailure = { error, dump, transaction };
       options.onRetry?.(error.message);
       await sleep(10 + Math.random() * 40 * (attempt + 1));
     }
+    dump = undefined;
   }
   throw new CliError(
-    `gave up after ${MAX_ATTEMPTS} attempts: the nat table kept changing under us` +
+    `gave up after ${MAX_ATTEMPTS} attempts: ${table.label} kept changing under us` +
       (lastFailure ? ` (last error: ${lastFailure.error.message})` : ''),
     ExitCode.tempFail,
   );
+}
+
+/** The same chains with the same number of rules, and the same hooks: all that differs is spelling. */
+function sameShape<State>(table: FirewallTable<State>, installed: State, wanted: State): boolean {
+  const a = table.dialect.describe(installed);
+  const b = table.dialect.describe(wanted);
+  return JSON.stringify([a.chains, a.hooks.length, a.sets]) === JSON.stringify([b.chains, b.hooks.length, b.sets]);
 }

@@ -176,7 +176,7 @@ describeE2E('apply, re-apply, cleanup and status', () => {
       await cli(applyArgs(ns, FLAGS));
       const result = await cli(['status', '-netns', ns.path, '--json'], 0);
       const report = JSON.parse(result.stdout) as { installed: { backend: string; family: string }[] };
-      expect(report.installed).toEqual([expect.objectContaining({ backend: 'nft', family: 'IPv4' })]);
+      expect(report.installed).toEqual([expect.objectContaining({ backend: 'iptables-nft', family: 'IPv4' })]);
     });
 
     it('is absent again after cleanup (exit 4)', async () => {

@@ -1,4 +1,5 @@
 import { execa } from 'execa';
+import { portRanges } from './fakes.ts';
 import { afterEach } from 'vitest';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -80,7 +81,13 @@ export interface RegistrationCase {
 }
 
 export function registrationCases(): RegistrationCase[] {
-  return consulFixture('registration-cases.json') as RegistrationCase[];
+  // The fixture writes excluded ports as the flags do ("9102"); the registration gives them typed.
+  const cases = consulFixture('registration-cases.json') as (Omit<RegistrationCase, 'expected'> & {
+    expected?: Omit<ProxyPorts, 'excludeInboundPorts'> & { excludeInboundPorts: string[] };
+  })[];
+  return cases.map(({ expected, ...rest }) =>
+    expected === undefined ? rest : { ...rest, expected: { ...expected, excludeInboundPorts: portRanges(...expected.excludeInboundPorts) } },
+  );
 }
 
 function decodedPath(rawPath: string): string {

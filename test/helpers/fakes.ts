@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { expect } from 'vitest';
 import type { CommandContext } from '../../src/commands/context.ts';
 import { DEFAULT_OUTBOUND_PORT, type RedirectConfig } from '../../src/core/ruleset.ts';
+import type { PortRange } from '../../src/core/values.ts';
 import type { CommandResult, CommandRunner } from '../../src/host/runner.ts';
 import type { Output } from '../../src/log.ts';
 
@@ -20,8 +21,17 @@ export function redirectConfig(overrides: Partial<RedirectConfig> = {}): Redirec
     excludeOutboundCidrs: [],
     excludeUids: [],
     dns: {},
+    dualStack: false,
     ...overrides,
   };
+}
+
+/** Ports or ranges as the flags write them (`22`, `8300:8302`), typed. */
+export function portRanges(...texts: string[]): PortRange[] {
+  return texts.map((text) => {
+    const [low = 0, high = low] = text.split(':').map(Number);
+    return { low, high };
+  });
 }
 
 /** Everything written to stdout/stderr, kept apart. */

@@ -16,7 +16,7 @@ import {
   type FakeRoute,
   type FakeTls,
 } from '../helpers/fakeAgent.ts';
-import { captureOutput } from '../helpers/fakes.ts';
+import { captureOutput, portRanges } from '../helpers/fakes.ts';
 
 const PROXY_ID = 'web-sidecar-proxy';
 const SERVICE_PATH = `/v1/agent/service/${PROXY_ID}`;
@@ -24,7 +24,7 @@ const SAMPLE = consulFixture('web-sidecar-proxy.json');
 const SAMPLE_PORTS: ProxyPorts = {
   inboundPort: 21000,
   outboundPort: 15001,
-  excludeInboundPorts: ['9102', '9103', '21500', '21501', '21502'],
+  excludeInboundPorts: portRanges('9102', '9103', '21500', '21501', '21502'),
 };
 const sampleRoutes = (): Record<string, FakeRoute> => ({
   [SERVICE_PATH]: { body: SAMPLE },
@@ -170,7 +170,7 @@ describe('-node-name: the catalog instead of the agent', () => {
   it('filters the node services by ID with central config merged, and never asks for checks', async () => {
     const agent = await serve({ '/v1/catalog/node-services/vm-1': { body: consulFixture('node-services.json') } });
     const { ports } = await lookup({ address: agent.address, nodeName: 'vm-1', namespace: 'team-a' });
-    expect(ports).toEqual({ inboundPort: 20000, outboundPort: 15002, excludeInboundPorts: ['9103', '21500'] });
+    expect(ports).toEqual({ inboundPort: 20000, outboundPort: 15002, excludeInboundPorts: portRanges('9103', '21500') });
     expect(agent.requests).toHaveLength(1);
     const query = agent.requests[0]?.query;
     expect(query?.get('filter')).toBe('ID == "web-sidecar-proxy"');

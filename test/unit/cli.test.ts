@@ -3,7 +3,7 @@ import { normaliseArgv } from '../../src/cli.ts';
 import { desiredState, EMPTY_STATE, renderTransaction } from '../../src/core/natTable.ts';
 import { buildRuleset } from '../../src/core/ruleset.ts';
 import { ExitCode } from '../../src/errors.ts';
-import { allowGetent, fakeNss, fakeRunner, redirectConfig, runCli, scratchDir, type CliRun } from '../helpers/fakes.ts';
+import { allowGetent, fakeNss, fakeRunner, redirectConfig, runCli, scratchDir, type CliRun, portRanges } from '../helpers/fakes.ts';
 
 // Every test here runs unprivileged, even under root CI: the kernel's answer to "which capabilities do I
 // have" (/proc/self/status) is replaced by an empty set; everything else reads the real file system.
@@ -144,7 +144,7 @@ describe('run: --dry-run', () => {
   ];
   const TYPICAL_CONFIG = redirectConfig({
     proxyUid: 101,
-    excludeInboundPorts: ['22'],
+    excludeInboundPorts: portRanges('22'),
     excludeOutboundCidrs: [{ family: 4, cidr: '169.254.169.254/32' }],
     excludeUids: [0],
     dns: { port: 8600 },

@@ -15,7 +15,7 @@ import {
   type SavedRule,
 } from '../../src/core/natTable.ts';
 import { buildRuleset, OWNED_CHAINS, type RedirectConfig } from '../../src/core/ruleset.ts';
-import { redirectConfig } from '../helpers/fakes.ts';
+import { redirectConfig, portRanges } from '../helpers/fakes.ts';
 
 // Save-output parsing and restore transactions. Transactions are checked by feeding them to a toy
 // `iptables-restore --noflush` below (written from iptables' documented behaviour, not from src): it fails
@@ -32,10 +32,10 @@ const wanted = (overrides: Partial<RedirectConfig> = {}) => desiredState(buildRu
 /** The flags that produced consul-installed.save (reference §3.2 example plus DNS and SSH). */
 const CONSUL_FLAGS = config({
   proxyUid: 1234,
-  excludeOutboundPorts: ['80', '443'],
+  excludeOutboundPorts: portRanges('80', '443'),
   excludeOutboundCidrs: [{ family: 4, cidr: '10.0.0.0/8' }],
   excludeUids: [0, 100],
-  excludeInboundPorts: ['22'],
+  excludeInboundPorts: portRanges('22'),
   dns: { ip: { family: 4, address: '10.0.0.53' } },
 });
 
@@ -126,11 +126,13 @@ function restoreNoflush(table: ToyTable, input: string): ToyTable {
   return next;
 }
 
+const isOwnedChain = (chain: string) => (OWNED_CHAINS as readonly string[]).includes(chain);
+
 /** Everything that is not ours: foreign chains and their rules, minus jumps into our chains. */
 function foreignPart(table: ToyTable) {
   return table.order
-    .filter((chain) => !OWNED_CHAINS.includes(chain))
-    .map((chain) => [chain, (table.chains.get(chain) ?? []).filter((s) => !OWNED_CHAINS.includes(targetOf(s) ?? ''))]);
+    .filter((chain) => !isOwnedChain(chain))
+    .map((chain) => [chain, (table.chains.get(chain) ?? []).filter((s) => !isOwnedChain(targetOf(s) ?? ''))]);
 }
 
 /** Renders from a dump to `target`, applies it to the toy table, and checks the outcome. */
@@ -364,7 +366,7 @@ describe('listedJumps and jumpsMatch (the check of a write that reads back the h
 
 describe('renderTransaction', () => {
   it('over a clean table: declares the five chains, adds everything, deletes nothing', () => {
-    const target = wanted({ excludeInboundPorts: ['22'] });
+    const target = wanted({ excludeInboundPorts: portRanges('22') });
     const { transaction, after } = applyOver(DOCKER, target);
     expect(transaction).toBe(renderTransaction(EMPTY_STATE, target));
     expect(transaction).not.toMatch(/^-[DX] /m);
@@ -377,7 +379,7 @@ describe('renderTransaction', () => {
 
   it('over our own earlier run with other flags: old jumps deleted, new rules in, no chain removed', () => {
     const first = applyOver(DOCKER, wanted({ dns: { port: 8600 }, excludeUids: [7] }));
-    const second = wanted({ inboundPort: 21000, excludeInboundPorts: ['22'] });
+    const second = wanted({ inboundPort: 21000, excludeInboundPorts: portRanges('22') });
     const { transaction, afterDump } = applyOver(first.afterDump, second);
     expect(lines(transaction).filter((l) => l.startsWith('-D '))).toEqual([
       '-D PREROUTING -p tcp -j CONSUL_PROXY_INBOUND',
@@ -392,7 +394,7 @@ describe('renderTransaction', () => {
   });
 
   it('re-applying the same flags is a no-op: the state already matches, and rendering anyway changes nothing', () => {
-    const target = wanted({ excludeInboundPorts: ['22'], dns: { ip: { family: 4, address: '10.0.0.53' } } });
+    const target = wanted({ excludeInboundPorts: portRanges('22'), dns: { ip: { family: 4, address: '10.0.0.53' } } });
     const first = applyOver(DOCKER, target);
     expect(stateMatches(first.reread, target)).toBe(true);
     const second = applyOver(first.afterDump, target);

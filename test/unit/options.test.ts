@@ -8,7 +8,7 @@ import {
   statusOptions,
   type RawOptions,
 } from '../../src/options.ts';
-import { scratchDir } from '../helpers/fakes.ts';
+import { scratchDir, portRanges } from '../helpers/fakes.ts';
 
 const scratch = scratchDir();
 afterAll(() => scratch.remove());
@@ -85,7 +85,7 @@ describe('apply options: values and defaults', () => {
     const options = applyOptions(BASE, {});
     expect(options).toEqual({
       dryRun: false,
-      host: { netns: undefined, iptablesMode: 'auto' },
+      host: { netns: undefined, backend: 'auto', iptablesMode: 'auto' },
       rules: {
         proxyUid: { kind: 'id', uid: 101 },
         proxyId: undefined,
@@ -115,8 +115,8 @@ describe('apply options: values and defaults', () => {
       },
       {},
     );
-    expect(rules.excludeInboundPorts).toEqual(['22', '8300:8302', '9090']);
-    expect(rules.excludeOutboundPorts).toEqual(['443', '80']);
+    expect(rules.excludeInboundPorts).toEqual(portRanges('22', '8300:8302', '9090'));
+    expect(rules.excludeOutboundPorts).toEqual(portRanges('443', '80'));
     expect(rules.excludeOutboundCidrs).toEqual([
       { family: 4, cidr: '10.0.0.0/8' },
       { family: 6, cidr: '2001:db8::/32' },
@@ -198,7 +198,7 @@ describe('config file (-config)', () => {
       proxyUid: { kind: 'id', uid: 0 },
       inboundPort: 20000,
       outboundPort: 15002,
-      excludeInboundPorts: ['22', '8300:8302'],
+      excludeInboundPorts: portRanges('22', '8300:8302'),
       excludeUids: [
         { kind: 'id', uid: 996 },
         { kind: 'id', uid: 997 },
@@ -212,7 +212,7 @@ describe('config file (-config)', () => {
     const path = configFile({ 'proxy-uid': 1, 'proxy-inbound-port': 20000, 'exclude-inbound-port': [22] });
     const { rules } = applyOptions({ config: path, 'proxy-inbound-port': '21000', 'exclude-inbound-port': ['2222'] }, {});
     expect(rules.inboundPort).toBe(21000);
-    expect(rules.excludeInboundPorts).toEqual(['2222']);
+    expect(rules.excludeInboundPorts).toEqual(portRanges('2222'));
     expect(rules.proxyUid).toEqual({ kind: 'id', uid: 1 });
   });
 
@@ -302,8 +302,8 @@ describe('config file (-config)', () => {
   it('one file serves apply, cleanup and status alike (ExecStopPost with the same -config)', () => {
     const path = configFile({ 'proxy-uid': 101, 'proxy-inbound-port': 20000, 'exclude-inbound-port': '22', 'iptables-mode': 'nft' });
     expect(applyOptions({ config: path }, {}).host.iptablesMode).toBe('nft');
-    expect(cleanupOptions({ config: path }, {})).toEqual({ dryRun: false, host: { netns: undefined, iptablesMode: 'nft' } });
-    expect(statusOptions({ config: path }, {}).rules?.excludeInboundPorts).toEqual(['22']);
+    expect(cleanupOptions({ config: path }, {})).toEqual({ dryRun: false, host: { netns: undefined, backend: 'auto', iptablesMode: 'nft' } });
+    expect(statusOptions({ config: path }, {}).rules?.excludeInboundPorts).toEqual(portRanges('22'));
   });
 });
 
@@ -406,7 +406,7 @@ describe('ACL token', () => {
 
 describe('cleanup and status options', () => {
   it('cleanup needs nothing', () => {
-    expect(cleanupOptions({}, {})).toEqual({ dryRun: false, host: { netns: undefined, iptablesMode: 'auto' } });
+    expect(cleanupOptions({}, {})).toEqual({ dryRun: false, host: { netns: undefined, backend: 'auto', iptablesMode: 'auto' } });
     expect(cleanupOptions({ 'dry-run': true, 'iptables-mode': 'legacy' }, {})).toMatchObject({
       dryRun: true,
       host: { iptablesMode: 'legacy' },

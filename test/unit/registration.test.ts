@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { portRanges } from '../helpers/fakes.ts';
 import {
   agentChecksSchema,
   agentServiceSchema,
@@ -43,7 +44,7 @@ describe('the sample registration (reference §2.3)', () => {
       inboundPort: 21000,
       outboundPort: 15001,
       // prometheus, stats, expose path, then exposed checks by check ID (service:web:1 before :2, :ttl has none)
-      excludeInboundPorts: ['9102', '9103', '21500', '21501', '21502'],
+      excludeInboundPorts: portRanges('9102', '9103', '21500', '21501', '21502'),
     });
   });
 });
@@ -105,7 +106,7 @@ describe('catalog answers (-node-name)', () => {
     expect(deriveProxyPorts(requireProxy(service, 'web-sidecar-proxy'), null)).toEqual({
       inboundPort: 20000,
       outboundPort: 15002,
-      excludeInboundPorts: ['9103', '21500'],
+      excludeInboundPorts: portRanges('9103', '21500'),
     });
   });
 

@@ -1,18 +1,16 @@
 import { describe, expect, it } from 'vitest';
-import { desiredState, EMPTY_STATE, renderTransaction } from '../../src/core/natTable.ts';
+import { desiredState, EMPTY_STATE, HOOK_CHAINS, renderTransaction, ruleSpec } from '../../src/core/natTable.ts';
 import {
   buildRuleset,
   CHAINS,
   DEFAULT_OUTBOUND_PORT,
-  HOOK_CHAINS,
   OWNED_CHAINS,
-  ruleSpec,
   type RedirectConfig,
   type Rule,
   type Ruleset,
 } from '../../src/core/ruleset.ts';
-import type { Cidr, Family, IpAddress } from '../../src/core/values.ts';
-import { redirectConfig } from '../helpers/fakes.ts';
+import type { Cidr, Family, IpAddress, PortRange } from '../../src/core/values.ts';
+import { redirectConfig, portRanges } from '../helpers/fakes.ts';
 
 // The ruleset is checked against an independent oracle: Consul's literal command list (reference §3.2/§3.3),
 // replayed on a toy nat table (-N/-A/-I) and printed the way `iptables -t nat -S` prints it.
@@ -21,6 +19,12 @@ const cidr = (text: string): Cidr => ({ family: text.includes(':') ? 6 : 4, cidr
 const ip = (text: string): IpAddress => ({ family: text.includes(':') ? 6 : 4, address: text });
 
 const config = redirectConfig;
+
+/** A port or range as Consul's flag gives it to iptables (`a:a` as iptables-save prints it: `a`). */
+const rangeText = (p: PortRange) => (p.low === p.high ? String(p.low) : `${p.low}:${p.high}`);
+
+/** The chain a rule sits in, as iptables names it. */
+const chainOf = (rule: Rule) => (rule.chain === 'prerouting' ? 'PREROUTING' : rule.chain === 'output' ? 'OUTPUT' : rule.chain);
 
 /** Consul's command sequence for a config, written from the reference, not from src. */
 function consulCommands(c: RedirectConfig, family: Family = 4): string[] {
@@ -52,7 +56,7 @@ function consulCommands(c: RedirectConfig, family: Family = 4): string[] {
     `-A CONSUL_PROXY_OUTPUT -d ${loopback} -j RETURN`,
     '-A CONSUL_PROXY_OUTPUT -j CONSUL_PROXY_REDIRECT',
   );
-  for (const p of c.excludeOutboundPorts) cmds.push(`-I CONSUL_PROXY_OUTPUT -p tcp --dport ${p} -j RETURN`);
+  for (const p of c.excludeOutboundPorts) cmds.push(`-I CONSUL_PROXY_OUTPUT -p tcp --dport ${rangeText(p)} -j RETURN`);
   for (const x of c.excludeOutboundCidrs) if (x.family === family) cmds.push(`-I CONSUL_PROXY_OUTPUT -d ${x.cidr} -j RETURN`);
   for (const u of c.excludeUids) cmds.push(`-I CONSUL_PROXY_OUTPUT -m owner --uid-owner ${u} -j RETURN`);
   cmds.push(
@@ -60,7 +64,7 @@ function consulCommands(c: RedirectConfig, family: Family = 4): string[] {
     '-A PREROUTING -p tcp -j CONSUL_PROXY_INBOUND',
     '-A CONSUL_PROXY_INBOUND -p tcp -j CONSUL_PROXY_IN_REDIRECT',
   );
-  for (const p of c.excludeInboundPorts) cmds.push(`-I CONSUL_PROXY_INBOUND -p tcp --dport ${p} -j RETURN`);
+  for (const p of c.excludeInboundPorts) cmds.push(`-I CONSUL_PROXY_INBOUND -p tcp --dport ${rangeText(p)} -j RETURN`);
   return cmds;
 }
 
@@ -90,7 +94,7 @@ function savedForm(args: string[]): string {
 
 /** Replays commands on an empty nat table; returns each chain's rules in kernel order. */
 function replay(commands: readonly string[]): Map<string, string[]> {
-  const table = new Map<string, string[]>(HOOK_CHAINS.map((chain) => [chain, []]));
+  const table = new Map<string, string[]>(HOOK_CHAINS.map((chain: string) => [chain, []]));
   for (const command of commands) {
     const [op, chain = '', ...args] = command.split(' ');
     if (op === '-N') {
@@ -110,7 +114,7 @@ function replay(commands: readonly string[]): Map<string, string[]> {
 /** The ruleset as `iptables -t nat -S` would list it: chain name to ordered specs, empty chains included. */
 function listed(ruleset: Ruleset): Map<string, string[]> {
   const table = new Map<string, string[]>([...HOOK_CHAINS, ...OWNED_CHAINS].map((chain) => [chain, []]));
-  for (const rule of ruleset.rules) table.get(rule.chain)?.push(ruleSpec(rule));
+  for (const rule of ruleset.rules) table.get(chainOf(rule))?.push(ruleSpec(rule));
   return table;
 }
 
@@ -120,28 +124,41 @@ function expectLikeConsul(c: RedirectConfig, family: Family = 4) {
   const ruleset = buildRuleset(c, family);
   expect(ruleset.family).toBe(family);
   // No rule in a chain outside the five plus the two hooks.
-  for (const rule of ruleset.rules) expect([...HOOK_CHAINS, ...OWNED_CHAINS]).toContain(rule.chain);
+  for (const rule of ruleset.rules) expect([...HOOK_CHAINS, ...OWNED_CHAINS]).toContain(chainOf(rule));
   expect(asObject(listed(ruleset))).toEqual(asObject(replay(consulCommands(c, family))));
   return listed(ruleset);
 }
 
 describe('ruleSpec', () => {
+  const X = CHAINS.output;
   const cases: [Rule, string][] = [
-    [{ chain: 'X', protocol: 'tcp', target: { kind: 'jump', chain: 'Y' } }, '-p tcp -j Y'],
-    [{ chain: 'X', target: { kind: 'return' } }, '-j RETURN'],
-    [{ chain: 'X', protocol: 'tcp', target: { kind: 'redirect', port: 15001 } }, '-p tcp -j REDIRECT --to-ports 15001'],
-    [{ chain: 'X', uidOwner: 0, target: { kind: 'return' } }, '-m owner --uid-owner 0 -j RETURN'],
-    [{ chain: 'X', destination: '10.0.0.0/8', target: { kind: 'return' } }, '-d 10.0.0.0/8 -j RETURN'],
+    [{ chain: X, protocol: 'tcp', target: { kind: 'jump', chain: CHAINS.redirect } }, '-p tcp -j CONSUL_PROXY_REDIRECT'],
+    [{ chain: X, target: { kind: 'return' } }, '-j RETURN'],
+    [{ chain: X, protocol: 'tcp', target: { kind: 'redirect', port: 15001 } }, '-p tcp -j REDIRECT --to-ports 15001'],
+    [{ chain: X, uidOwner: 0, target: { kind: 'return' } }, '-m owner --uid-owner 0 -j RETURN'],
+    [{ chain: X, destination: cidr('10.0.0.0/8'), target: { kind: 'return' } }, '-d 10.0.0.0/8 -j RETURN'],
     [
-      { chain: 'X', protocol: 'tcp', destinationPort: '1000:2000', target: { kind: 'return' } },
+      { chain: X, protocol: 'tcp', destinationPort: { low: 1000, high: 2000 }, target: { kind: 'return' } },
       '-p tcp -m tcp --dport 1000:2000 -j RETURN',
     ],
     [
-      { chain: 'X', destination: '127.0.0.1/32', protocol: 'udp', destinationPort: '53', target: { kind: 'dnat', to: '127.0.0.1:8600' } },
+      {
+        chain: X,
+        destination: cidr('127.0.0.1/32'),
+        protocol: 'udp',
+        destinationPort: { low: 53, high: 53 },
+        target: { kind: 'dnat', to: { address: ip('127.0.0.1'), port: 8600 } },
+      },
       '-d 127.0.0.1/32 -p udp -m udp --dport 53 -j DNAT --to-destination 127.0.0.1:8600',
     ],
     [
-      { chain: 'X', destination: '::1/128', protocol: 'tcp', destinationPort: '53', target: { kind: 'dnat', to: '[::1]:8600' } },
+      {
+        chain: X,
+        destination: cidr('::1/128'),
+        protocol: 'tcp',
+        destinationPort: { low: 53, high: 53 },
+        target: { kind: 'dnat', to: { address: ip('::1'), port: 8600 } },
+      },
       '-d ::1/128 -p tcp -m tcp --dport 53 -j DNAT --to-destination [::1]:8600',
     ],
   ];
@@ -150,7 +167,7 @@ describe('ruleSpec', () => {
   });
 
   it('the uid 0 is not dropped as falsy', () => {
-    expect(ruleSpec({ chain: 'X', uidOwner: 0, target: { kind: 'return' } })).toContain('--uid-owner 0');
+    expect(ruleSpec({ chain: CHAINS.output, uidOwner: 0, target: { kind: 'return' } })).toContain('--uid-owner 0');
   });
 });
 
@@ -188,14 +205,14 @@ describe('buildRuleset, IPv4: Consul reference §3.2', () => {
   });
 
   it('one exclude-inbound-port goes before the catch-all jump', () => {
-    expect(expectLikeConsul(config({ excludeInboundPorts: ['22'] })).get(CHAINS.inbound)).toEqual([
+    expect(expectLikeConsul(config({ excludeInboundPorts: portRanges('22') })).get(CHAINS.inbound)).toEqual([
       '-p tcp -m tcp --dport 22 -j RETURN',
       '-p tcp -j CONSUL_PROXY_IN_REDIRECT',
     ]);
   });
 
   it('several exclude-inbound-ports come out reversed (repeated -I), ranges kept', () => {
-    expect(expectLikeConsul(config({ excludeInboundPorts: ['22', '8500:8502', '9090'] })).get(CHAINS.inbound)).toEqual([
+    expect(expectLikeConsul(config({ excludeInboundPorts: portRanges('22', '8500:8502', '9090') })).get(CHAINS.inbound)).toEqual([
       '-p tcp -m tcp --dport 9090 -j RETURN',
       '-p tcp -m tcp --dport 8500:8502 -j RETURN',
       '-p tcp -m tcp --dport 22 -j RETURN',
@@ -204,7 +221,7 @@ describe('buildRuleset, IPv4: Consul reference §3.2', () => {
   });
 
   it('one exclude-outbound-port', () => {
-    expect(expectLikeConsul(config({ excludeOutboundPorts: ['443'] })).get(CHAINS.output)).toEqual([
+    expect(expectLikeConsul(config({ excludeOutboundPorts: portRanges('443') })).get(CHAINS.output)).toEqual([
       '-p tcp -m tcp --dport 443 -j RETURN',
       '-m owner --uid-owner 123 -j RETURN',
       '-d 127.0.0.1/32 -j RETURN',
@@ -213,7 +230,7 @@ describe('buildRuleset, IPv4: Consul reference §3.2', () => {
   });
 
   it('several exclude-outbound-ports, reversed', () => {
-    const output = expectLikeConsul(config({ excludeOutboundPorts: ['80', '443', '1000:2000'] })).get(CHAINS.output);
+    const output = expectLikeConsul(config({ excludeOutboundPorts: portRanges('80', '443', '1000:2000') })).get(CHAINS.output);
     expect(output?.slice(0, 3)).toEqual([
       '-p tcp -m tcp --dport 1000:2000 -j RETURN',
       '-p tcp -m tcp --dport 443 -j RETURN',
@@ -249,7 +266,7 @@ describe('buildRuleset, IPv4: Consul reference §3.2', () => {
     const table = expectLikeConsul(
       config({
         proxyUid: 1234,
-        excludeOutboundPorts: ['80', '443'],
+        excludeOutboundPorts: portRanges('80', '443'),
         excludeOutboundCidrs: [cidr('10.0.0.0/8')],
         excludeUids: [0, 100],
       }),
@@ -269,8 +286,8 @@ describe('buildRuleset, IPv4: Consul reference §3.2', () => {
   it('every exclusion kind at once matches the replayed command list', () => {
     expectLikeConsul(
       config({
-        excludeInboundPorts: ['22', '8300:8302'],
-        excludeOutboundPorts: ['8300', '8500'],
+        excludeInboundPorts: portRanges('22', '8300:8302'),
+        excludeOutboundPorts: portRanges('8300', '8500'),
         excludeOutboundCidrs: [cidr('10.0.0.0/8'), cidr('2001:db8::/32'), cidr('169.254.169.254/32')],
         excludeUids: [996, 997],
         dns: { ip: ip('10.0.0.53'), port: 8600 },
@@ -284,7 +301,7 @@ describe('buildRuleset, IPv4: Consul reference §3.2', () => {
   });
 
   it('does not mutate its input', () => {
-    const c = config({ excludeUids: [1, 2], excludeOutboundPorts: ['80', '443'] });
+    const c = config({ excludeUids: [1, 2], excludeOutboundPorts: portRanges('80', '443') });
     const copy = structuredClone(c);
     buildRuleset(c, 4);
     buildRuleset(c, 6);
@@ -375,7 +392,7 @@ describe('buildRuleset, IPv6 family', () => {
   });
 
   it('ports and UIDs are family-independent', () => {
-    const c = config({ excludeOutboundPorts: ['443'], excludeUids: [7], excludeInboundPorts: ['22'] });
+    const c = config({ excludeOutboundPorts: portRanges('443'), excludeUids: [7], excludeInboundPorts: portRanges('22') });
     const v4 = listed(buildRuleset(c, 4));
     const v6 = listed(buildRuleset(c, 6));
     expect(v6.get(CHAINS.inbound)).toEqual(v4.get(CHAINS.inbound));
@@ -449,7 +466,7 @@ describe('rendered dry-run transactions', () => {
   it('typical VM: SSH and agent excluded, DNS to the agent', () => {
     const vm = config({
       proxyUid: 101,
-      excludeInboundPorts: ['22'],
+      excludeInboundPorts: portRanges('22'),
       excludeUids: [996],
       excludeOutboundCidrs: [cidr('169.254.169.254/32')],
       dns: { port: 8600 },
@@ -483,7 +500,7 @@ describe('rendered dry-run transactions', () => {
   it('every line is a restore directive with single spaces and no stray characters', () => {
     const text = render(
       config({
-        excludeInboundPorts: ['22', '1:65535'],
+        excludeInboundPorts: portRanges('22', '1:65535'),
         excludeOutboundCidrs: [cidr('2001:db8::/32')],
         dns: { ip: ip('fd00::53'), port: 8600 },
       }),

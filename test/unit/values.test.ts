@@ -9,6 +9,7 @@ import {
   portSchema,
   splitList,
   uidSchema,
+  type PortRange,
   type UidSpec,
 } from '../../src/core/values.ts';
 
@@ -51,11 +52,11 @@ describe('portSchema', () => {
 
 describe('portOrRangeSchema', () => {
   accepts(portOrRangeSchema, [
-    ['22', '22'],
-    [22, '22'],
-    ['80:90', '80:90'],
-    ['1:65535', '1:65535'],
-    ['8080:8080', '8080'],
+    ['22', { low: 22, high: 22 }],
+    [22, { low: 22, high: 22 }],
+    ['80:90', { low: 80, high: 90 }],
+    ['1:65535', { low: 1, high: 65535 }],
+    ['8080:8080', { low: 8080, high: 8080 }],
   ]);
   rejects(portOrRangeSchema, ['90:80', '80:', ':80', '0:10', '1:65536', '80-90', '80:90:100', '80,90', '80 :90', 'a:b', '']);
   it('names both ends when the range is backwards', () => {
@@ -258,7 +259,7 @@ describe('no accepted value can smuggle anything into a restore line', () => {
   /** The text each schema's output puts into a rule. */
   const tokenOf: [string, Schema, (value: unknown) => string[]][] = [
     ['port', portSchema, (v) => [String(v)]],
-    ['portOrRange', portOrRangeSchema, (v) => [String(v)]],
+    ['portOrRange', portOrRangeSchema, (v) => [String((v as PortRange).low), String((v as PortRange).high)]],
     ['uid', uidSchema, (v) => [(v as UidSpec).kind === 'id' ? String((v as { uid: number }).uid) : (v as { name: string }).name]],
     ['cidr', cidrSchema, (v) => [(v as { cidr: string }).cidr]],
     ['ip', ipAddressSchema, (v) => [(v as { address: string }).address]],

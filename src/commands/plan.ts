@@ -1,0 +1,109 @@
+import type { RedirectConfig } from '../core/ruleset.ts';
+import { redirectedFamilies } from '../core/ruleset.ts';
+import type { BackendKind, BackendName, TableSurvey } from '../host/backend.ts';
+import { familyLabel } from '../host/iptables.ts';
+import { MissingProgramError } from '../host/runner.ts';
+import type { HostOptions } from '../options.ts';
+
+// Deciding what to write where, from what the tables hold: pure, so every case is a unit test.
+
+export interface BackendChoice {
+  backend: BackendName;
+  reason: string;
+}
+
+/** One table and the state it must end in. */
+export interface TableStep {
+  survey: TableSurvey;
+  wanted: unknown;
+}
+
+export interface ApplyPlan {
+  choice: BackendChoice;
+  /** The chosen backend's tables, in order; if one fails, all written so far are rolled back. */
+  writes: TableStep[];
+  /** Our rules in any other backend, removed once the writes succeed: they would run too, and disagree. */
+  sweeps: TableStep[];
+}
+
+const BACKENDS_OF: Record<BackendKind, readonly BackendName[]> = {
+  iptables: ['iptables-nft', 'iptables-legacy'],
+  nftables: ['nftables'],
+};
+const kindOf = (backend: BackendName): BackendKind => (backend === 'nftables' ? 'nftables' : 'iptables');
+
+const PACKAGE_HINT: Record<BackendKind, string> = {
+  iptables: "install the 'iptables' package (on RHEL, 'iptables-legacy' for the legacy variant)",
+  nftables: "install the 'nftables' package",
+};
+
+/** Nothing to read and nothing to write with: neither backend's programs are installed. */
+export function requireSomeBackend(surveys: readonly TableSurvey[]): void {
+  if (surveys.length === 0) {
+    throw new MissingProgramError(
+      'neither iptables (with iptables-save and iptables-restore) nor nft',
+      "install the 'iptables' package (RHEL/Fedora: iptables-nft) or the 'nftables' package",
+    );
+  }
+}
+
+/**
+ * The backend to write: a forced one (-backend, or -iptables-mode for iptables' variant), else the one
+ * already holding our rules or Consul's (nftables when both do: an interrupted migration wrote it first),
+ * else iptables where installed, picking its variant as Istio and Kuma do (the one holding any rules, else
+ * the system default), else nftables.
+ */
+export function chooseBackend(
+  surveys: readonly TableSurvey[],
+  host: Pick<HostOptions, 'backend' | 'iptablesMode'>,
+  systemDefault: BackendName | undefined,
+): BackendChoice {
+  if (host.backend === 'nftables') return { backend: 'nftables', reason: 'set by -backend' };
+  const installed = new Set(surveys.map((s) => s.table.backend));
+  const holding = (test: (s: TableSurvey) => boolean, among: readonly BackendName[]) =>
+    among.filter((backend) => surveys.some((s) => s.table.backend === backend && test(s)));
+  if (host.backend === 'auto' && host.iptablesMode === 'auto' && holding((s) => s.holdsOurs, ['nftables']).length > 0) {
+    return { backend: 'nftables', reason: 'it holds the existing redirection table' };
+  }
+  if (host.iptablesMode !== 'auto') return { backend: `iptables-${host.iptablesMode}`, reason: 'set by -iptables-mode' };
+  const variants = BACKENDS_OF.iptables.filter((backend) => installed.has(backend));
+  if (variants.length === 0) {
+    if (host.backend === 'iptables') return { backend: 'iptables-nft', reason: 'set by -backend' };
+    return { backend: 'nftables', reason: 'iptables is not installed, nft is' };
+  }
+  const preferDefault = (candidates: BackendName[]) =>
+    systemDefault !== undefined && candidates.includes(systemDefault) ? systemDefault : (candidates[0] ?? 'iptables-nft');
+  const withOurs = holding((s) => s.holdsOurs, variants);
+  if (withOurs.length > 0) return { backend: preferDefault(withOurs), reason: 'it holds the existing redirection chains' };
+  const withRules = holding((s) => s.holdsRules, variants);
+  if (withRules.length > 0) return { backend: preferDefault(withRules), reason: "it holds the host's other rules" };
+  return { backend: preferDefault(variants), reason: 'it is the system default, or the only one installed' };
+}
+
+/** Every table of the chosen backend gets `config`'s state (a family no longer asked for is emptied). */
+export function planApply(surveys: readonly TableSurvey[], config: RedirectConfig, choice: BackendChoice): ApplyPlan {
+  const chosen = surveys.filter((s) => s.table.backend === choice.backend);
+  for (const family of redirectedFamilies(config)) {
+    if (!chosen.some((s) => s.table.families.includes(family))) {
+      const programs = kindOf(choice.backend) === 'nftables' ? 'nft' : `${familyLabel(family)} programs of ${choice.backend} (iptables, -save, -restore)`;
+      throw new MissingProgramError(`the ${programs}`, PACKAGE_HINT[kindOf(choice.backend)]);
+    }
+  }
+  return {
+    choice,
+    writes: chosen.map((survey) => ({ survey, wanted: survey.table.dialect.wanted(config) })),
+    sweeps: surveys
+      .filter((s) => s.table.backend !== choice.backend && s.holdsOurs)
+      .map((survey) => ({ survey, wanted: survey.table.dialect.wanted(undefined) })),
+  };
+}
+
+/** Every table holding our rules, in the backends `host` allows, emptied of them. */
+export function planCleanup(surveys: readonly TableSurvey[], host: Pick<HostOptions, 'backend' | 'iptablesMode'>): TableStep[] {
+  const allowed = (backend: BackendName) =>
+    (host.backend === 'auto' || host.backend === kindOf(backend)) &&
+    (host.iptablesMode === 'auto' || kindOf(backend) !== 'iptables' || backend === `iptables-${host.iptablesMode}`);
+  return surveys
+    .filter((s) => s.holdsOurs && allowed(s.table.backend))
+    .map((survey) => ({ survey, wanted: survey.table.dialect.wanted(undefined) }));
+}

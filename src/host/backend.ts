@@ -1,0 +1,72 @@
+import type { Dialect } from '../core/dialect.ts';
+import type { RedirectConfig } from '../core/ruleset.ts';
+import type { Family } from '../core/values.ts';
+import { CliError, ExitCode } from '../errors.ts';
+import type { CommandRunner } from './runner.ts';
+
+// The seam between the commands and the firewall: a backend is a set of tables, each written in one atomic
+// transaction in the backend's own language (its Dialect). Commands see only these interfaces.
+
+/** What `-backend` chooses between. */
+export type BackendKind = 'iptables' | 'nftables';
+/** A concrete backend: iptables' two variants, or native nftables. */
+export type BackendName = 'iptables-nft' | 'iptables-legacy' | 'nftables';
+
+/** One table a backend writes in one transaction: an iptables family's nat table, or the nftables inet table. */
+export interface FirewallTable<State = unknown> {
+  backend: BackendName;
+  /** The address families whose packets its rules see. */
+  families: readonly Family[];
+  /** For messages: "iptables-nft IPv4", "nftables inet consul_tproxy". */
+  label: string;
+  dialect: Dialect<State>;
+  /** The dump `dialect.parse` reads, without counters, so two reads of an unchanged table are equal. */
+  read(): Promise<string>;
+  write(transaction: string): Promise<void>;
+  /**
+   * A check cheaper than reading the whole table back after writing `wanted`, for large states: true when
+   * it passes. Without it, or when it returns undefined, the table is read back whole.
+   */
+  checkWrite?(wanted: State): Promise<boolean | undefined>;
+}
+
+/** A table as read: its dump, our part of it, and whether anything of anyone's is in the backend. */
+export interface TableSurvey<State = unknown> {
+  table: FirewallTable<State>;
+  dump: string;
+  state: State;
+  holdsOurs: boolean;
+  /** Any rules at all, ours or not: where the host's firewall lives, for choosing a backend. */
+  holdsRules: boolean;
+}
+
+export interface BackendProvider {
+  kind: BackendKind;
+  /** Whether any of its programs are installed; asks the file system only. */
+  installed(): boolean;
+  /** Reads every table it has programs for; none when it is not installed. */
+  survey(runner: CommandRunner, inNetns: boolean): Promise<TableSurvey[]>;
+  /** The transaction a host without our rules would get, with a header saying what reads it. Runs nothing. */
+  dryRun(config: RedirectConfig, version: string): string;
+  /** What a cleanup would write, when the tables cannot be read. Runs nothing. */
+  dryRunRemoval(): string;
+}
+
+/** A failed read or write; `retryable` when another writer or a lock is the likely cause. */
+export class FirewallError extends CliError {
+  readonly retryable: boolean;
+  constructor(message: string, retryable: boolean) {
+    super(message, retryable ? ExitCode.tempFail : ExitCode.systemCommand);
+    this.retryable = retryable;
+  }
+}
+
+/** The first three non-empty lines of a program's stderr, on one line. */
+export function stderrExcerpt(stderr: string): string {
+  return stderr
+    .split('\n')
+    .map((line) => line.trim())
+    .filter(Boolean)
+    .slice(0, 3)
+    .join(' | ');
+}
