@@ -6,6 +6,7 @@ import type { CommandContext } from './commands/context.ts';
 import { status } from './commands/status.ts';
 import { CliError, ExitCode } from './errors.ts';
 import { installedBackends } from './host/backends.ts';
+import { lockNamespace, withSignalsDeferred } from './host/exclusive.ts';
 import { createRunner } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import { applyOptions, cleanupOptions, statusOptions, type CommandName, type RawOptions } from './options.ts';
@@ -19,6 +20,9 @@ const COMMANDS: Record<CommandName, (flags: RawOptions, context: CommandContext)
 
 declare const __VERSION__: string;
 export const VERSION = typeof __VERSION__ === 'string' ? __VERSION__ : '0.0.0-dev';
+
+/** How long a run waits for another run on the same namespace; with -wait, within the units' start limit. */
+const LOCK_WAIT_MS = 20_000;
 
 /** Runs the CLI and returns its exit code; the only place that turns errors into exit codes. */
 export async function run(
@@ -44,6 +48,15 @@ export async function run(
     version: VERSION,
     runner: overrides.runner ?? ((netns) => createRunner({ netns })),
     backends: overrides.backends ?? installedBackends,
+    lockNamespace:
+      overrides.lockNamespace ??
+      ((netns) =>
+        lockNamespace(netns, 'write', {
+          waitMs: LOCK_WAIT_MS,
+          onWait: (holder) => log.warn(`waiting up to ${LOCK_WAIT_MS / 1000}s for ${holder} to finish with these rules`),
+        })),
+    deferSignals: (work) =>
+      withSignalsDeferred(work, (signal) => log.warn(`received ${signal}: finishing the rule changes under way first`)),
     // The agent client and its schemas are loaded only by runs that ask the agent (-proxy-id).
     fetchProxyPorts:
       overrides.fetchProxyPorts ?? (async (...args) => (await import('./consul/agent.ts')).fetchProxyPorts(...args)),

@@ -19,33 +19,46 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   const { log } = context;
   const netns = options.host.netns;
   const runner = context.runner(netns);
-  const startReads = () => {
+  // Runs on one namespace take turns, from their first read to their last write: a read taken while
+  // another run writes would be stale by the time this one writes.
+  const startReads = async () => {
+    const lock = await context.lockNamespace(netns);
     const surveying = context.backends.survey(runner, netns !== undefined);
     // Observed at once: a read failing while the rules are still being worked out must not go unhandled.
     surveying.catch(() => undefined);
     const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
-    return { surveying, bypassingIpv6 };
+    return { lock, surveying, bypassingIpv6 };
   };
   // With no agent to wait for, the tables are read while the rules are worked out: with thousands of
   // exclusions, that takes as long as the reads. After an agent's answer instead: -wait may last a minute,
   // and a failed apply is rolled back to what the read found.
   const early = options.agent === undefined ? startReads() : undefined;
+  early?.catch(() => undefined);
   let config: RedirectConfig;
   try {
     config = await resolveConfig(options.rules, options.agent, context);
     refuseSshCapture(config, options.allowSshCapture, context.env);
   } catch (error) {
     // Nothing is written; the reads are let finish rather than left running.
-    await Promise.allSettled([early?.surveying]);
+    const started = await early?.catch(() => undefined);
+    await Promise.allSettled([started?.surveying]);
+    started?.lock.release();
     throw error;
   }
-  const { surveying, bypassingIpv6 } = early ?? startReads();
-  const surveys = await surveying;
-  requireSomeBackend(surveys);
-  const choice = chooseBackend(surveys, options.host, context.backends.systemDefault());
-  log.debug(`using ${choice.backend}: ${choice.reason}`);
-  const plan = planApply(surveys, config, choice);
-  const changed = await execute(plan, context);
+  const { lock, surveying, bypassingIpv6 } = await (early ?? startReads());
+  let plan: ApplyPlan;
+  let changed: boolean;
+  try {
+    const surveys = await surveying;
+    requireSomeBackend(surveys);
+    const choice = chooseBackend(surveys, options.host, context.backends.systemDefault());
+    log.debug(`using ${choice.backend}: ${choice.reason}`);
+    plan = planApply(surveys, config, choice);
+    const ready = plan;
+    changed = await context.deferSignals(() => execute(ready, context));
+  } finally {
+    lock.release();
+  }
   if (await bypassingIpv6) {
     const where = netns === undefined ? 'this host' : `netns ${netns}`;
     log.warn(`${where} has a global IPv6 address, and its IPv6 traffic bypasses the proxy: add -dual-stack to redirect it too`);

@@ -1,9 +1,10 @@
 import { CliError, ExitCode } from '../errors.ts';
+import type { TableSurvey } from '../host/backend.ts';
 import { reconcile } from '../host/reconcile.ts';
 import { hasNetAdmin, requireNetAdmin } from '../host/system.ts';
 import type { CleanupOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
-import { planCleanup, requireSomeBackend } from './plan.ts';
+import { planCleanup, requireSomeBackend, type TableStep } from './plan.ts';
 
 /** Removes our rules (ours or Consul's) from every backend and family, and nothing else. */
 export async function cleanup(options: CleanupOptions, context: CommandContext): Promise<number> {
@@ -15,38 +16,48 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
     return ExitCode.ok;
   }
   requireNetAdmin('removing traffic redirection rules');
-  const surveys = await context.backends.survey(context.runner(netns), netns !== undefined);
-  requireSomeBackend(surveys);
-  const steps = planCleanup(surveys, options.host);
-  if (steps.length === 0) {
-    output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
+  const lock = await context.lockNamespace(netns);
+  try {
+    const surveys = await context.backends.survey(context.runner(netns), netns !== undefined);
+    requireSomeBackend(surveys);
+    const steps = planCleanup(surveys, options.host);
+    if (steps.length === 0) {
+      output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
+    } else if (options.dryRun) {
+      for (const { survey, wanted } of steps) output.stdout(`# ${where(survey)}\n${survey.table.dialect.transaction(survey.state, wanted)}`);
+    } else {
+      await context.deferSignals(() => removeAll(steps, options, context));
+    }
     return ExitCode.ok;
+  } finally {
+    lock.release();
   }
-  // Every table is tried even if one fails: as a stop hook, removing what can be removed matters most.
+}
+
+const where = (survey: TableSurvey) => survey.table.label.replace(' ', ', ');
+
+/** Every table is tried even if one fails: as a stop hook, removing what can be removed matters most. */
+async function removeAll(steps: readonly TableStep[], options: CleanupOptions, context: CommandContext): Promise<void> {
+  const netns = options.host.netns;
   const failures: CliError[] = [];
   for (const { survey, wanted } of steps) {
-    const { table } = survey;
-    const where = table.label.replace(' ', ', ');
-    if (options.dryRun) {
-      output.stdout(`# ${where}\n${table.dialect.transaction(survey.state, wanted)}`);
-      continue;
-    }
     try {
-      await reconcile(table, wanted, { firstDump: survey.dump });
+      await reconcile(survey.table, wanted, { firstDump: survey.dump });
     } catch (error) {
       if (!(error instanceof CliError)) throw error;
-      failures.push(new CliError(`${where}: ${error.message}`, error.exitCode, { cause: error }));
+      failures.push(new CliError(`${where(survey)}: ${error.message}`, error.exitCode, { cause: error }));
       continue;
     }
-    const summary = table.dialect.describe(survey.state);
+    const summary = survey.table.dialect.describe(survey.state);
     const chains = Object.keys(summary.chains).length;
     const rules = Object.values(summary.chains).reduce((sum, count) => sum + count, 0) + summary.hooks.length;
-    output.stdout(`removed traffic redirection (${where}${netns ? `, netns ${netns}` : ''}): ${chains} chains, ${rules} rules\n`);
+    context.output.stdout(
+      `removed traffic redirection (${where(survey)}${netns ? `, netns ${netns}` : ''}): ${chains} chains, ${rules} rules\n`,
+    );
   }
   const [first, ...more] = failures;
   if (first) {
-    for (const failure of more) log.error(failure.message);
+    for (const failure of more) context.log.error(failure.message);
     throw first;
   }
-  return ExitCode.ok;
 }

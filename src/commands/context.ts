@@ -2,6 +2,7 @@ import type { Logger, Output } from '../log.ts';
 import type { AgentOptions, HostOptions } from '../options.ts';
 import type { ProxyPorts } from '../core/registration.ts';
 import type { BackendName, BackendProvider, TableSurvey } from '../host/backend.ts';
+import type { NamespaceLock } from '../host/exclusive.ts';
 import type { CommandRunner } from '../host/runner.ts';
 
 /** The firewall backends, as the commands see them. */
@@ -25,6 +26,10 @@ export interface CommandContext {
   /** Runs programs; with a netns path, inside that network namespace. */
   runner(netns?: string): CommandRunner;
   backends: Backends;
+  /** Waits to be the only writer of the namespace's rules; released when the returned lock is. */
+  lockNamespace(netns: string | undefined): Promise<NamespaceLock>;
+  /** Runs `work` with SIGTERM and SIGINT held back until it is done: writes finish or roll back, never stop halfway. */
+  deferSignals<T>(work: () => Promise<T>): Promise<T>;
   /** Reads the proxy's ports from the Consul agent. */
   fetchProxyPorts(agent: AgentOptions, proxyId: string, log: Logger): Promise<ProxyPorts>;
 }

@@ -1,3 +1,4 @@
+import { CliError, ExitCode } from '../errors.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import { redirectedFamilies } from '../core/ruleset.ts';
 import type { BackendKind, BackendName, TableSurvey } from '../host/backend.ts';
@@ -85,8 +86,9 @@ export function planApply(surveys: readonly TableSurvey[], config: RedirectConfi
   const chosen = surveys.filter((s) => s.table.backend === choice.backend);
   for (const family of redirectedFamilies(config)) {
     if (!chosen.some((s) => s.table.families.includes(family))) {
-      const programs = kindOf(choice.backend) === 'nftables' ? 'nft' : `${familyLabel(family)} programs of ${choice.backend} (iptables, -save, -restore)`;
-      throw new MissingProgramError(`the ${programs}`, PACKAGE_HINT[kindOf(choice.backend)]);
+      const programs =
+        kindOf(choice.backend) === 'nftables' ? 'nft is' : `the ${familyLabel(family)} programs of ${choice.backend} (iptables, -save, -restore) are`;
+      throw new CliError(`${programs} not installed: ${PACKAGE_HINT[kindOf(choice.backend)]}`, ExitCode.missingProgram);
     }
   }
   return {
