@@ -1,6 +1,7 @@
-import type { Cidr, Family, IpAddress } from './values.ts';
+import type { Cidr, Family, IpAddress, PortRange } from './values.ts';
 
-// The NAT ruleset Consul's `redirect-traffic` installs, as data. Nothing here touches the host.
+// The NAT ruleset Consul's `redirect-traffic` installs, as typed data. Nothing here touches the host, and
+// nothing here is spelled the way a firewall spells it: each backend's renderer does that.
 
 export const CHAINS = {
   inbound: 'CONSUL_PROXY_INBOUND',
@@ -10,11 +11,14 @@ export const CHAINS = {
   dnsRedirect: 'CONSUL_DNS_REDIRECT',
 } as const;
 
-/** Consul's creation order; every one is always created, the DNS chain included. */
-export const OWNED_CHAINS: readonly string[] = Object.values(CHAINS);
+export type OwnedChain = (typeof CHAINS)[keyof typeof CHAINS];
 
-/** Built-in chains Consul hooks into. */
-export const HOOK_CHAINS: readonly string[] = ['PREROUTING', 'OUTPUT'];
+/** Consul's creation order; every one is always created, the DNS chain included. */
+export const OWNED_CHAINS: readonly OwnedChain[] = Object.values(CHAINS);
+
+/** Where the kernel hands packets to our chains: iptables' built-in chains, nftables' base chains. */
+export type Hook = 'prerouting' | 'output';
+export const HOOKS: readonly Hook[] = ['prerouting', 'output'];
 
 export const DEFAULT_OUTBOUND_PORT = 15001;
 
@@ -31,112 +35,165 @@ export interface RedirectConfig {
   inboundPort: number;
   outboundPort: number;
   /** Ports or ranges, in the order given: the registration's own first, then the user's. */
-  excludeInboundPorts: readonly string[];
-  excludeOutboundPorts: readonly string[];
+  excludeInboundPorts: readonly PortRange[];
+  excludeOutboundPorts: readonly PortRange[];
   excludeOutboundCidrs: readonly Cidr[];
   excludeUids: readonly number[];
   dns: DnsRedirect;
+  /** IPv6 is redirected too; otherwise it is left alone. */
+  dualStack: boolean;
+}
+
+/** Where DNS is sent: the address and, with `-consul-dns-port`, the port. */
+export interface Dnat {
+  address: IpAddress;
+  port?: number;
 }
 
 export type Target =
-  | { kind: 'jump'; chain: string }
+  | { kind: 'jump'; chain: OwnedChain }
   | { kind: 'return' }
   | { kind: 'redirect'; port: number }
-  | { kind: 'dnat'; to: string };
+  | { kind: 'dnat'; to: Dnat };
+
+/** Many values matched by one rule: an nftables named set. Its elements are one family, or ports, or UIDs. */
+export interface ValueSet<T> {
+  set: string;
+  elements: readonly T[];
+}
 
 export interface Rule {
-  chain: string;
-  destination?: string;
+  /** One of our chains, or the hook a hook-chain rule sits on. */
+  chain: OwnedChain | Hook;
+  /** Matches only this address family: meaningful where one table sees both (nftables `inet`). */
+  family?: Family;
   protocol?: 'tcp' | 'udp';
-  destinationPort?: string;
-  uidOwner?: number;
+  destination?: Cidr | (ValueSet<Cidr> & { family: Family });
+  destinationPort?: PortRange | ValueSet<PortRange>;
+  uidOwner?: number | ValueSet<number>;
   target: Target;
 }
 
+export const isValueSet = <T>(value: T | ValueSet<T> | undefined): value is ValueSet<T> =>
+  typeof value === 'object' && value !== null && 'set' in value;
+
 export interface Ruleset {
-  family: Family;
-  /** Rules in final kernel order within each chain; hook-chain jumps in the order they are appended. */
+  /** The one family an iptables table serves, or both at once (nftables `inet`). */
+  family: Family | 'inet';
+  /** Rules in final kernel order within each chain; hook rules in the order they are appended. */
   rules: readonly Rule[];
 }
 
-const LOOPBACK: Record<Family, string> = { 4: '127.0.0.1/32', 6: '::1/128' };
-const DEFAULT_DNS_IP: IpAddress = { family: 4, address: '127.0.0.1' };
+const LOOPBACK: Record<Family, Cidr> = { 4: { family: 4, cidr: '127.0.0.1/32' }, 6: { family: 6, cidr: '::1/128' } };
+const LOOPBACK_ADDRESS: Record<Family, IpAddress> = { 4: { family: 4, address: '127.0.0.1' }, 6: { family: 6, address: '::1' } };
 
 type Step = { insert: boolean; rule: Rule };
 const append = (rule: Rule): Step => ({ insert: false, rule });
 const insertFirst = (rule: Rule): Step => ({ insert: true, rule });
+const RETURN: Target = { kind: 'return' };
 
-function hostPrefix(ip: IpAddress): string {
-  return `${ip.address}/${ip.family === 4 ? 32 : 128}`;
+export const hostPrefix = (ip: IpAddress): Cidr => ({ family: ip.family, cidr: `${ip.address}/${ip.family === 4 ? 32 : 128}` });
+
+const PORT_53: PortRange = { low: 53, high: 53 };
+
+/** The DNS addresses that get rules: the given one, else loopback of the families the table serves. */
+function dnsSteps(dns: DnsRedirect, addresses: readonly IpAddress[]): Step[] {
+  const steps: Step[] = [];
+  for (const address of addresses) {
+    const destination = dns.port === undefined ? {} : { destination: hostPrefix(address) };
+    const target: Target = { kind: 'dnat', to: dns.port === undefined ? { address } : { address, port: dns.port } };
+    const dnsChain = CHAINS.dnsRedirect;
+    for (const protocol of ['udp', 'tcp'] as const) {
+      steps.push(append({ chain: dnsChain, ...destination, protocol, destinationPort: PORT_53, target }));
+    }
+    for (const protocol of ['udp', 'tcp'] as const) {
+      steps.push(append({ chain: 'output', ...destination, protocol, destinationPort: PORT_53, target: { kind: 'jump', chain: dnsChain } }));
+    }
+  }
+  return steps;
 }
 
-function dnatTarget(ip: IpAddress, port?: number): Target {
-  if (port === undefined) return { kind: 'dnat', to: ip.address };
-  return { kind: 'dnat', to: ip.family === 6 ? `[${ip.address}]:${port}` : `${ip.address}:${port}` };
+const wantsDns = (dns: DnsRedirect) => dns.ip !== undefined || dns.port !== undefined;
+
+/** The exclusions of one kind, inserted one rule each (iptables) or as one rule matching a set (nftables). */
+interface Exclusions {
+  ports(chain: OwnedChain, ports: readonly PortRange[], set: string): Step[];
+  cidrs(cidrs: readonly Cidr[]): Step[];
+  uids(uids: readonly number[]): Step[];
 }
 
-function dnsSteps(dns: DnsRedirect, family: Family): Step[] {
-  if (dns.ip === undefined && dns.port === undefined) return [];
-  const ip = dns.ip ?? DEFAULT_DNS_IP;
-  // The DNS address decides the family; the other family's table gets no DNS rules.
-  if (ip.family !== family) return [];
-  const destination = dns.port === undefined ? {} : { destination: hostPrefix(ip) };
-  const target = dnatTarget(ip, dns.port);
-  const protocols = ['udp', 'tcp'] as const;
-  return [
-    ...protocols.map((protocol) =>
-      append({ chain: CHAINS.dnsRedirect, ...destination, protocol, destinationPort: '53', target }),
-    ),
-    ...protocols.map((protocol) =>
-      append({
-        chain: 'OUTPUT',
-        ...destination,
-        protocol,
-        destinationPort: '53',
-        target: { kind: 'jump', chain: CHAINS.dnsRedirect },
-      }),
-    ),
-  ];
-}
+const oneRuleEach: Exclusions = {
+  ports: (chain, ports) => ports.map((port) => insertFirst({ chain, protocol: 'tcp', destinationPort: port, target: RETURN })),
+  cidrs: (cidrs) => cidrs.map((cidr) => insertFirst({ chain: CHAINS.output, destination: cidr, target: RETURN })),
+  uids: (uids) => uids.map((uid) => insertFirst({ chain: CHAINS.output, uidOwner: uid, target: RETURN })),
+};
 
-/** Consul's command sequence (reference section 3.2), `-A` and `-I` alike, for one address family. */
-function consulSteps(config: RedirectConfig, family: Family): Step[] {
-  const ret: Target = { kind: 'return' };
-  return [
-    append({ chain: CHAINS.redirect, protocol: 'tcp', target: { kind: 'redirect', port: config.outboundPort } }),
-    ...dnsSteps(config.dns, family),
-    append({ chain: 'OUTPUT', protocol: 'tcp', target: { kind: 'jump', chain: CHAINS.output } }),
-    append({ chain: CHAINS.output, uidOwner: config.proxyUid, target: ret }),
-    append({ chain: CHAINS.output, destination: LOOPBACK[family], target: ret }),
-    append({ chain: CHAINS.output, target: { kind: 'jump', chain: CHAINS.redirect } }),
-    ...config.excludeOutboundPorts.map((port) =>
-      insertFirst({ chain: CHAINS.output, protocol: 'tcp', destinationPort: port, target: ret }),
-    ),
-    ...config.excludeOutboundCidrs
-      .filter((cidr) => cidr.family === family)
-      .map((cidr) => insertFirst({ chain: CHAINS.output, destination: cidr.cidr, target: ret })),
-    ...config.excludeUids.map((uid) => insertFirst({ chain: CHAINS.output, uidOwner: uid, target: ret })),
-    append({
-      chain: CHAINS.inboundRedirect,
-      protocol: 'tcp',
-      target: { kind: 'redirect', port: config.inboundPort },
+/** Names of the nftables sets; one per kind of exclusion, so any number of them costs one lookup. */
+export const SET_NAMES = {
+  inboundPorts: 'excluded_inbound_ports',
+  outboundPorts: 'excluded_outbound_ports',
+  v4: 'excluded_v4',
+  v6: 'excluded_v6',
+  uids: 'excluded_uids',
+} as const;
+
+const oneRulePerSet: Exclusions = {
+  ports: (chain, ports, set) =>
+    ports.length === 0 ? [] : [insertFirst({ chain, protocol: 'tcp', destinationPort: { set, elements: ports }, target: RETURN })],
+  cidrs: (cidrs) =>
+    ([4, 6] as const).flatMap((family) => {
+      const elements = cidrs.filter((cidr) => cidr.family === family);
+      const set = family === 4 ? SET_NAMES.v4 : SET_NAMES.v6;
+      return elements.length === 0 ? [] : [insertFirst({ chain: CHAINS.output, destination: { set, family, elements }, target: RETURN })];
     }),
-    append({ chain: 'PREROUTING', protocol: 'tcp', target: { kind: 'jump', chain: CHAINS.inbound } }),
+  uids: (uids) =>
+    uids.length === 0 ? [] : [insertFirst({ chain: CHAINS.output, uidOwner: { set: SET_NAMES.uids, elements: uids }, target: RETURN })],
+};
+
+/**
+ * Consul's command sequence, `-A` and `-I` alike: for one iptables family (reference section 3.2), or for
+ * one nftables `inet` table serving both (section 3.7).
+ */
+function consulSteps(config: RedirectConfig, family: Family | 'inet', exclusions: Exclusions): Step[] {
+  const inet = family === 'inet';
+  const families: Family[] = inet ? [4, 6] : [family];
+  const steps: Step[] = [];
+  if (inet && !config.dualStack) {
+    // One table sees both families; without -dual-stack IPv6 must pass untouched, as with no ip6tables rules.
+    for (const hook of ['output', 'prerouting'] as const) steps.push(append({ chain: hook, family: 6, target: RETURN }));
+  }
+  steps.push(append({ chain: CHAINS.redirect, protocol: 'tcp', target: { kind: 'redirect', port: config.outboundPort } }));
+  if (wantsDns(config.dns)) {
+    // The DNS address decides the family: an iptables table of the other family gets no DNS rules. Without
+    // one, it is 127.0.0.1, and Consul's inet table with -dual-stack also sends ::1's DNS to the port.
+    const loopbacks = inet && config.dualStack ? [LOOPBACK_ADDRESS[4], LOOPBACK_ADDRESS[6]] : [LOOPBACK_ADDRESS[4]];
+    const addresses = config.dns.ip !== undefined ? [config.dns.ip] : loopbacks;
+    steps.push(...dnsSteps(config.dns, addresses.filter((address) => families.includes(address.family))));
+  }
+  steps.push(
+    append({ chain: 'output', protocol: 'tcp', target: { kind: 'jump', chain: CHAINS.output } }),
+    append({ chain: CHAINS.output, uidOwner: config.proxyUid, target: RETURN }),
+    ...families.map((f) => append({ chain: CHAINS.output, destination: LOOPBACK[f], target: RETURN })),
+    append({ chain: CHAINS.output, target: { kind: 'jump', chain: CHAINS.redirect } }),
+    ...exclusions.ports(CHAINS.output, config.excludeOutboundPorts, SET_NAMES.outboundPorts),
+    ...exclusions.cidrs(config.excludeOutboundCidrs.filter((cidr) => families.includes(cidr.family))),
+    ...exclusions.uids(config.excludeUids),
+    append({ chain: CHAINS.inboundRedirect, protocol: 'tcp', target: { kind: 'redirect', port: config.inboundPort } }),
+    append({ chain: 'prerouting', protocol: 'tcp', target: { kind: 'jump', chain: CHAINS.inbound } }),
     append({ chain: CHAINS.inbound, protocol: 'tcp', target: { kind: 'jump', chain: CHAINS.inboundRedirect } }),
-    ...config.excludeInboundPorts.map((port) =>
-      insertFirst({ chain: CHAINS.inbound, protocol: 'tcp', destinationPort: port, target: ret }),
-    ),
-  ];
+    ...exclusions.ports(CHAINS.inbound, config.excludeInboundPorts, SET_NAMES.inboundPorts),
+  );
+  return steps;
 }
 
 /**
- * Replays Consul's sequence to get the final order, so the reversal its repeated `-I` causes is
- * reproduced by construction rather than by hand.
+ * Replays the steps to get the final order, so the reversal repeated inserts cause is reproduced by
+ * construction rather than by hand.
  */
-export function buildRuleset(config: RedirectConfig, family: Family): Ruleset {
+function replay(family: Family | 'inet', steps: readonly Step[]): Ruleset {
   // Per chain: rules inserted at the top (newest first once reversed) and rules appended.
   const chains = new Map<string, { inserted: Rule[]; appended: Rule[] }>();
-  for (const { insert, rule } of consulSteps(config, family)) {
+  for (const { insert, rule } of steps) {
     let chain = chains.get(rule.chain);
     if (!chain) {
       chain = { inserted: [], appended: [] };
@@ -153,26 +210,19 @@ export function buildRuleset(config: RedirectConfig, family: Family): Ruleset {
   return { family, rules };
 }
 
-/** A rule's match and target exactly as `iptables-save` prints them, so installed and wanted compare as text. */
-export function ruleSpec(rule: Rule): string {
-  let match = '';
-  // A /0 destination matches everything, and iptables-save leaves it out.
-  if (rule.destination !== undefined && !rule.destination.endsWith('/0')) match += `-d ${rule.destination} `;
-  if (rule.protocol !== undefined) match += `-p ${rule.protocol} `;
-  if (rule.destinationPort !== undefined) match += `-m ${rule.protocol ?? 'tcp'} --dport ${rule.destinationPort} `;
-  if (rule.uidOwner !== undefined) match += `-m owner --uid-owner ${rule.uidOwner} `;
-  return match + targetSpec(rule.target);
+/** The rules of one iptables table (one family), one rule per exclusion, exactly as Consul installs them. */
+export function buildRuleset(config: RedirectConfig, family: Family): Ruleset {
+  return replay(family, consulSteps(config, family, oneRuleEach));
 }
 
-function targetSpec(target: Target): string {
-  switch (target.kind) {
-    case 'jump':
-      return `-j ${target.chain}`;
-    case 'return':
-      return '-j RETURN';
-    case 'redirect':
-      return `-j REDIRECT --to-ports ${target.port}`;
-    case 'dnat':
-      return `-j DNAT --to-destination ${target.to}`;
-  }
+/**
+ * The rules of one nftables `inet` table for both families, as Consul's nftables branch installs them,
+ * except that each kind of exclusion is one rule matching a set (`exclusionSets: false` gives Consul's
+ * one rule each, for comparison).
+ */
+export function buildInetRuleset(config: RedirectConfig, options: { exclusionSets: boolean } = { exclusionSets: true }): Ruleset {
+  return replay('inet', consulSteps(config, 'inet', options.exclusionSets ? oneRulePerSet : oneRuleEach));
 }
+
+/** The families an iptables backend writes rules to. */
+export const redirectedFamilies = (config: RedirectConfig): Family[] => (config.dualStack ? [4, 6] : [4]);

@@ -19,6 +19,14 @@ export interface IpAddress {
   address: string;
 }
 
+/** An inclusive port range; a single port has low === high. */
+export interface PortRange {
+  low: number;
+  high: number;
+}
+
+export const singlePort = (port: number): PortRange => ({ low: port, high: port });
+
 /** A UID given as a number, or a user name still to be resolved on this host. */
 export type UidSpec = { kind: 'id'; uid: number } | { kind: 'name'; name: string };
 
@@ -62,8 +70,8 @@ export const portSchema = transformed(scalarString, (text, ctx) => {
   return portNumber(text) ?? fail(ctx, 'must be a port number from 1 to 65535');
 });
 
-/** A port or an inclusive range `a:b` (a <= b); `a:a` collapses to `a`, as iptables-save prints it. */
-export const portOrRangeSchema = transformed(scalarString, (text, ctx) => {
+/** A port or an inclusive range `a:b` (a <= b), as iptables writes it. */
+export const portOrRangeSchema = transformed(scalarString, (text, ctx): PortRange => {
   const match = /^(\d+)(?::(\d+))?$/.exec(text);
   const low = match?.[1] === undefined ? undefined : portNumber(match[1]);
   const high = match?.[2] === undefined ? low : portNumber(match[2]);
@@ -71,7 +79,7 @@ export const portOrRangeSchema = transformed(scalarString, (text, ctx) => {
     return fail(ctx, 'must be a port from 1 to 65535 or a range low:high');
   }
   if (low > high) return fail(ctx, `range start ${low} is above its end ${high}`);
-  return low === high ? String(low) : `${low}:${high}`;
+  return { low, high };
 });
 
 // POSIX portable user names, plus the trailing $ of machine accounts.

@@ -1,0 +1,30 @@
+import type { RedirectConfig } from './ruleset.ts';
+
+// What a firewall backend knows about its own language, as pure functions: the state it wants, the state
+// a dump shows, how they compare, and the one transaction that turns one into the other. The host side
+// (host/backend.ts) only reads dumps and writes transactions.
+
+/** What of ours one table holds, for `status` and `--json`. */
+export interface TableSummary {
+  /** Each of our chains and how many rules it holds. */
+  chains: Record<string, number>;
+  /** The rules that hook our chains in, in the backend's own spelling. */
+  hooks: string[];
+  /** Named sets and how many elements each holds (nftables only). */
+  sets?: Record<string, number>;
+}
+
+export interface Dialect<State> {
+  /** What the table must hold for `config`; `undefined`: nothing of ours. */
+  wanted(config: RedirectConfig | undefined): State;
+  /** Our part of a dump as the backend prints it. */
+  parse(dump: string): State;
+  isEmpty(state: State): boolean;
+  /** True when `installed` is exactly `wanted`. */
+  same(installed: State, wanted: State): boolean;
+  /** Why `installed` is not `wanted`, one line each, prefixed with nothing (the caller names the table). */
+  differences(installed: State, wanted: State): string[];
+  /** One atomic transaction, in the backend's input language, that turns `installed` into `wanted`. */
+  transaction(installed: State, wanted: State): string;
+  describe(state: State): TableSummary;
+}
