@@ -70,23 +70,32 @@ interface Domain {
 
 const DECIMAL = /^(0|[1-9]\d*)$/;
 
-function parseDecimal(text: string, max: number): bigint | undefined {
-  return DECIMAL.test(text) && text.length <= 10 && Number(text) <= max ? BigInt(text) : undefined;
+function parseDecimal(text: string, max: number): number | undefined {
+  return DECIMAL.test(text) && text.length <= 10 && Number(text) <= max ? Number(text) : undefined;
 }
 
+// IPv4 in plain numbers, one BigInt at the end: sets hold thousands of these.
 function parseIpv4(text: string): bigint | undefined {
   const octets = text.split('.');
   if (octets.length !== 4) return undefined;
-  let value = 0n;
+  let value = 0;
   for (const octet of octets) {
     const number = parseDecimal(octet, 255);
     if (number === undefined) return undefined;
-    value = (value << 8n) | number;
+    value = value * 256 + number;
   }
-  return value;
+  return BigInt(value);
 }
 
-const formatIpv4 = (value: bigint) => [24n, 16n, 8n, 0n].map((shift) => String((value >> shift) & 255n)).join('.');
+function formatIpv4(value: bigint): string {
+  const n = Number(value);
+  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+const parseNumber = (max: number) => (text: string) => {
+  const value = parseDecimal(text, max);
+  return value === undefined ? undefined : BigInt(value);
+};
 
 function parseIpv6Groups(text: string): bigint[] | undefined {
   if (text === '') return [];
@@ -129,9 +138,9 @@ function formatIpv6(value: bigint): string {
 const DOMAINS: Readonly<Record<string, Domain>> = {
   ipv4_addr: { bits: 32, address: true, interval: true, parse: parseIpv4, format: formatIpv4 },
   ipv6_addr: { bits: 128, address: true, interval: true, parse: parseIpv6, format: formatIpv6 },
-  inet_service: { bits: 16, address: false, interval: true, parse: (text) => parseDecimal(text, 65535), format: String },
+  inet_service: { bits: 16, address: false, interval: true, parse: parseNumber(65535), format: String },
   // A hash set: UIDs are single values, and duplicates in one definition are folded by nft 1.0.6 as well.
-  uid: { bits: 32, address: false, interval: false, parse: (text) => parseDecimal(text, 2 ** 32 - 1), format: String },
+  uid: { bits: 32, address: false, interval: false, parse: parseNumber(2 ** 32 - 1), format: String },
 };
 
 const domain = (type: string): Domain => DOMAINS[type] ?? assertNever(`no set type ${type}`);
@@ -148,7 +157,7 @@ function parseInterval(d: Domain, text: string): Interval | undefined {
     const address = d.address ? d.parse(text.slice(0, slash)) : undefined;
     const length = parseDecimal(text.slice(slash + 1), d.bits);
     if (address === undefined || length === undefined) return undefined;
-    const hostBits = BigInt(d.bits) - length;
+    const hostBits = BigInt(d.bits - length);
     const low = (address >> hostBits) << hostBits;
     // Host bits set (10.0.0.1/8) is not a canonical prefix: nft would never print it, config never holds it.
     return low === address ? { low, high: low | ((1n << hostBits) - 1n) } : undefined;
@@ -198,11 +207,23 @@ function elementInterval(d: Domain, text: string): Interval {
   return parseInterval(d, text) ?? assertNever(`set element ${JSON.stringify(text)} is not canonical`);
 }
 
-/** The union of values a set holds, as disjoint, non-touching intervals in order. */
-const coverage = (set: NftSet): Interval[] => {
+// Each set this module builds, from a config or a dump, keeps its elements' intervals here: with thousands of
+// elements, reading the texts back on every comparison would cost more than the comparison.
+const elementIntervals = new WeakMap<NftSet, readonly Interval[]>();
+
+function withIntervals(set: NftSet, intervals: readonly Interval[]): NftSet {
+  elementIntervals.set(set, intervals);
+  return set;
+}
+
+/** The interval of each element, in element order. */
+function intervalsOf(set: NftSet): readonly Interval[] {
   const d = domain(set.type);
-  return merged(set.elements.map((text) => elementInterval(d, text)), true);
-};
+  return elementIntervals.get(set) ?? set.elements.map((text) => elementInterval(d, text));
+}
+
+/** The union of values a set holds, as disjoint, non-touching intervals in order. */
+const coverage = (set: NftSet): Interval[] => merged(intervalsOf(set), true);
 
 /** Whether `interval` lies inside one of `covered` (sorted, disjoint). */
 function isCovered(covered: readonly Interval[], interval: Interval): boolean {
@@ -252,8 +273,9 @@ const valueText = (type: string, interval: Interval) => formatInterval(domain(ty
 /** A set's declaration from the values one rule matches; overlaps folded (see `merged`). */
 function declaredSet<T>(values: ValueSet<T>, type: string, interval: (value: T) => Interval): NftSet {
   const d = domain(type);
-  const elements = merged(values.elements.map(interval), false).map((i) => formatInterval(d, i));
-  return { name: name(values.set), type, flags: d.interval ? ['interval'] : [], elements };
+  const intervals = merged(values.elements.map(interval), false);
+  const elements = intervals.map((i) => formatInterval(d, i));
+  return withIntervals({ name: name(values.set), type, flags: d.interval ? ['interval'] : [], elements }, intervals);
 }
 
 /** One match: `<left> <value>`, the value a single one or `@set`, whose declaration goes to `sets`. */
@@ -415,25 +437,38 @@ function ruleOf(rule: JsonObject): string {
   return [...words, ...extraKeys(rule, ['family', 'table', 'chain', 'handle', 'expr', 'comment'])].join(' ');
 }
 
-/** A set element from nft's JSON, canonical, or undefined when it is not one we could have written. */
-function elementOf(d: Domain | undefined, element: Json): string | undefined {
-  if (!d) return undefined;
-  const interval = parseInterval(d, valueOf(element));
-  return interval && formatInterval(d, interval);
+/** A set element from nft's JSON (`80`, `"192.0.2.1"`, a prefix, a range), or undefined for any other shape. */
+function jsonInterval(d: Domain, element: Json): Interval | undefined {
+  if (typeof element === 'string' || typeof element === 'number') {
+    const value = d.parse(String(element));
+    return value === undefined ? undefined : { low: value, high: value };
+  }
+  const [kind, body] = single(element) ?? [];
+  if (kind === 'prefix' && isObject(body)) return parseInterval(d, `${body['addr']}/${body['len']}`);
+  if (kind === 'range' && Array.isArray(body) && body.length === 2) {
+    const [low, high] = body.map((end) => jsonInterval(d, end));
+    return low && high && low.low <= high.high ? { low: low.low, high: high.high } : undefined;
+  }
+  return undefined;
 }
 
 function parsedSet(set: JsonObject, foreign: string[]): NftSet {
   const setName = String(set['name']);
   const type = typeof set['type'] === 'string' ? set['type'] : JSON.stringify(set['type']);
   const flags = Array.isArray(set['flags']) ? set['flags'].map(String).sort() : [];
-  const elements: string[] = [];
+  const d = DOMAINS[type];
+  const intervals: Interval[] = [];
   for (const element of Array.isArray(set['elem']) ? set['elem'] : []) {
-    const text = elementOf(DOMAINS[type], element);
-    if (text === undefined) foreign.push(`set ${setName} element ${JSON.stringify(element)}`);
-    else elements.push(text);
+    const interval = d && jsonInterval(d, element);
+    // An element we cannot read (another type's, or with a comment or timeout) is reported, never dropped.
+    if (interval) intervals.push(interval);
+    else foreign.push(`set ${setName} element ${JSON.stringify(element)}`);
   }
   foreign.push(...extraKeys(set, ['family', 'name', 'table', 'type', 'handle', 'flags', 'elem']).map((extra) => `set ${setName} ${extra}`));
-  return { name: setName, type, flags, elements };
+  // Hash sets list in hash order: sorted, equal sets read alike.
+  intervals.sort((a, b) => (a.low < b.low ? -1 : a.low > b.low ? 1 : 0));
+  const elements = d ? intervals.map((interval) => formatInterval(d, interval)) : [];
+  return withIntervals({ name: setName, type, flags, elements }, intervals);
 }
 
 function parsedChain(chain: JsonObject, foreign: string[]): NftChain {
@@ -518,8 +553,8 @@ function chainDifferences(installed: NftChain, wanted: NftChain): string[] {
 /** Elements of `set` whose values `other` does not cover. */
 function uncovered(set: NftSet, other: NftSet): string[] {
   const covered = coverage(other);
-  const d = domain(set.type);
-  return set.elements.filter((text) => !isCovered(covered, elementInterval(d, text)));
+  const intervals = intervalsOf(set);
+  return set.elements.filter((_, index) => !isCovered(covered, intervals[index] as Interval));
 }
 
 const elementCount = (count: number) => `${count} element${count === 1 ? '' : 's'}`;
