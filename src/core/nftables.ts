@@ -68,6 +68,11 @@ interface Domain {
   format(value: bigint): string;
 }
 
+/** Throws: a value that validation should have stopped, or a state this module did not build. A bug, not input. */
+function refuse(message: string): never {
+  throw new Error(`nftables: ${message}`);
+}
+
 const DECIMAL = /^(0|[1-9]\d*)$/;
 
 function parseDecimal(text: string, max: number): number | undefined {
@@ -143,7 +148,7 @@ const DOMAINS: Readonly<Record<string, Domain>> = {
   uid: { bits: 32, address: false, interval: false, parse: parseNumber(2 ** 32 - 1), format: String },
 };
 
-const domain = (type: string): Domain => DOMAINS[type] ?? assertNever(`no set type ${type}`);
+const domain = (type: string): Domain => DOMAINS[type] ?? refuse(`no set type ${type}`);
 
 interface Interval {
   low: bigint;
@@ -172,7 +177,8 @@ function parseInterval(d: Domain, text: string): Interval | undefined {
 function prefixLength(d: Domain, { low, high }: Interval): number | undefined {
   const size = high - low + 1n;
   if ((size & (size - 1n)) !== 0n || low % size !== 0n) return undefined;
-  return d.bits - size.toString(2).length + 1;
+  // A power of two converts to a double exactly, even 2^128.
+  return d.bits - Math.log2(Number(size));
 }
 
 /** As nft prints an element: a prefix (a host as a bare address) where the interval is one, else `a-b`. */
@@ -204,7 +210,7 @@ function merged(intervals: readonly Interval[], adjacent: boolean): Interval[] {
 }
 
 function elementInterval(d: Domain, text: string): Interval {
-  return parseInterval(d, text) ?? assertNever(`set element ${JSON.stringify(text)} is not canonical`);
+  return parseInterval(d, text) ?? refuse(`set element ${JSON.stringify(text)} is not canonical`);
 }
 
 // Each set this module builds, from a config or a dump, keeps its elements' intervals here: with thousands of
@@ -218,8 +224,7 @@ function withIntervals(set: NftSet, intervals: readonly Interval[]): NftSet {
 
 /** The interval of each element, in element order. */
 function intervalsOf(set: NftSet): readonly Interval[] {
-  const d = domain(set.type);
-  return elementIntervals.get(set) ?? set.elements.map((text) => elementInterval(d, text));
+  return elementIntervals.get(set) ?? set.elements.map((text) => elementInterval(domain(set.type), text));
 }
 
 /** The union of values a set holds, as disjoint, non-touching intervals in order. */
@@ -241,17 +246,13 @@ function isCovered(covered: readonly Interval[], interval: Interval): boolean {
 
 // ---- the wanted state, from the typed ruleset ----
 
-function assertNever(message: string): never {
-  throw new Error(`nftables: ${message}`);
-}
-
 function integer(value: number, min: number, max: number): number {
-  return Number.isInteger(value) && value >= min && value <= max ? value : assertNever(`${value} is not an integer in ${min}..${max}`);
+  return Number.isInteger(value) && value >= min && value <= max ? value : refuse(`${value} is not an integer in ${min}..${max}`);
 }
 
 // Anything that names a chain or a set: constants in ruleset.ts and here, checked anyway.
 const NAME = /^[A-Za-z][A-Za-z0-9_]*$/;
-const name = (text: string) => (NAME.test(text) ? text : assertNever(`${JSON.stringify(text)} is not a safe name`));
+const name = (text: string) => (NAME.test(text) ? text : refuse(`${JSON.stringify(text)} is not a safe name`));
 
 const FAMILY_DOMAIN = { 4: 'ipv4_addr', 6: 'ipv6_addr' } as const;
 const FAMILY_PAYLOAD = { 4: 'ip', 6: 'ip6' } as const;
@@ -314,7 +315,7 @@ function ruleText(rule: Rule, sets: NftSet[]): string {
   }
   if (destinationPort !== undefined) {
     // `tcp dport` implies `meta l4proto tcp`, and nft prints it without.
-    if (protocol === undefined) assertNever('a port match needs a protocol');
+    if (protocol === undefined) refuse('a port match needs a protocol');
     words.push(matchText(`${protocol} dport`, destinationPort, 'inet_service', portInterval, sets));
   } else if (protocol !== undefined) {
     words.push(`meta l4proto ${protocol}`);
@@ -333,7 +334,7 @@ function wantedTable(config: RedirectConfig): NftTable {
   const sets: NftSet[] = [];
   for (const rule of ruleset.rules) {
     const chain = isHook(rule.chain) ? BASE_CHAINS[rule.chain] : rule.chain;
-    const chainRules = rules.get(chain) ?? assertNever(`no chain ${chain}`);
+    const chainRules = rules.get(chain) ?? refuse(`no chain ${chain}`);
     chainRules.push(ruleText(rule, sets));
   }
   const hooks = Object.entries(BASE_CHAINS) as [Hook, string][];
@@ -609,7 +610,7 @@ function differences(installed: NftState, wanted: NftState): string[] {
 // `#`, brace or newline, so no value can end its statement or open another.
 const RULE_TEXT = /^[A-Za-z0-9_ .:/@\[\]-]+$/;
 const ELEMENT_TEXT = /^[0-9a-f.:/-]+$/;
-const safe = (text: string, pattern: RegExp) => (pattern.test(text) ? text : assertNever(`refusing to render ${JSON.stringify(text)}`));
+const safe = (text: string, pattern: RegExp) => (pattern.test(text) ? text : refuse(`refusing to render ${JSON.stringify(text)}`));
 
 function setBlock(set: NftSet): string[] {
   const lines = [`\tset ${name(set.name)} {`, `\t\ttype ${name(set.type)}`];
