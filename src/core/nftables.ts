@@ -1,0 +1,666 @@
+import { CliError, ExitCode } from '../errors.ts';
+import type { Dialect, TableSummary } from './dialect.ts';
+import { buildInetRuleset, isValueSet, OWNED_CHAINS, type Hook, type RedirectConfig, type Rule, type Target, type ValueSet } from './ruleset.ts';
+import type { Cidr, PortRange } from './values.ts';
+
+// The native nftables backend's language, as pure functions: Consul's `inet consul_tproxy` table (reference
+// section 3.7) as a canonical state, read back from `nft -j list table inet consul_tproxy`, and written as one
+// `nft -f -` transaction that replaces the whole table atomically.
+//
+// Rules are kept as the text `nft list` prints for them, so a state built from a config and one read from the
+// kernel compare line by line; anything in the table this module does not recognise (a foreign rule, a counter,
+// a comment, a chain or an object we never create) keeps a text of its own and so shows up as a difference.
+
+export const NFT_FAMILY = 'inet';
+export const NFT_TABLE = 'consul_tproxy';
+const TABLE = `${NFT_FAMILY} ${NFT_TABLE}`;
+
+/** Our base chains, one per hook, as Consul names them. */
+export const BASE_CHAINS: Readonly<Record<Hook, string>> = { output: 'CONSUL_NAT_OUTPUT', prerouting: 'CONSUL_NAT_PREROUTING' };
+
+/** Consul's hook priority for both: -100 (`dstnat` for prerouting), as `nft -j` reports it. */
+const BASE_PRIORITY = -100;
+
+export interface NftBaseChain {
+  type: string;
+  hook: string;
+  priority: number;
+  policy: string;
+}
+
+export interface NftChain {
+  name: string;
+  /** Present for a base chain: where and how it hooks in. */
+  base?: NftBaseChain;
+  /** In kernel order, each as `nft list` prints it. */
+  rules: readonly string[];
+}
+
+export interface NftSet {
+  name: string;
+  type: string;
+  flags: readonly string[];
+  /** Canonical element texts (`10.0.0.0/8`, `192.0.2.1`, `80`, `1000-2000`), sorted; compared by what they cover. */
+  elements: readonly string[];
+}
+
+export interface NftTable {
+  /** Our chains in creation order, base chains last. */
+  chains: readonly NftChain[];
+  sets: readonly NftSet[];
+  /** Whatever else the table holds (maps, named counters, set flags we never use...), one line each. */
+  foreign: readonly string[];
+}
+
+/** Table `inet consul_tproxy`, or `undefined` when it does not exist. */
+export type NftState = NftTable | undefined;
+
+// ---- values: every set element and address is turned into numbers and printed back from them ----
+
+/** What a set of one nft type holds, as unsigned integers of `bits` bits. */
+interface Domain {
+  bits: number;
+  /** Addresses print as prefixes where they can; numbers (ports, UIDs) as `a` or `a-b`. */
+  address: boolean;
+  /** Whether our sets of this type need `flags interval`: for prefixes and port ranges, not for single UIDs. */
+  interval: boolean;
+  parse(text: string): bigint | undefined;
+  format(value: bigint): string;
+}
+
+/** Throws: a value that validation should have stopped, or a state this module did not build. A bug, not input. */
+function refuse(message: string): never {
+  throw new Error(`nftables: ${message}`);
+}
+
+const DECIMAL = /^(0|[1-9]\d*)$/;
+
+function parseDecimal(text: string, max: number): number | undefined {
+  return DECIMAL.test(text) && text.length <= 10 && Number(text) <= max ? Number(text) : undefined;
+}
+
+// IPv4 in plain numbers, one BigInt at the end: sets hold thousands of these.
+function parseIpv4(text: string): bigint | undefined {
+  const octets = text.split('.');
+  if (octets.length !== 4) return undefined;
+  let value = 0;
+  for (const octet of octets) {
+    const number = parseDecimal(octet, 255);
+    if (number === undefined) return undefined;
+    value = value * 256 + number;
+  }
+  return BigInt(value);
+}
+
+function formatIpv4(value: bigint): string {
+  const n = Number(value);
+  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+const parseNumber = (max: number) => (text: string) => {
+  const value = parseDecimal(text, max);
+  return value === undefined ? undefined : BigInt(value);
+};
+
+function parseIpv6Groups(text: string): bigint[] | undefined {
+  if (text === '') return [];
+  const groups: bigint[] = [];
+  const parts = text.split(':');
+  for (const [index, part] of parts.entries()) {
+    // A dotted IPv4 tail (::ffff:192.0.2.1) is two groups; nft prints some addresses that way.
+    const tail = index === parts.length - 1 && part.includes('.') ? parseIpv4(part) : undefined;
+    if (tail !== undefined) groups.push(tail >> 16n, tail & 0xffffn);
+    else if (/^[0-9a-fA-F]{1,4}$/.test(part)) groups.push(BigInt(`0x${part}`));
+    else return undefined;
+  }
+  return groups;
+}
+
+function parseIpv6(text: string): bigint | undefined {
+  const halves = text.split('::');
+  if (halves.length > 2) return undefined;
+  const head = parseIpv6Groups(halves[0] ?? '');
+  const tail = halves.length === 2 ? parseIpv6Groups(halves[1] ?? '') : [];
+  if (!head || !tail) return undefined;
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return undefined;
+  return [...head, ...Array<bigint>(missing).fill(0n), ...tail].reduce((value, group) => (value << 16n) | group, 0n);
+}
+
+/** RFC 5952, as inet_ntop prints it: the first longest run of two or more zero groups becomes `::`. */
+function formatIpv6(value: bigint): string {
+  const groups = [112n, 96n, 80n, 64n, 48n, 32n, 16n, 0n].map((shift) => (value >> shift) & 0xffffn);
+  let best = { start: -1, length: 1 };
+  for (let start = 0; start < 8; start++) {
+    let length = 0;
+    while (start + length < 8 && groups[start + length] === 0n) length++;
+    if (length > best.length) best = { start, length };
+  }
+  const hex = (from: number, to: number) => groups.slice(from, to).map((group) => group.toString(16)).join(':');
+  return best.start < 0 ? hex(0, 8) : `${hex(0, best.start)}::${hex(best.start + best.length, 8)}`;
+}
+
+const DOMAINS: Readonly<Record<string, Domain>> = {
+  ipv4_addr: { bits: 32, address: true, interval: true, parse: parseIpv4, format: formatIpv4 },
+  ipv6_addr: { bits: 128, address: true, interval: true, parse: parseIpv6, format: formatIpv6 },
+  inet_service: { bits: 16, address: false, interval: true, parse: parseNumber(65535), format: String },
+  // A hash set: UIDs are single values, and duplicates in one definition are folded by nft 1.0.6 as well.
+  uid: { bits: 32, address: false, interval: false, parse: parseNumber(2 ** 32 - 1), format: String },
+};
+
+const domain = (type: string): Domain => DOMAINS[type] ?? refuse(`no set type ${type}`);
+
+interface Interval {
+  low: bigint;
+  high: bigint;
+}
+
+/** `a/len`, `a-b` or `a` in a domain, or undefined. */
+function parseInterval(d: Domain, text: string): Interval | undefined {
+  const slash = text.indexOf('/');
+  if (slash >= 0) {
+    const address = d.address ? d.parse(text.slice(0, slash)) : undefined;
+    const length = parseDecimal(text.slice(slash + 1), d.bits);
+    if (address === undefined || length === undefined) return undefined;
+    const hostBits = BigInt(d.bits - length);
+    const low = (address >> hostBits) << hostBits;
+    // Host bits set (10.0.0.1/8) is not a canonical prefix: nft would never print it, config never holds it.
+    return low === address ? { low, high: low | ((1n << hostBits) - 1n) } : undefined;
+  }
+  const dash = text.indexOf('-');
+  const low = d.parse(dash < 0 ? text : text.slice(0, dash));
+  const high = dash < 0 ? low : d.parse(text.slice(dash + 1));
+  return low === undefined || high === undefined || low > high ? undefined : { low, high };
+}
+
+/** The prefix length an interval is exactly, if it is one. */
+function prefixLength(d: Domain, { low, high }: Interval): number | undefined {
+  const size = high - low + 1n;
+  if ((size & (size - 1n)) !== 0n || low % size !== 0n) return undefined;
+  // A power of two converts to a double exactly, even 2^128.
+  return d.bits - Math.log2(Number(size));
+}
+
+/** As nft prints an element: a prefix (a host as a bare address) where the interval is one, else `a-b`. */
+function formatInterval(d: Domain, interval: Interval): string {
+  const { low, high } = interval;
+  if (low === high) return d.format(low);
+  const length = d.address ? prefixLength(d, interval) : undefined;
+  return length === undefined ? `${d.format(low)}-${d.format(high)}` : `${d.format(low)}/${length}`;
+}
+
+/**
+ * Sorted, with overlapping intervals folded into one; with `adjacent`, touching ones too. nft 1.0.6 refuses a
+ * set whose elements overlap (or an element twice) unless the set has `auto-merge`, and Consul's flags allow
+ * both. We fold overlaps ourselves before rendering instead of using auto-merge: what `nft -j list` then shows
+ * is exactly what we rendered, element for element, and each excluded CIDR still reads as the CIDR given
+ * (adjacent ones are kept apart; nft loads them fine). Sets are still compared by the union they cover
+ * (`adjacent`), so a table whose elements are merged differently but cover the same reads as in sync.
+ */
+function merged(intervals: readonly Interval[], adjacent: boolean): Interval[] {
+  const sorted = [...intervals].sort((a, b) => (a.low < b.low ? -1 : a.low > b.low ? 1 : 0));
+  const result: Interval[] = [];
+  const reach = adjacent ? 1n : 0n;
+  for (const interval of sorted) {
+    const last = result.at(-1);
+    if (last && interval.low <= last.high + reach) last.high = interval.high > last.high ? interval.high : last.high;
+    else result.push({ ...interval });
+  }
+  return result;
+}
+
+function elementInterval(d: Domain, text: string): Interval {
+  return parseInterval(d, text) ?? refuse(`set element ${JSON.stringify(text)} is not canonical`);
+}
+
+// Each set this module builds, from a config or a dump, keeps its elements' intervals here: with thousands of
+// elements, reading the texts back on every comparison would cost more than the comparison.
+const elementIntervals = new WeakMap<NftSet, readonly Interval[]>();
+
+function withIntervals(set: NftSet, intervals: readonly Interval[]): NftSet {
+  elementIntervals.set(set, intervals);
+  return set;
+}
+
+/** The interval of each element, in element order. */
+function intervalsOf(set: NftSet): readonly Interval[] {
+  return elementIntervals.get(set) ?? set.elements.map((text) => elementInterval(domain(set.type), text));
+}
+
+/** The union of values a set holds, as disjoint, non-touching intervals in order. */
+const coverage = (set: NftSet): Interval[] => merged(intervalsOf(set), true);
+
+/** Whether `interval` lies inside one of `covered` (sorted, disjoint). */
+function isCovered(covered: readonly Interval[], interval: Interval): boolean {
+  let low = 0;
+  let high = covered.length - 1;
+  while (low <= high) {
+    const middle = (low + high) >> 1;
+    const candidate = covered[middle] as Interval;
+    if (interval.low < candidate.low) high = middle - 1;
+    else if (interval.low > candidate.high) low = middle + 1;
+    else return interval.high <= candidate.high;
+  }
+  return false;
+}
+
+// ---- the wanted state, from the typed ruleset ----
+
+function integer(value: number, min: number, max: number): number {
+  return Number.isInteger(value) && value >= min && value <= max ? value : refuse(`${value} is not an integer in ${min}..${max}`);
+}
+
+// Anything that names a chain or a set: constants in ruleset.ts and here, checked anyway.
+const NAME = /^[A-Za-z][A-Za-z0-9_]*$/;
+const name = (text: string) => (NAME.test(text) ? text : refuse(`${JSON.stringify(text)} is not a safe name`));
+
+const FAMILY_DOMAIN = { 4: 'ipv4_addr', 6: 'ipv6_addr' } as const;
+const FAMILY_PAYLOAD = { 4: 'ip', 6: 'ip6' } as const;
+
+function cidrInterval(cidr: Cidr): Interval {
+  return elementInterval(domain(FAMILY_DOMAIN[cidr.family]), cidr.cidr);
+}
+
+const portInterval = ({ low, high }: PortRange): Interval => ({
+  low: BigInt(integer(low, 1, 65535)),
+  high: BigInt(integer(high, low, 65535)),
+});
+
+const uidInterval = (uid: number): Interval => ({ low: BigInt(integer(uid, 0, 2 ** 32 - 1)), high: BigInt(uid) });
+
+/** A single value's text (a rule's own `ip daddr`, `tcp dport`, `meta skuid`), as nft prints it. */
+const valueText = (type: string, interval: Interval) => formatInterval(domain(type), interval);
+
+/** A set's declaration from the values one rule matches; overlaps folded (see `merged`). */
+function declaredSet<T>(values: ValueSet<T>, type: string, interval: (value: T) => Interval): NftSet {
+  const d = domain(type);
+  const intervals = merged(values.elements.map(interval), false);
+  const elements = intervals.map((i) => formatInterval(d, i));
+  return withIntervals({ name: name(values.set), type, flags: d.interval ? ['interval'] : [], elements }, intervals);
+}
+
+/** One match: `<left> <value>`, the value a single one or `@set`, whose declaration goes to `sets`. */
+function matchText<T>(left: string, value: T | ValueSet<T>, type: string, interval: (value: T) => Interval, sets: NftSet[]): string {
+  if (!isValueSet(value)) return `${left} ${valueText(type, interval(value))}`;
+  sets.push(declaredSet(value, type, interval));
+  return `${left} @${name(value.set)}`;
+}
+
+function targetText(target: Target): string {
+  switch (target.kind) {
+    case 'jump':
+      return `jump ${name(target.chain)}`;
+    case 'return':
+      return 'return';
+    case 'redirect':
+      return `redirect to :${integer(target.port, 1, 65535)}`;
+    case 'dnat': {
+      const { address, port } = target.to;
+      const text = valueText(FAMILY_DOMAIN[address.family], cidrInterval({ family: address.family, cidr: address.address }));
+      const family = FAMILY_PAYLOAD[address.family];
+      if (port === undefined) return `dnat ${family} to ${text}`;
+      return `dnat ${family} to ${address.family === 6 ? `[${text}]` : text}:${integer(port, 1, 65535)}`;
+    }
+  }
+}
+
+/** A rule as `nft list` prints it; the sets it matches are added to `sets`. */
+function ruleText(rule: Rule, sets: NftSet[]): string {
+  const words: string[] = [];
+  if (rule.family !== undefined) words.push(`meta nfproto ipv${rule.family}`);
+  const { destination, destinationPort, protocol, uidOwner } = rule;
+  if (destination !== undefined) {
+    const type = FAMILY_DOMAIN[destination.family];
+    words.push(matchText(`${FAMILY_PAYLOAD[destination.family]} daddr`, destination, type, (cidr: Cidr) => cidrInterval(cidr), sets));
+  }
+  if (destinationPort !== undefined) {
+    // `tcp dport` implies `meta l4proto tcp`, and nft prints it without.
+    if (protocol === undefined) refuse('a port match needs a protocol');
+    words.push(matchText(`${protocol} dport`, destinationPort, 'inet_service', portInterval, sets));
+  } else if (protocol !== undefined) {
+    words.push(`meta l4proto ${protocol}`);
+  }
+  if (uidOwner !== undefined) words.push(matchText('meta skuid', uidOwner, 'uid', uidInterval, sets));
+  words.push(targetText(rule.target));
+  return words.join(' ');
+}
+
+const isHook = (chain: Rule['chain']): chain is Hook => chain in BASE_CHAINS;
+
+function wantedTable(config: RedirectConfig): NftTable {
+  const ruleset = buildInetRuleset(config);
+  const rules = new Map<string, string[]>(OWNED_CHAINS.map((chain) => [chain, []]));
+  for (const chain of Object.values(BASE_CHAINS)) rules.set(chain, []);
+  const sets: NftSet[] = [];
+  for (const rule of ruleset.rules) {
+    const chain = isHook(rule.chain) ? BASE_CHAINS[rule.chain] : rule.chain;
+    const chainRules = rules.get(chain) ?? refuse(`no chain ${chain}`);
+    chainRules.push(ruleText(rule, sets));
+  }
+  const hooks = Object.entries(BASE_CHAINS) as [Hook, string][];
+  const baseOf = new Map(hooks.map(([hook, chain]) => [chain, { type: 'nat', hook, priority: BASE_PRIORITY, policy: 'accept' }]));
+  const chains = [...rules].map(([chainName, chainRules]): NftChain => {
+    const base = baseOf.get(chainName);
+    return base ? { name: chainName, base, rules: chainRules } : { name: chainName, rules: chainRules };
+  });
+  return { chains, sets, foreign: [] };
+}
+
+// ---- reading `nft -j list table inet consul_tproxy` ----
+
+type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+type JsonObject = { [key: string]: Json };
+
+const isObject = (value: Json | undefined): value is JsonObject => typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/** The one key of an nft JSON object such as `{"match": {...}}`, with its value. */
+function single(value: Json | undefined): [string, Json] | undefined {
+  if (!isObject(value)) return undefined;
+  const entries = Object.entries(value);
+  return entries.length === 1 ? entries[0] : undefined;
+}
+
+/** The keys of `object` other than `known`, as `key=value` text: what we do not model. */
+function extraKeys(object: JsonObject, known: readonly string[]): string[] {
+  return Object.entries(object)
+    .filter(([key]) => !known.includes(key))
+    .map(([key, value]) => `${key}=${JSON.stringify(value)}`);
+}
+
+/** An address as we print it, so nft's spelling and ours never differ; other text unchanged. */
+function canonicalAddress(text: string): string {
+  for (const type of ['ipv4_addr', 'ipv6_addr']) {
+    const d = domain(type);
+    const value = d.parse(text);
+    if (value !== undefined) return d.format(value);
+  }
+  return text;
+}
+
+/** A value on the right of a match, or an element of a set, as nft prints it. */
+function valueOf(value: Json): string {
+  if (typeof value === 'string') return canonicalAddress(value);
+  if (typeof value === 'number') return String(value);
+  const [kind, body] = single(value) ?? [];
+  if (kind === 'prefix' && isObject(body) && typeof body['addr'] === 'string' && typeof body['len'] === 'number') {
+    const address = canonicalAddress(body['addr']);
+    // A host prefix prints as the bare address.
+    const full = address.includes(':') ? 128 : 32;
+    return body['len'] === full ? address : `${address}/${body['len']}`;
+  }
+  if (kind === 'range' && Array.isArray(body) && body.length === 2) return `${valueOf(body[0] ?? null)}-${valueOf(body[1] ?? null)}`;
+  if (kind === 'set' && Array.isArray(body)) return `{ ${body.map(valueOf).join(', ')} }`;
+  return JSON.stringify(value);
+}
+
+function leftOf(value: Json | undefined): string {
+  const [kind, body] = single(value) ?? [];
+  if (kind === 'payload' && isObject(body) && extraKeys(body, ['protocol', 'field']).length === 0) {
+    return `${body['protocol']} ${body['field']}`;
+  }
+  if (kind === 'meta' && isObject(body) && extraKeys(body, ['key']).length === 0) return `meta ${body['key']}`;
+  return JSON.stringify(value);
+}
+
+/** A dnat statement's target: `1.2.3.4`, `1.2.3.4:53`, `[::1]:53`. */
+function dnatTarget(body: JsonObject): string | undefined {
+  const { addr, port, family } = body;
+  if (typeof addr !== 'string' || extraKeys(body, ['addr', 'port', 'family']).length > 0) return undefined;
+  const address = canonicalAddress(addr);
+  if (port === undefined) return address;
+  return typeof port === 'number' ? `${family === 'ip6' ? `[${address}]` : address}:${port}` : undefined;
+}
+
+/** One expression of a rule as `nft list` prints it; anything else as its JSON, so it never matches ours. */
+function expressionText(expression: Json): string {
+  const [kind, body] = single(expression) ?? [];
+  if (kind === 'match' && isObject(body) && Object.keys(body).length === 3) {
+    const op = body['op'] === '==' ? '' : `${body['op']} `;
+    return `${leftOf(body['left'])} ${op}${valueOf(body['right'] ?? null)}`;
+  }
+  if ((kind === 'return' || kind === 'accept' || kind === 'drop' || kind === 'continue') && body === null) return kind;
+  if ((kind === 'jump' || kind === 'goto') && isObject(body) && Object.keys(body).length === 1) return `${kind} ${body['target']}`;
+  if (kind === 'redirect' && isObject(body) && Object.keys(body).length === 1 && typeof body['port'] === 'number') {
+    return `redirect to :${body['port']}`;
+  }
+  if (kind === 'dnat' && isObject(body)) {
+    const target = dnatTarget(body);
+    if (target !== undefined) return `dnat ${body['family'] === undefined ? '' : `${body['family']} `}to ${target}`;
+  }
+  if (kind === 'counter' && isObject(body)) return `counter packets ${body['packets']} bytes ${body['bytes']}`;
+  return JSON.stringify(expression);
+}
+
+function ruleOf(rule: JsonObject): string {
+  const expressions = Array.isArray(rule['expr']) ? rule['expr'] : [];
+  const words = expressions.map(expressionText);
+  if (typeof rule['comment'] === 'string') words.push(`comment ${JSON.stringify(rule['comment'])}`);
+  return [...words, ...extraKeys(rule, ['family', 'table', 'chain', 'handle', 'expr', 'comment'])].join(' ');
+}
+
+/** A set element from nft's JSON (`80`, `"192.0.2.1"`, a prefix, a range), or undefined for any other shape. */
+function jsonInterval(d: Domain, element: Json): Interval | undefined {
+  if (typeof element === 'string' || typeof element === 'number') {
+    const value = d.parse(String(element));
+    return value === undefined ? undefined : { low: value, high: value };
+  }
+  const [kind, body] = single(element) ?? [];
+  if (kind === 'prefix' && isObject(body)) return parseInterval(d, `${body['addr']}/${body['len']}`);
+  if (kind === 'range' && Array.isArray(body) && body.length === 2) {
+    const [low, high] = body.map((end) => jsonInterval(d, end));
+    return low && high && low.low <= high.high ? { low: low.low, high: high.high } : undefined;
+  }
+  return undefined;
+}
+
+function parsedSet(set: JsonObject, foreign: string[]): NftSet {
+  const setName = String(set['name']);
+  const type = typeof set['type'] === 'string' ? set['type'] : JSON.stringify(set['type']);
+  const flags = Array.isArray(set['flags']) ? set['flags'].map(String).sort() : [];
+  const d = DOMAINS[type];
+  const intervals: Interval[] = [];
+  for (const element of Array.isArray(set['elem']) ? set['elem'] : []) {
+    const interval = d && jsonInterval(d, element);
+    // An element we cannot read (another type's, or with a comment or timeout) is reported, never dropped.
+    if (interval) intervals.push(interval);
+    else foreign.push(`set ${setName} element ${JSON.stringify(element)}`);
+  }
+  foreign.push(...extraKeys(set, ['family', 'name', 'table', 'type', 'handle', 'flags', 'elem']).map((extra) => `set ${setName} ${extra}`));
+  // Hash sets list in hash order: sorted, equal sets read alike.
+  intervals.sort((a, b) => (a.low < b.low ? -1 : a.low > b.low ? 1 : 0));
+  const elements = d ? intervals.map((interval) => formatInterval(d, interval)) : [];
+  return withIntervals({ name: setName, type, flags, elements }, intervals);
+}
+
+function parsedChain(chain: JsonObject, foreign: string[]): NftChain {
+  const chainName = String(chain['name']);
+  foreign.push(...extraKeys(chain, ['family', 'table', 'name', 'handle', 'type', 'hook', 'prio', 'policy']).map((extra) => `chain ${chainName} ${extra}`));
+  if (chain['hook'] === undefined) return { name: chainName, rules: [] };
+  const base = { type: String(chain['type']), hook: String(chain['hook']), priority: Number(chain['prio']), policy: String(chain['policy']) };
+  return { name: chainName, base, rules: [] };
+}
+
+const isOurs = (object: JsonObject, nameKey: string) => object['family'] === NFT_FAMILY && object[nameKey] === NFT_TABLE;
+
+function parseTable(dump: string): NftState {
+  let document: Json;
+  try {
+    document = JSON.parse(dump) as Json;
+  } catch (error) {
+    throw new CliError(`nft -j printed something that is not JSON: ${String(error)}`, ExitCode.systemCommand);
+  }
+  const objects = isObject(document) && Array.isArray(document['nftables']) ? document['nftables'] : [];
+  const chains: NftChain[] = [];
+  const sets: NftSet[] = [];
+  const foreign: string[] = [];
+  const rules: [string, string][] = [];
+  let present = false;
+  for (const object of objects) {
+    const [kind, body] = single(object) ?? [];
+    if (kind === 'metainfo') continue;
+    if (kind === 'table' && isObject(body) && isOurs(body, 'name')) present = true;
+    else if (kind === 'chain' && isObject(body) && isOurs(body, 'table')) chains.push(parsedChain(body, foreign));
+    else if (kind === 'set' && isObject(body) && isOurs(body, 'table')) sets.push(parsedSet(body, foreign));
+    else if (kind === 'rule' && isObject(body) && isOurs(body, 'table')) rules.push([String(body['chain']), ruleOf(body)]);
+    else foreign.push(JSON.stringify(object));
+  }
+  if (!present) return undefined;
+  const byName = new Map(chains.map((chain) => [chain.name, chain.rules as string[]]));
+  for (const [chain, rule] of rules) {
+    const chainRules = byName.get(chain);
+    if (chainRules) chainRules.push(rule);
+    else foreign.push(`rule in unlisted chain ${chain}: ${rule}`);
+  }
+  return { chains, sets, foreign };
+}
+
+// ---- comparing ----
+
+/** Up to `shown` items, then how many more: a drifted table may hold thousands. */
+function sample(lines: readonly string[], shown = 5): string[] {
+  return lines.length <= shown ? [...lines] : [...lines.slice(0, shown), `... and ${lines.length - shown} more`];
+}
+
+/** The items of `a` not matched one for one in `b`. */
+function multisetMinus(a: readonly string[], b: readonly string[]): string[] {
+  const counts = new Map<string, number>();
+  for (const item of b) counts.set(item, (counts.get(item) ?? 0) + 1);
+  return a.filter((item) => {
+    const count = counts.get(item) ?? 0;
+    counts.set(item, count - 1);
+    return count <= 0;
+  });
+}
+
+const baseText = (base: NftBaseChain | undefined) =>
+  base ? `type ${base.type} hook ${base.hook} priority ${base.priority}; policy ${base.policy};` : 'a regular chain';
+
+function chainDifferences(installed: NftChain, wanted: NftChain): string[] {
+  const where = `chain ${wanted.name}`;
+  const lines: string[] = [];
+  if (baseText(installed.base) !== baseText(wanted.base)) {
+    lines.push(`${where}: is ${baseText(installed.base)}, wanted ${baseText(wanted.base)}`);
+  }
+  const missing = multisetMinus(wanted.rules, installed.rules);
+  const unexpected = multisetMinus(installed.rules, wanted.rules);
+  lines.push(...sample(missing.map((rule) => `${where}: missing rule ${JSON.stringify(rule)}`)));
+  lines.push(...sample(unexpected.map((rule) => `${where}: unexpected rule ${JSON.stringify(rule)}`)));
+  if (missing.length === 0 && unexpected.length === 0 && installed.rules.some((rule, i) => rule !== wanted.rules[i])) {
+    lines.push(`${where}: rules out of order`);
+  }
+  return lines;
+}
+
+/** Elements of `set` whose values `other` does not cover. */
+function uncovered(set: NftSet, other: NftSet): string[] {
+  const covered = coverage(other);
+  const intervals = intervalsOf(set);
+  return set.elements.filter((_, index) => !isCovered(covered, intervals[index] as Interval));
+}
+
+const elementCount = (count: number) => `${count} element${count === 1 ? '' : 's'}`;
+
+function setDifferences(installed: NftSet, wanted: NftSet): string[] {
+  const where = `set ${wanted.name}`;
+  if (installed.type !== wanted.type) return [`${where}: type ${installed.type}, wanted ${wanted.type}`];
+  const lines: string[] = [];
+  const flags = (set: NftSet) => [...set.flags].sort().join(',') || 'none';
+  if (flags(installed) !== flags(wanted)) lines.push(`${where}: flags ${flags(installed)}, wanted ${flags(wanted)}`);
+  // Both directions by coverage: equal unions leave nothing uncovered either way.
+  const missing = uncovered(wanted, installed);
+  const unexpected = uncovered(installed, wanted);
+  if (missing.length > 0) lines.push(`${where}: ${elementCount(missing.length)} missing (e.g. ${missing[0]})`);
+  if (unexpected.length > 0) lines.push(`${where}: ${elementCount(unexpected.length)} unexpected (e.g. ${unexpected[0]})`);
+  return lines;
+}
+
+/** Named things present on one side only, and the differences of those on both. */
+function pairDifferences<T extends { name: string }>(
+  kind: string,
+  installed: readonly T[],
+  wanted: readonly T[],
+  size: (item: T) => string,
+  compare: (installed: T, wanted: T) => string[],
+): string[] {
+  const installedByName = new Map(installed.map((item) => [item.name, item]));
+  const wantedNames = new Set(wanted.map((item) => item.name));
+  return [
+    ...wanted.flatMap((item) => {
+      const found = installedByName.get(item.name);
+      return found ? compare(found, item) : [`${kind} ${item.name} is missing`];
+    }),
+    ...installed.filter((item) => !wantedNames.has(item.name)).map((item) => `unexpected ${kind} ${item.name} (${size(item)})`),
+  ];
+}
+
+function differences(installed: NftState, wanted: NftState): string[] {
+  if (!installed) return wanted ? [`table ${TABLE} is missing`] : [];
+  if (!wanted) return [`table ${TABLE} is present`];
+  const ruleCount = (chain: NftChain) => `${chain.rules.length} rule${chain.rules.length === 1 ? '' : 's'}`;
+  return [
+    ...pairDifferences('chain', installed.chains, wanted.chains, ruleCount, chainDifferences),
+    ...pairDifferences('set', installed.sets, wanted.sets, (set) => elementCount(set.elements.length), setDifferences),
+    ...sample(multisetMinus(installed.foreign, wanted.foreign).map((line) => `unexpected ${line}`)),
+  ];
+}
+
+// ---- writing `nft -f -` ----
+
+// What may reach the script besides names: nft keywords, numbers, addresses, `@set`, `[::1]:53`. No quote, `;`,
+// `#`, brace or newline, so no value can end its statement or open another.
+const RULE_TEXT = /^[A-Za-z0-9_ .:/@\[\]-]+$/;
+const ELEMENT_TEXT = /^[0-9a-f.:/-]+$/;
+const safe = (text: string, pattern: RegExp) => (pattern.test(text) ? text : refuse(`refusing to render ${JSON.stringify(text)}`));
+
+function setBlock(set: NftSet): string[] {
+  const lines = [`\tset ${name(set.name)} {`, `\t\ttype ${name(set.type)}`];
+  if (set.flags.length > 0) lines.push(`\t\tflags ${set.flags.map(name).join(', ')}`);
+  if (set.elements.length > 0) {
+    // One element a line, and the closing brace on its own: nft 1.0.6 wants a newline before every `}`.
+    const last = set.elements.length - 1;
+    lines.push('\t\telements = {', ...set.elements.map((e, i) => `\t\t\t${safe(e, ELEMENT_TEXT)}${i < last ? ',' : ''}`), '\t\t}');
+  }
+  lines.push('\t}');
+  return lines;
+}
+
+function chainBlock(chain: NftChain): string[] {
+  const lines = [`\tchain ${name(chain.name)} {`];
+  const { base } = chain;
+  if (base) {
+    const priority = integer(base.priority, -1000, 1000);
+    lines.push(`\t\ttype ${name(base.type)} hook ${name(base.hook)} priority ${priority}; policy ${name(base.policy)};`);
+  }
+  lines.push(...chain.rules.map((rule) => `\t\t${safe(rule, RULE_TEXT)}`), '\t}');
+  return lines;
+}
+
+/**
+ * The whole script: `add` then `delete` the table (which works whether it exists or not, unlike a bare delete;
+ * `destroy` needs nft 1.0.8), then define it afresh. nft applies the file as one transaction, so the table is
+ * replaced atomically and loading the same script twice leaves one copy.
+ */
+function transaction(_installed: NftState, wanted: NftState): string {
+  const lines = [`add table ${TABLE}`, `delete table ${TABLE}`];
+  if (wanted) {
+    lines.push(`table ${TABLE} {`, ...wanted.sets.flatMap(setBlock), ...wanted.chains.flatMap(chainBlock), '}');
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function describe(state: NftState): TableSummary {
+  const chains = Object.fromEntries((state?.chains ?? []).map((chain) => [chain.name, chain.rules.length]));
+  const hooks = (state?.chains ?? []).filter((chain) => chain.base).flatMap((chain) => chain.rules.map((rule) => `${chain.name} ${rule}`));
+  const sets = Object.fromEntries((state?.sets ?? []).map((set) => [set.name, set.elements.length]));
+  return { chains, hooks, sets };
+}
+
+export const nftablesDialect: Dialect<NftState> = {
+  wanted: (config) => (config === undefined ? undefined : wantedTable(config)),
+  parse: (dump) => (dump.trim() === '' ? undefined : parseTable(dump)),
+  isEmpty: (state) => state === undefined,
+  same: (installed, wanted) => differences(installed, wanted).length === 0,
+  differences,
+  transaction,
+  describe,
+};
