@@ -1,9 +1,10 @@
 import type { Backends } from '../commands/context.ts';
 import type { BackendProvider } from './backend.ts';
 import { iptablesProvider, systemDefaultVariant } from './iptables.ts';
+import { nftablesProvider } from './nftables.ts';
 
 /** Every backend this build knows; adding one is adding it here. */
-const PROVIDERS: readonly BackendProvider[] = [iptablesProvider];
+const PROVIDERS: readonly BackendProvider[] = [iptablesProvider, nftablesProvider];
 
 export const installedBackends: Backends = {
   async survey(runner, inNetns) {

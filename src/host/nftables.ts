@@ -1,0 +1,69 @@
+import { NFT_FAMILY, NFT_TABLE, nftablesDialect, type NftState } from '../core/nftables.ts';
+import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
+import { findProgram, type CommandRunner } from './runner.ts';
+
+// The native nftables backend: one `inet consul_tproxy` table for both families, read with `nft -j` and
+// replaced whole by one `nft -f -` transaction.
+
+const TABLE = `${NFT_FAMILY} ${NFT_TABLE}`;
+const LABEL = `nftables ${TABLE}`;
+
+/** A kernel without nf_tables answers every request so. */
+const NO_NF_TABLES = /Protocol not supported|Operation not supported|Address family not supported/i;
+
+function nftError(action: string, stderr: string, exitCode: number): FirewallError {
+  if (NO_NF_TABLES.test(stderr)) {
+    return new FirewallError(
+      `nft ${action} failed: this kernel has no nf_tables support (is the 'nf_tables' module available?); ` +
+        'use -backend=iptables -iptables-mode=legacy on such a host',
+      false,
+    );
+  }
+  // Another process's transaction between ours: the kernel asks to try again.
+  const busy = /Resource busy|temporarily unavailable|Interrupted system call/i.test(stderr);
+  return new FirewallError(`nft ${action} failed (exit ${exitCode}): ${stderrExcerpt(stderr) || 'no output'}`, busy);
+}
+
+function openTable(runner: CommandRunner, nft: string): FirewallTable<NftState> {
+  return {
+    backend: 'nftables',
+    families: [4, 6],
+    label: LABEL,
+    dialect: nftablesDialect,
+    async read() {
+      const result = await runner.run(nft, ['-j', 'list', 'table', NFT_FAMILY, NFT_TABLE]);
+      if (result.exitCode === 0) return result.stdout;
+      // The one answer that means "no such table": nothing of ours is installed.
+      if (/No such file or directory/.test(result.stderr)) return '';
+      throw nftError('list', result.stderr, result.exitCode);
+    },
+    async write(transaction) {
+      const result = await runner.run(nft, ['-f', '-'], { input: transaction });
+      if (result.exitCode !== 0) throw nftError('-f', result.stderr, result.exitCode);
+    },
+    // The transaction deletes and redefines the whole table in one kernel commit: once `nft -f` succeeds,
+    // the table is exactly what was written, and reading it back would only cost a process.
+    checkWrite: async () => true,
+  };
+}
+
+export const nftablesProvider: BackendProvider = {
+  kind: 'nftables',
+  installed: () => findProgram('nft') !== undefined,
+  async survey(runner) {
+    const nft = findProgram('nft');
+    if (nft === undefined) return [];
+    const table = openTable(runner, nft);
+    const dump = await table.read();
+    const state = nftablesDialect.parse(dump);
+    const survey: TableSurvey<NftState> = { table, dump, state, holdsOurs: !nftablesDialect.isEmpty(state), holdsRules: dump !== '' };
+    return [survey];
+  },
+  dryRun(config, version) {
+    return (
+      `# redirect-traffic ${version} --dry-run: nft -f input (${TABLE}, IPv4 and IPv6 in one transaction).\n` +
+      nftablesDialect.transaction(nftablesDialect.wanted(undefined), nftablesDialect.wanted(config))
+    );
+  },
+  dryRunRemoval: () => nftablesDialect.transaction(nftablesDialect.wanted(undefined), nftablesDialect.wanted(undefined)),
+};
