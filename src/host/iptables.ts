@@ -168,5 +168,6 @@ export const iptablesProvider: BackendProvider = {
       })
       .join('\n');
   },
-  dryRunRemoval: () => renderTransaction({ ...EMPTY_STATE, chains: OWNED_CHAINS }, EMPTY_STATE),
+  dryRunRemoval: () =>
+    `# iptables-restore --noflush input, for each backend and family holding the chains\n${renderTransaction({ ...EMPTY_STATE, chains: OWNED_CHAINS }, EMPTY_STATE)}`,
 };

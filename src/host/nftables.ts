@@ -65,5 +65,5 @@ export const nftablesProvider: BackendProvider = {
       nftablesDialect.transaction(nftablesDialect.wanted(undefined), nftablesDialect.wanted(config))
     );
   },
-  dryRunRemoval: () => nftablesDialect.transaction(nftablesDialect.wanted(undefined), nftablesDialect.wanted(undefined)),
+  dryRunRemoval: () => `# nft -f input\n${nftablesDialect.transaction(nftablesDialect.wanted(undefined), nftablesDialect.wanted(undefined))}`,
 };

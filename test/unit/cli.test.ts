@@ -246,6 +246,9 @@ describe('run: --dry-run', () => {
         '-X CONSUL_PROXY_REDIRECT',
         '-X CONSUL_DNS_REDIRECT',
         'COMMIT',
+        // The nftables table goes too, ours or Consul's: creating it first makes the deletion never fail.
+        'add table inet consul_tproxy',
+        'delete table inet consul_tproxy',
         '',
       ].join('\n'),
     );
