@@ -41,13 +41,14 @@ export async function run(
   const env = overrides.env ?? process.env;
   const palette = output === processOutput ? await stderrPalette(env) : undefined;
   const log = overrides.log ?? createLogger(output, { debug, env, ...(palette ? { palette } : {}) });
+  const runner = overrides.runner ?? ((netns?: string) => createRunner({ netns }));
   const context: CommandContext = {
     output,
     log,
     env,
     version: VERSION,
-    runner: overrides.runner ?? ((netns) => createRunner({ netns })),
-    backends: overrides.backends ?? installedBackends,
+    runner,
+    backends: overrides.backends ?? installedBackends(runner, (message) => log.warn(message)),
     lockNamespace:
       overrides.lockNamespace ??
       ((netns) =>

@@ -5,6 +5,7 @@ import { reconcile } from '../host/reconcile.ts';
 import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
 import type { ApplyOptions } from '../options.ts';
 import { chooseBackend, planApply, requireSomeBackend, type ApplyPlan, type TableStep } from './plan.ts';
+import { reportForeign } from './report.ts';
 import { resolveConfig } from './rulesets.ts';
 import type { CommandContext } from './context.ts';
 
@@ -23,7 +24,7 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   // another run writes would be stale by the time this one writes.
   const startReads = async () => {
     const lock = await context.lockNamespace(netns);
-    const surveying = context.backends.survey(runner, netns !== undefined);
+    const surveying = context.backends.survey(netns);
     // Observed at once: a read failing while the rules are still being worked out must not go unhandled.
     surveying.catch(() => undefined);
     const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
@@ -68,12 +69,19 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
 }
 
 /**
+ * How long the writes may keep retrying against locks and other writers. With the agent's -wait (60 s in
+ * the units), its request timeout and the namespace lock (20 s), a run ends well within the units' start limit.
+ */
+const WRITE_LIMIT_MS = 30_000;
+
+/**
  * Writes the chosen backend's tables; if one fails, every table touched so far, the failing one included,
  * is put back as the survey found it. Then removes our rules from every other backend. True if anything
  * changed.
  */
 async function execute(plan: ApplyPlan, context: CommandContext): Promise<boolean> {
   const { log } = context;
+  const deadline = Date.now() + WRITE_LIMIT_MS;
   const touched: TableStep[] = [];
   let anyChange = false;
   for (const step of plan.writes) {
@@ -81,6 +89,8 @@ async function execute(plan: ApplyPlan, context: CommandContext): Promise<boolea
     try {
       const result = await reconcile(step.survey.table, step.wanted, {
         firstDump: step.survey.dump,
+        deadline,
+        onForeignRemoved: reportForeign(step.survey, context),
         onRetry: (reason) => log.debug(`retrying ${step.survey.table.label}: ${reason}`),
       });
       anyChange ||= result.changed;
@@ -91,7 +101,7 @@ async function execute(plan: ApplyPlan, context: CommandContext): Promise<boolea
   }
   for (const { survey, wanted } of plan.sweeps) {
     try {
-      await reconcile(survey.table, wanted, { firstDump: survey.dump });
+      await reconcile(survey.table, wanted, { firstDump: survey.dump, onForeignRemoved: reportForeign(survey, context) });
       log.info(`removed the redirection rules from ${survey.table.label}: ${plan.choice.backend} holds them now`);
       anyChange = true;
     } catch (error) {

@@ -4,6 +4,7 @@ import { reconcile } from '../host/reconcile.ts';
 import { hasNetAdmin, requireNetAdmin } from '../host/system.ts';
 import type { CleanupOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
+import { reportForeign } from './report.ts';
 import { planCleanup, requireSomeBackend, type TableStep } from './plan.ts';
 
 /** Removes our rules (ours or Consul's) from every backend and family, and nothing else. */
@@ -18,7 +19,7 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
   requireNetAdmin('removing traffic redirection rules');
   const lock = await context.lockNamespace(netns);
   try {
-    const surveys = await context.backends.survey(context.runner(netns), netns !== undefined);
+    const surveys = await context.backends.survey(netns);
     requireSomeBackend(surveys);
     const steps = planCleanup(surveys, options.host);
     if (steps.length === 0) {
@@ -42,7 +43,7 @@ async function removeAll(steps: readonly TableStep[], options: CleanupOptions, c
   const failures: CliError[] = [];
   for (const { survey, wanted } of steps) {
     try {
-      await reconcile(survey.table, wanted, { firstDump: survey.dump });
+      await reconcile(survey.table, wanted, { firstDump: survey.dump, onForeignRemoved: reportForeign(survey, context) });
     } catch (error) {
       if (!(error instanceof CliError)) throw error;
       failures.push(new CliError(`${where(survey)}: ${error.message}`, error.exitCode, { cause: error }));

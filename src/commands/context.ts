@@ -7,8 +7,8 @@ import type { CommandRunner } from '../host/runner.ts';
 
 /** The firewall backends, as the commands see them. */
 export interface Backends {
-  /** Reads every installed backend's tables. */
-  survey(runner: CommandRunner, inNetns: boolean): Promise<TableSurvey[]>;
+  /** Reads every installed backend's tables in a namespace (this process's without one). */
+  survey(netns: string | undefined): Promise<TableSurvey[]>;
   /** The iptables variant plain `iptables` is on this host. */
   systemDefault(): BackendName | undefined;
   /** The backend a dry run shows: the one asked for, else iptables unless only nft is installed. */

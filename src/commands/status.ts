@@ -32,7 +32,7 @@ export async function status(options: StatusOptions, context: CommandContext): P
   requireNetAdmin('reading the firewall rules');
   const config = options.rules === undefined ? undefined : await resolveConfig(options.rules, options.agent, context);
   const netns = options.host.netns;
-  const surveys = await context.backends.survey(context.runner(netns), netns !== undefined);
+  const surveys = await context.backends.survey(netns);
   requireSomeBackend(surveys);
   const installed = surveys.filter((s) => s.holdsOurs);
   const tables = installed.map(describeTable);

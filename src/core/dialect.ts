@@ -26,5 +26,7 @@ export interface Dialect<State> {
   differences(installed: State, wanted: State): string[];
   /** One atomic transaction, in the backend's input language, that turns `installed` into `wanted`. */
   transaction(installed: State, wanted: State): string;
+  /** Rules of someone else's that the transaction deletes (they would block removing ours), spelled for a message. */
+  foreignRulesRemoved(installed: State, wanted: State): string[];
   describe(state: State): TableSummary;
 }

@@ -195,6 +195,12 @@ export function stateMatches(current: OwnedState, wanted: OwnedState): boolean {
 
 export const isEmptyState = (state: OwnedState) => state.chains.length === 0 && state.jumps.length === 0;
 
+/** Rules in someone else's chains jumping into one of `removed`: a chain cannot be deleted while referenced. */
+const blockingReferences = (current: OwnedState, removed: readonly string[]) =>
+  current.otherReferences.filter((rule) => removed.includes(ruleTarget(rule.spec) ?? ''));
+
+const removedChains = (current: OwnedState, target: OwnedState) => current.chains.filter((chain) => !target.chains.includes(chain));
+
 /**
  * One `--noflush` transaction that turns `current` into `target`: declaring a chain creates or empties it,
  * every hook jump found is deleted (duplicates included), the target's rules are added, and owned chains
@@ -205,8 +211,7 @@ export function renderTransaction(current: OwnedState, target: OwnedState): stri
   const declared: string[] = OWNED_CHAINS.filter((chain) => target.chains.includes(chain) || current.chains.includes(chain));
   const removed = declared.filter((chain) => !target.chains.includes(chain));
   for (const chain of declared) lines.push(`:${chain} - [0:0]`);
-  const blocking = current.otherReferences.filter((rule) => removed.includes(ruleTarget(rule.spec) ?? ''));
-  for (const jump of [...current.jumps, ...blocking]) lines.push(`-D ${jump.chain} ${jump.spec}`);
+  for (const jump of [...current.jumps, ...blockingReferences(current, removed)]) lines.push(`-D ${jump.chain} ${jump.spec}`);
   // Chain contents first, hook jumps last: nothing is reachable before its chain is filled.
   for (const rule of [...target.chainRules, ...target.jumps]) lines.push(`-A ${rule.chain} ${rule.spec}`);
   for (const chain of removed) lines.push(`-X ${chain}`);
@@ -258,6 +263,8 @@ export function iptablesDialect(family: Family): Dialect<OwnedState> {
     same: stateMatches,
     differences,
     transaction: renderTransaction,
+    foreignRulesRemoved: (current, target) =>
+      blockingReferences(current, removedChains(current, target)).map((rule) => `-A ${rule.chain} ${rule.spec}`),
     describe,
   };
 }

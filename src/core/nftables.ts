@@ -662,5 +662,7 @@ export const nftablesDialect: Dialect<NftState> = {
   same: (installed, wanted) => differences(installed, wanted).length === 0,
   differences,
   transaction,
+  // Nothing outside the table can jump into it (nft jumps stay within a table), and the table is ours.
+  foreignRulesRemoved: () => [],
   describe,
 };

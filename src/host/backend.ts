@@ -40,24 +40,41 @@ export interface TableSurvey<State = unknown> {
   holdsRules: boolean;
 }
 
+/** How a backend reaches its tables. */
+export interface TableAccess {
+  /** Runs its programs, inside the target namespace when there is one. */
+  runner: CommandRunner;
+  /** This process is outside the target namespace (it cannot see that namespace's /proc/net). */
+  inNetns: boolean;
+  /** Tells the operator what is being waited for (a lock held by another program), as it happens. */
+  notify(message: string): void;
+}
+
 export interface BackendProvider {
   kind: BackendKind;
   /** Whether any of its programs are installed; asks the file system only. */
   installed(): boolean;
   /** Reads every table it has programs for; none when it is not installed. */
-  survey(runner: CommandRunner, inNetns: boolean): Promise<TableSurvey[]>;
+  survey(access: TableAccess): Promise<TableSurvey[]>;
   /** The transaction a host without our rules would get, with a header saying what reads it. Runs nothing. */
   dryRun(config: RedirectConfig, version: string): string;
   /** What a cleanup would write, when the tables cannot be read. Runs nothing. */
   dryRunRemoval(): string;
 }
 
-/** A failed read or write; `retryable` when another writer or a lock is the likely cause. */
+/**
+ * A failed read or write: `lock` when a lock held by another program is the cause (try again), `busy`
+ * when a concurrent transaction is (try again), `hard` otherwise (try again only from a changed table).
+ */
 export class FirewallError extends CliError {
-  readonly retryable: boolean;
-  constructor(message: string, retryable: boolean) {
-    super(message, retryable ? ExitCode.tempFail : ExitCode.systemCommand);
-    this.retryable = retryable;
+  readonly reason: 'lock' | 'busy' | 'hard';
+  constructor(message: string, reason: 'lock' | 'busy' | 'hard') {
+    super(message, reason === 'hard' ? ExitCode.systemCommand : ExitCode.tempFail);
+    this.reason = reason;
+  }
+
+  get retryable(): boolean {
+    return this.reason !== 'hard';
   }
 }
 

@@ -1,14 +1,17 @@
 import type { Backends } from '../commands/context.ts';
 import type { BackendProvider } from './backend.ts';
+import type { CommandRunner } from './runner.ts';
 import { iptablesProvider, systemDefaultVariant } from './iptables.ts';
 import { nftablesProvider } from './nftables.ts';
 
 /** Every backend this build knows; adding one is adding it here. */
 const PROVIDERS: readonly BackendProvider[] = [iptablesProvider, nftablesProvider];
 
-export const installedBackends: Backends = {
-  async survey(runner, inNetns) {
-    return (await Promise.all(PROVIDERS.map((provider) => provider.survey(runner, inNetns)))).flat();
+/** The backends installed here; their programs run through `runner`, and `notify` hears what they wait for. */
+export const installedBackends = (runner: (netns?: string) => CommandRunner, notify: (message: string) => void): Backends => ({
+  async survey(netns) {
+    const access = { runner: runner(netns), inNetns: netns !== undefined, notify };
+    return (await Promise.all(PROVIDERS.map((provider) => provider.survey(access)))).flat();
   },
   systemDefault: systemDefaultVariant,
   dryRunProvider(host) {
@@ -19,4 +22,4 @@ export const installedBackends: Backends = {
   dryRunRemovals(host) {
     return PROVIDERS.filter((provider) => host.backend === 'auto' || provider.kind === host.backend);
   },
-};
+});

@@ -1,4 +1,4 @@
-import { readFileSync, realpathSync } from 'node:fs';
+import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { EMPTY_STATE, iptablesDialect, jumpsMatch, listedJumps, renderTransaction, HOOK_CHAINS, type OwnedState } from '../core/natTable.ts';
 import { OWNED_CHAINS, redirectedFamilies } from '../core/ruleset.ts';
 import type { Family } from '../core/values.ts';
@@ -63,7 +63,7 @@ interface IptablesTable extends FirewallTable<OwnedState> {
 const withoutCounters = (dump: string) => dump.replace(/ \[\d+:\d+\]$/gm, '');
 
 /** The programs for a variant and family, or undefined when not installed. */
-function openTable(runner: CommandRunner, variant: Variant, family: Family): IptablesTable | undefined {
+function openTable(runner: CommandRunner, variant: Variant, family: Family, notify: (message: string) => void): IptablesTable | undefined {
   const program = findTool(variant, family, '');
   const saveProgram = findTool(variant, family, '-save');
   const restoreProgram = findTool(variant, family, '-restore');
@@ -72,13 +72,27 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family): Ipt
   // Only the legacy variant takes the xtables lock; nft transactions are atomic in the kernel.
   const wait = variant === 'legacy' ? ['--wait', String(XTABLES_LOCK_WAIT_SECONDS)] : [];
   const lockTimeoutMs = (XTABLES_LOCK_WAIT_SECONDS + 20) * 1000;
+  // iptables-legacy waits for the xtables lock in silence: if a call is still running after a second,
+  // say who holds the lock (if anyone does), once per call.
+  const lockWatched = async <T>(call: () => Promise<T>): Promise<T> => {
+    if (variant !== 'legacy') return call();
+    const timer = setTimeout(() => {
+      const holder = xtablesLockHolder();
+      if (holder) notify(`${name} is waiting up to ${XTABLES_LOCK_WAIT_SECONDS}s for the xtables lock (${XTABLES_LOCK}), held by ${holder}`);
+    }, LOCK_NOTICE_MS);
+    try {
+      return await call();
+    } finally {
+      clearTimeout(timer);
+    }
+  };
   const save = async (args: string[]) => {
     const result = await runner.run(saveProgram, args);
     if (result.exitCode !== 0) throw tableError(`${name}-save`, result.stderr, result.exitCode);
     return result;
   };
   const listRules = async (chain: string) => {
-    const result = await runner.run(program, [...wait, '-t', 'nat', '-S', chain], { timeoutMs: lockTimeoutMs });
+    const result = await lockWatched(() => runner.run(program, [...wait, '-t', 'nat', '-S', chain], { timeoutMs: lockTimeoutMs }));
     if (result.exitCode !== 0) throw tableError(name, result.stderr, result.exitCode);
     return result.stdout;
   };
@@ -96,7 +110,9 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family): Ipt
       return { dump: withoutCounters(stdout), legacyTablesPresent: /ip6?tables-legacy tables present/.test(stderr) };
     },
     async write(transaction) {
-      const result = await runner.run(restoreProgram, ['--noflush', ...wait], { input: transaction, timeoutMs: lockTimeoutMs });
+      const result = await lockWatched(() =>
+        runner.run(restoreProgram, ['--noflush', ...wait], { input: transaction, timeoutMs: lockTimeoutMs }),
+      );
       if (result.exitCode !== 0) throw tableError(`${name}-restore`, result.stderr, result.exitCode);
     },
     // Reading thousands of rules back costs as much as writing them. The transaction declares (so
@@ -110,12 +126,47 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family): Ipt
   };
 }
 
+/** The lock iptables-legacy takes; a holder (Docker, kube-proxy, firewalld) can keep it for seconds. */
+const XTABLES_LOCK = '/run/xtables.lock';
+const LOCK_NOTICE_MS = 1000;
+
+/** Who holds the xtables lock, from the kernel's list of file locks: "pid N (command)", or undefined. */
+function xtablesLockHolder(): string | undefined {
+  try {
+    const { ino } = statSync(XTABLES_LOCK);
+    // "1: FLOCK  ADVISORY  WRITE 14840 fe:00:16638007 0 EOF": pid, then device:inode.
+    const line = readFileSync('/proc/locks', 'utf8')
+      .split('\n')
+      .find((entry) => entry.split(/\s+/)[5]?.endsWith(`:${ino}`));
+    const pid = line?.split(/\s+/)[4];
+    if (pid === undefined) return undefined;
+    let command = '';
+    try {
+      command = ` (${readFileSync(`/proc/${pid}/comm`, 'utf8').trim()})`;
+    } catch {
+      // gone already, or in another pid namespace
+    }
+    return `pid ${pid}${command}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A failed save or restore. Only the xtables lock is a reason to try again: exit status 4 alone is not
+ * (iptables-nft-restore also exits 4 when the kernel refuses a change, e.g. a chain still referenced).
+ */
 function tableError(program: string, stderr: string, exitCode: number): FirewallError {
   const detail = stderrExcerpt(stderr);
-  const lock = /xtables lock|Resource temporarily unavailable/i.test(stderr) || exitCode === 4;
+  const lock = /xtables lock|Resource temporarily unavailable/i.test(stderr);
   const module = /Table does not exist|can't initialize|do you need to insmod|Protocol not supported/i.test(stderr);
-  const hint = module ? " (the kernel lacks this table's module: is 'iptable_nat'/'nf_tables' available?)" : '';
-  return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock);
+  const busy = /Device or resource busy/i.test(stderr);
+  const hint = module
+    ? " (the kernel lacks this table's module: is 'iptable_nat'/'nf_tables' available?)"
+    : busy
+      ? ' (the kernel refused: something outside this table, such as a native nftables chain, still refers to one of our chains)'
+      : '';
+  return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock ? 'lock' : 'hard');
 }
 
 // iptables-legacy lists loaded tables here; reading it costs no process and loads no module.
@@ -141,8 +192,8 @@ export const iptablesProvider: BackendProvider = {
    * legacy tables of that family: this process sees that in /proc/net; inside another namespace,
    * iptables-nft-save says so (and without iptables-nft, legacy is read anyway).
    */
-  async survey(runner, inNetns) {
-    const open = (variant: Variant) => FAMILIES.flatMap((family) => openTable(runner, variant, family) ?? []);
+  async survey({ runner, inNetns, notify }) {
+    const open = (variant: Variant) => FAMILIES.flatMap((family) => openTable(runner, variant, family, notify) ?? []);
     const nftSaves = new Map(open('nft').map((table) => [table.families[0], { table, saved: table.saveAll() }]));
     const legacyHoldsTables = async (family: Family) => {
       if (!inNetns) return legacyTablesLoaded(family);

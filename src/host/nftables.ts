@@ -16,12 +16,12 @@ function nftError(action: string, stderr: string, exitCode: number): FirewallErr
     return new FirewallError(
       `nft ${action} failed: this kernel has no nf_tables support (is the 'nf_tables' module available?); ` +
         'use -backend=iptables -iptables-mode=legacy on such a host',
-      false,
+      'hard',
     );
   }
-  // Another process's transaction between ours: the kernel asks to try again.
-  const busy = /Resource busy|temporarily unavailable|Interrupted system call/i.test(stderr);
-  return new FirewallError(`nft ${action} failed (exit ${exitCode}): ${stderrExcerpt(stderr) || 'no output'}`, busy);
+  // Another process's transaction got in between: the kernel asks to try again.
+  const busy = /temporarily unavailable|Interrupted system call/i.test(stderr);
+  return new FirewallError(`nft ${action} failed (exit ${exitCode}): ${stderrExcerpt(stderr) || 'no output'}`, busy ? 'busy' : 'hard');
 }
 
 function openTable(runner: CommandRunner, nft: string): FirewallTable<NftState> {
@@ -50,7 +50,7 @@ function openTable(runner: CommandRunner, nft: string): FirewallTable<NftState> 
 export const nftablesProvider: BackendProvider = {
   kind: 'nftables',
   installed: () => findProgram('nft') !== undefined,
-  async survey(runner) {
+  async survey({ runner }) {
     const nft = findProgram('nft');
     if (nft === undefined) return [];
     const table = openTable(runner, nft);

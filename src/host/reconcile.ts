@@ -18,7 +18,14 @@ const MAX_ATTEMPTS = 8;
 export async function reconcile<State>(
   table: FirewallTable<State>,
   wanted: State,
-  options: { firstDump?: string | undefined; onRetry?: (reason: string) => void } = {},
+  options: {
+    firstDump?: string | undefined;
+    onRetry?: (reason: string) => void;
+    /** Told, after a write that succeeded, which rules of someone else's it deleted. */
+    onForeignRemoved?: (rules: readonly string[]) => void;
+    /** No new attempt starts after this time (epoch ms): the whole run must end within its caller's limit. */
+    deadline?: number;
+  } = {},
 ): Promise<{ changed: boolean }> {
   const { dialect } = table;
   let dump = options.firstDump;
@@ -28,7 +35,7 @@ export async function reconcile<State>(
     dump ??= await table.read();
     const installed = dialect.parse(dump);
     if (dialect.same(installed, wanted)) return { changed: attempt > 0 };
-    if (attempt === MAX_ATTEMPTS) break;
+    if (attempt === MAX_ATTEMPTS || (options.deadline !== undefined && Date.now() >= options.deadline)) break;
     if (attempt > 0 && sameShape(table, installed, wanted)) {
       // Our own write came back with every chain and rule in place but spelled otherwise, twice alike: the
       // backend stores some rule in another form than ours, and no retry can change that. (A concurrent
@@ -46,6 +53,8 @@ export async function reconcile<State>(
     const transaction = dialect.transaction(installed, wanted);
     try {
       await table.write(transaction);
+      const foreign = dialect.foreignRulesRemoved(installed, wanted);
+      if (foreign.length > 0) options.onForeignRemoved?.(foreign);
       const checked = await table.checkWrite?.(wanted);
       if (checked === true) return { changed: true };
       if (checked === false) options.onRetry?.(`${table.label} changed under us right after our write`);
@@ -60,9 +69,12 @@ export async function reconcile<State>(
     }
     dump = undefined;
   }
+  const why =
+    lastFailure?.error.reason === 'lock'
+      ? 'the lock it needs stayed held by another program'
+      : 'it kept changing under us (another program writing it)';
   throw new CliError(
-    `gave up after ${MAX_ATTEMPTS} attempts: ${table.label} kept changing under us` +
-      (lastFailure ? ` (last error: ${lastFailure.error.message})` : ''),
+    `gave up on ${table.label}: ${why}; try again later` + (lastFailure ? ` (last error: ${lastFailure.error.message})` : ''),
     ExitCode.tempFail,
   );
 }

@@ -4,7 +4,12 @@ import { CliError, ExitCode } from '../errors.ts';
 
 /** The one way this tool runs other programs; tests substitute fakes. */
 export interface CommandRunner {
-  run(program: string, args: readonly string[], options?: { input?: string; timeoutMs?: number }): Promise<CommandResult>;
+  run(program: string, args: readonly string[], options?: RunOptions): Promise<CommandResult>;
+}
+
+export interface RunOptions {
+  input?: string;
+  timeoutMs?: number;
 }
 
 export interface CommandResult {
