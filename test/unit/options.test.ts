@@ -85,7 +85,7 @@ describe('apply options: values and defaults', () => {
     const options = applyOptions(BASE, {});
     expect(options).toEqual({
       dryRun: false,
-      host: { netns: undefined, iptablesMode: 'auto' },
+      host: { netns: undefined, backend: 'auto', iptablesMode: 'auto' },
       rules: {
         proxyUid: { kind: 'id', uid: 101 },
         proxyId: undefined,
@@ -302,7 +302,7 @@ describe('config file (-config)', () => {
   it('one file serves apply, cleanup and status alike (ExecStopPost with the same -config)', () => {
     const path = configFile({ 'proxy-uid': 101, 'proxy-inbound-port': 20000, 'exclude-inbound-port': '22', 'iptables-mode': 'nft' });
     expect(applyOptions({ config: path }, {}).host.iptablesMode).toBe('nft');
-    expect(cleanupOptions({ config: path }, {})).toEqual({ dryRun: false, host: { netns: undefined, iptablesMode: 'nft' } });
+    expect(cleanupOptions({ config: path }, {})).toEqual({ dryRun: false, host: { netns: undefined, backend: 'auto', iptablesMode: 'nft' } });
     expect(statusOptions({ config: path }, {}).rules?.excludeInboundPorts).toEqual(['22']);
   });
 });
@@ -406,7 +406,7 @@ describe('ACL token', () => {
 
 describe('cleanup and status options', () => {
   it('cleanup needs nothing', () => {
-    expect(cleanupOptions({}, {})).toEqual({ dryRun: false, host: { netns: undefined, iptablesMode: 'auto' } });
+    expect(cleanupOptions({}, {})).toEqual({ dryRun: false, host: { netns: undefined, backend: 'auto', iptablesMode: 'auto' } });
     expect(cleanupOptions({ 'dry-run': true, 'iptables-mode': 'legacy' }, {})).toMatchObject({
       dryRun: true,
       host: { iptablesMode: 'legacy' },
