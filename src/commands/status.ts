@@ -32,7 +32,7 @@ const EXIT: Record<Verdict, number> = { 'in-sync': 0, installed: 0, drifted: Exi
  * Returns the exit code: 0 in sync (or installed, without flags to compare), 3 drifted, 4 absent.
  */
 export async function status(options: StatusOptions, context: CommandContext): Promise<number> {
-  requireNetAdmin('reading the iptables rules');
+  requireNetAdmin('reading the iptables rules', false);
   const wanted =
     options.rules === undefined
       ? undefined
