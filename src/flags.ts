@@ -48,7 +48,6 @@ const RULES = 'Redirection:';
 const AGENT = 'Consul agent (with -proxy-id):';
 const HOST = 'Host:';
 const RUN = 'Run:';
-const ALL = COMMANDS;
 const APPLY_STATUS: readonly CommandName[] = ['apply', 'status'];
 
 // Printable, no whitespace: nothing a value could use to start a new restore line or a new option.
@@ -178,19 +177,19 @@ export const FLAGS = {
     description: 'keep retrying this long while the agent is down or the proxy not yet registered (default: 0, one try)',
   },
   netns: {
-    arity: 'single', placeholder: '<path>', group: HOST, commands: ALL, schema: pathText,
+    arity: 'single', placeholder: '<path>', group: HOST, commands: COMMANDS, schema: pathText,
     description: (command) => {
       const verb = { apply: 'apply', cleanup: 'remove the rules', status: 'read the rules' }[command];
       return `${verb} inside this network namespace, e.g. /var/run/netns/web`;
     },
   },
   backend: {
-    arity: 'single', placeholder: '<backend>', group: HOST, commands: ALL, schema: choice(['auto', 'iptables', 'nftables']),
+    arity: 'single', placeholder: '<backend>', group: HOST, commands: COMMANDS, schema: choice(['auto', 'iptables', 'nftables']),
     description:
       'firewall backend: auto (keep whichever holds the rules, else iptables if installed, else nftables), iptables or nftables',
   },
   'iptables-mode': {
-    arity: 'single', placeholder: '<mode>', group: HOST, commands: ALL, schema: choice(['auto', 'legacy', 'nft']),
+    arity: 'single', placeholder: '<mode>', group: HOST, commands: COMMANDS, schema: choice(['auto', 'legacy', 'nft']),
     description: 'binaries of the iptables backend: auto, legacy or nft (default: auto)',
   },
   // Accepted by status too, so it takes an apply's exact flags.
@@ -199,7 +198,7 @@ export const FLAGS = {
     description: "apply even though this SSH session's port would be redirected",
   },
   config: {
-    arity: 'single', placeholder: '<file>', group: RUN, commands: ALL, commandLineOnly: true, schema: pathText,
+    arity: 'single', placeholder: '<file>', group: RUN, commands: COMMANDS, commandLineOnly: true, schema: pathText,
     description: 'JSON file of flag names to values; flags on the command line win over it',
   },
   'dry-run': {
@@ -211,7 +210,7 @@ export const FLAGS = {
     description: 'print the status as JSON',
   },
   debug: {
-    arity: 'switch', group: RUN, commands: ALL, commandLineOnly: true, schema: switchSchema,
+    arity: 'switch', group: RUN, commands: COMMANDS, commandLineOnly: true, schema: switchSchema,
     description: 'log each step and show stack traces of errors',
   },
 } as const satisfies Record<string, FlagSpec>;

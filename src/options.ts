@@ -115,7 +115,11 @@ type Sources = { [K in FlagName]?: Source };
 type ConfigValues = { [K in FlagName]?: unknown };
 
 const flagsWhere = (test: (spec: FlagSpec) => boolean) => FLAG_NAMES.filter((name) => test(FLAG_SPECS[name]));
-const ENV_FALLBACK_FLAGS = flagsWhere((spec) => spec.env !== undefined);
+/** [flag, variable] for the flags Consul also reads from the environment. */
+const ENV_FALLBACKS = FLAG_NAMES.flatMap((name) => {
+  const variable = FLAG_SPECS[name].env;
+  return variable === undefined ? [] : [[name, variable] as const];
+});
 const RULE_FLAGS = flagsWhere((spec) => spec.rule === true);
 const LIST_FLAGS = flagsWhere((spec) => spec.arity === 'list');
 
@@ -228,8 +232,7 @@ export function mergeSources(flags: RawOptions, env: NodeJS.ProcessEnv): { parse
     }
   }
   if (merged['proxy-id'] !== undefined) {
-    for (const key of ENV_FALLBACK_FLAGS) {
-      const variable = FLAG_SPECS[key].env ?? '';
+    for (const [key, variable] of ENV_FALLBACKS) {
       const value = env[variable];
       if (merged[key] === undefined && value !== undefined && value !== '') {
         merged[key] = value;
