@@ -1,46 +1,44 @@
-import { readFileSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { en } from 'zod/locales';
 import * as z from 'zod/mini';
 import { CliError, ConfigError, invalidValue, UsageError } from './errors.ts';
 import { DEFAULT_OUTBOUND_PORT } from './core/ruleset.ts';
+import { parseBoolean, splitList, type Cidr, type IpAddress, type PortRange, type UidSpec } from './core/values.ts';
 import {
-  cidrListSchema,
-  durationSchema,
-  parseBoolean,
-  ipAddressSchema,
-  portOrRangeSchema,
-  portSchema,
-  splitList,
-  transformed,
-  uidSchema,
-  type Cidr,
-  type IpAddress,
-  type PortRange,
-  type UidSpec,
-} from './core/values.ts';
+  FLAG_NAMES,
+  FLAG_SPECS,
+  isFlagName,
+  type FlagName,
+  type FlagSpec,
+  type FlagValues,
+  type RawOptions,
+} from './flags.ts';
+import { FILE_LIMITS, readUserFile } from './userFile.ts';
+
+export type { CommandName, RawOptions } from './flags.ts';
 
 // zod/mini: the classic API attaches dozens of methods to every schema it builds, a cost paid at each start.
 // Its messages come from the English locale. And a one-shot CLI parses each schema once: zod's generated
-// fast path (jit) would cost more to build than it saves.
-z.config({ ...en(), jitless: true });
+// fast path (jit) would cost more to build than it saves. A wrong JSON type in a config file is said plainly.
+z.config({
+  ...en(),
+  jitless: true,
+  customError: (issue) => (issue.code === 'invalid_type' ? `must be a ${issue.expected}, not a ${typeof issue.input}` : undefined),
+});
 
 // Every flag, environment variable and config-file key is validated here, once, into typed options.
-// Raw values are keyed by flag name (`exclude-uid`), the same names the config file uses.
-
-export type CommandName = 'apply' | 'cleanup' | 'status';
-export type RawValue = string | number | boolean | readonly (string | number)[];
-export type RawOptions = Record<string, RawValue | undefined>;
+// Raw values are keyed by flag name (`exclude-uid`), the same names the config file uses (see flags.ts).
 
 /** Where a raw value came from, so an error can point at it. */
 export type Source = { kind: 'flag' } | { kind: 'file'; path: string } | { kind: 'env'; variable: string };
 
 export type IptablesMode = 'auto' | 'legacy' | 'nft';
-
-export type BackendPreference = 'auto' | 'iptables' | 'nftables';
+export type FirewallBackend = 'auto' | 'iptables' | 'nftables';
 
 export interface HostOptions {
   netns: string | undefined;
-  backend: BackendPreference;
+  backend: FirewallBackend;
+  /** Which binaries the iptables backend uses. */
   iptablesMode: IptablesMode;
 }
 
@@ -58,6 +56,8 @@ export interface RuleOptions {
   dualStack: boolean;
 }
 
+export type TlsFile = 'caFile' | 'caPath' | 'clientCert' | 'clientKey';
+
 /** How to reach the Consul agent. The token is only ever read into memory and sent as a header. */
 export interface AgentOptions {
   address: string;
@@ -70,6 +70,8 @@ export interface AgentOptions {
   caPath: string | undefined;
   clientCert: string | undefined;
   clientKey: string | undefined;
+  /** For messages: the flag, variable or config key that named each TLS file. */
+  tlsFileSources: Record<TlsFile, string>;
   tlsServerName: string | undefined;
   /** CONSUL_HTTP_SSL: use https when the address has no scheme. */
   useTls: boolean;
@@ -108,148 +110,88 @@ export interface StatusOptions {
 export const DEFAULT_HTTP_ADDR = '127.0.0.1:8500';
 export const DEFAULT_AGENT_TIMEOUT_MS = 5_000;
 
-/** Flags whose values are secrets: never echoed in an error. */
-const SECRET_KEYS = new Set(['token']);
+type Sources = { [K in FlagName]?: Source };
+/** Config-file values, keyed by flag name; their shape is not checked yet. */
+type ConfigValues = { [K in FlagName]?: unknown };
 
-/** Environment variables standing in for flags, as Consul's CLI reads them. */
-const ENV_FALLBACKS: Record<string, string> = {
-  'http-addr': 'CONSUL_HTTP_ADDR',
-  'ca-file': 'CONSUL_CACERT',
-  'ca-path': 'CONSUL_CAPATH',
-  'client-cert': 'CONSUL_CLIENT_CERT',
-  'client-key': 'CONSUL_CLIENT_KEY',
-  'tls-server-name': 'CONSUL_TLS_SERVER_NAME',
-  namespace: 'CONSUL_NAMESPACE',
-  partition: 'CONSUL_PARTITION',
-};
-
-/** Keys that shape the ruleset: given to `status`, they ask it to compare. */
-const RULE_KEYS = [
-  'proxy-uid',
-  'proxy-id',
-  'proxy-inbound-port',
-  'proxy-outbound-port',
-  'exclude-inbound-port',
-  'exclude-outbound-port',
-  'exclude-outbound-cidr',
-  'exclude-uid',
-  'consul-dns-ip',
-  'consul-dns-port',
-  'dual-stack',
-] as const;
-
-const LIST_KEYS = ['exclude-inbound-port', 'exclude-outbound-port', 'exclude-outbound-cidr', 'exclude-uid'];
-
-// Printable, no whitespace: nothing a value could use to start a new restore line or a new option.
-const plainText = z.string().check(z.regex(/^[\x21-\x7e]+$/, { error: 'must be non-empty printable text without spaces' }));
-const pathText = z.string().check(z.regex(/^[^\0\n\r]+$/, { error: 'must be a file path' }));
-const flag = z.union([z.boolean(), transformed(z.string(), (text, ctx) => {
-  try {
-    return parseBoolean('', text);
-  } catch {
-    ctx.issues.push({ code: 'custom', message: 'must be true or false', input: text });
-    return z.NEVER;
-  }
-})]);
-const list = <T extends z.ZodMiniType>(item: T) => z.optional(z.array(item));
-const notGiven = () => undefined;
-
-const unsetOrPort = z.optional(z.union([transformed(z.literal('0'), notGiven), transformed(z.literal(0), notGiven), portSchema]));
-
-/** Every key a flag or config file may set. Strict: an unknown config key is an error. */
-const rawSchema = z.strictObject({
-  'proxy-uid': z.optional(uidSchema),
-  'proxy-id': z.optional(plainText),
-  // Consul's int flags default to 0, and generated command lines pass it: 0 means "not given".
-  'proxy-inbound-port': unsetOrPort,
-  'proxy-outbound-port': z.optional(portSchema),
-  'exclude-inbound-port': list(portOrRangeSchema),
-  'exclude-outbound-port': list(portOrRangeSchema),
-  'exclude-outbound-cidr': z.optional(cidrListSchema),
-  'exclude-uid': list(uidSchema),
-  'consul-dns-ip': z.optional(ipAddressSchema),
-  'consul-dns-port': unsetOrPort,
-  'dual-stack': z.optional(flag),
-  netns: z.optional(pathText),
-  'iptables-mode': z.optional(z.enum(['auto', 'legacy', 'nft'], { error: 'must be auto, legacy or nft' })),
-  backend: z.optional(z.enum(['auto', 'iptables', 'nftables'], { error: 'must be auto, iptables or nftables' })),
-  'allow-ssh-capture': z.optional(flag),
-  'http-addr': z.optional(plainText),
-  token: z.optional(plainText),
-  'token-file': z.optional(pathText),
-  'ca-file': z.optional(pathText),
-  'ca-path': z.optional(pathText),
-  'client-cert': z.optional(pathText),
-  'client-key': z.optional(pathText),
-  'tls-server-name': z.optional(plainText),
-  namespace: z.optional(plainText),
-  partition: z.optional(plainText),
-  'node-name': z.optional(plainText),
-  timeout: z.optional(durationSchema.check(z.refine((ms) => ms > 0, { error: 'must be longer than 0' }))),
-  wait: z.optional(durationSchema),
-  'dry-run': z.optional(flag),
-  debug: z.optional(flag),
-  json: z.optional(flag),
-  config: z.optional(pathText),
+const flagsWhere = (test: (spec: FlagSpec) => boolean) => FLAG_NAMES.filter((name) => test(FLAG_SPECS[name]));
+/** [flag, variable] for the flags Consul also reads from the environment. */
+const ENV_FALLBACKS = FLAG_NAMES.flatMap((name) => {
+  const variable = FLAG_SPECS[name].env;
+  return variable === undefined ? [] : [[name, variable] as const];
 });
-type Parsed = z.output<typeof rawSchema>;
+const RULE_FLAGS = flagsWhere((spec) => spec.rule === true);
+const LIST_FLAGS = flagsWhere((spec) => spec.arity === 'list');
 
-/** Keys that take no effect in a config file (they describe the invocation, not the setup). */
-const INVOCATION_KEYS = new Set(['config', 'dry-run', 'debug', 'json']);
+/** Every key a flag or config file may set; readConfigFile has already refused any other key. */
+const rawSchema = z.object(Object.fromEntries(FLAG_NAMES.map((name) => [name, z.optional(FLAG_SPECS[name].schema)])));
 
 /** A usage error, or a config error (exit 78) when the key's value came from the config file. */
-function errorFor(key: string, sources: Record<string, Source>, message: string): CliError {
+function errorFor(key: FlagName, sources: Sources, message: string): CliError {
   return sources[key]?.kind === 'file' ? new ConfigError(message) : new UsageError(message);
 }
 
-function badValue(key: string, sources: Record<string, Source>, value: string, reason: string): CliError {
-  return errorFor(key, sources, invalidValue(describeSource(key, sources[key]), value, reason).message);
+/** An invalid value, named with where it came from; shown unless it is a secret or a structure. */
+function invalid(key: FlagName, sources: Sources, value: string | undefined, reason: string): CliError {
+  const where = describeSource(key, sources[key]);
+  if (FLAG_SPECS[key].secret) return errorFor(key, sources, `invalid value for ${where} (not shown): ${reason}`);
+  if (value === undefined) return errorFor(key, sources, `invalid value for ${where}: ${reason}`);
+  return errorFor(key, sources, invalidValue(where, value, reason).message);
 }
 
-function describeSource(key: string, source: Source | undefined): string {
+function describeSource(key: FlagName, source: Source | undefined): string {
   if (source?.kind === 'file') return `key "${key}" in ${source.path}`;
   if (source?.kind === 'env') return source.variable;
   return `-${key}`;
 }
 
+const isItem = (value: unknown) => typeof value === 'string' || Number.isSafeInteger(value);
+const isScalar = (value: unknown) => ['string', 'number', 'boolean'].includes(typeof value);
+const jsonKind = (value: unknown) =>
+  value === null ? 'null' : Array.isArray(value) ? 'a list' : typeof value === 'object' ? 'an object' : `a ${typeof value}`;
+
+const EXPECTED_SHAPE: Record<FlagSpec['arity'], string> = {
+  switch: 'must be true or false',
+  single: 'must be a string or a whole number',
+  list: 'must be a string, a whole number or a list of them',
+};
+
+/**
+ * Refuses a value that does not have its flag's JSON shape: one level deep, never recursing into what a config
+ * file nests (to any depth), and never printing a structure. The schemas then only ever see scalars and flat lists.
+ */
+function checkShape(key: FlagName, sources: Sources, value: unknown): void {
+  const { arity } = FLAG_SPECS[key];
+  if (arity === 'switch' ? typeof value === 'boolean' || typeof value === 'string' : isItem(value)) return;
+  if (isScalar(value)) throw invalid(key, sources, String(value), EXPECTED_SHAPE[arity]);
+  if (arity === 'list' && Array.isArray(value)) {
+    const item = value.find((entry) => !isItem(entry));
+    if (item === undefined) return;
+    throw invalid(key, sources, undefined, `${EXPECTED_SHAPE[arity]}, not a list holding ${jsonKind(item)}`);
+  }
+  throw invalid(key, sources, undefined, `${EXPECTED_SHAPE[arity]}, not ${jsonKind(value)}`);
+}
+
+/** The item a schema issue points at; after checkShape and normaliseLists, always a scalar. */
 function rawValueAt(raw: RawOptions, path: readonly PropertyKey[]): string {
   const [key, index] = path;
-  const value = raw[String(key)];
+  const value = raw[key as FlagName];
   const item = Array.isArray(value) && typeof index === 'number' ? value[index] : value;
-  if (item === undefined) return '';
-  return typeof item === 'string' ? item : JSON.stringify(item);
+  return item === undefined ? '' : String(item);
 }
 
-function validate(raw: RawOptions, sources: Record<string, Source>): Parsed {
+function validate(raw: RawOptions, sources: Sources): FlagValues {
   const result = rawSchema.safeParse(raw);
-  if (result.success) return result.data;
+  if (result.success) return result.data as FlagValues;
   const issue = result.error.issues[0];
-  if (!issue) throw new UsageError('invalid options');
-  if (issue.code === 'unrecognized_keys') {
-    const key = issue.keys[0] ?? '';
-    const file = Object.values(sources).find((s) => s.kind === 'file');
-    const where = file?.kind === 'file' ? file.path : 'the config file';
-    throw new ConfigError(`unknown key ${JSON.stringify(key)} in ${where}: keys are flag names without dashes, e.g. "exclude-uid"`);
-  }
-  const key = String(issue.path[0] ?? '');
-  if (SECRET_KEYS.has(key)) {
-    throw errorFor(key, sources, `invalid value for ${describeSource(key, sources[key])} (not shown): ${issue.message}`);
-  }
-  throw badValue(key, sources, rawValueAt(raw, issue.path), issue.message);
-}
-
-/** Reads a text file named by the user; `describe` says which one, for the error that names the reason. */
-export function readUserFile(path: string, describe: string, kind: typeof UsageError | typeof ConfigError = UsageError): string {
-  try {
-    return readFileSync(path, 'utf8');
-  } catch (error) {
-    throw new kind(`cannot read ${describe}: ${(error as NodeJS.ErrnoException).code ?? 'unreadable'}`);
-  }
+  const key = String(issue?.path[0]);
+  if (!issue || !isFlagName(key)) throw new UsageError('invalid options');
+  throw invalid(key, sources, rawValueAt(raw, issue.path), issue.message);
 }
 
 /** Reads `-config`: a JSON object whose keys are flag names. */
-export function readConfigFile(path: string): RawOptions {
-  const text = readUserFile(path, `-config file ${JSON.stringify(path)}`, ConfigError);
+export function readConfigFile(path: string): ConfigValues {
+  const text = readUserFile(path, '-config', FILE_LIMITS.config, ConfigError);
   let data: unknown;
   try {
     data = JSON.parse(text);
@@ -260,22 +202,12 @@ export function readConfigFile(path: string): RawOptions {
     throw new ConfigError(`config file ${path} must hold a JSON object of flag names to values`);
   }
   for (const key of Object.keys(data)) {
-    if (INVOCATION_KEYS.has(key)) throw new ConfigError(`key "${key}" in ${path} is only accepted on the command line`);
+    if (!isFlagName(key)) {
+      throw new ConfigError(`unknown key ${JSON.stringify(key)} in ${path}: keys are flag names without dashes, e.g. "exclude-uid"`);
+    }
+    if (FLAG_SPECS[key].commandLineOnly) throw new ConfigError(`key "${key}" in ${path} is only accepted on the command line`);
   }
-  return data as RawOptions;
-}
-
-/** Comma lists become single items; config files may give a list or one comma-separated string. */
-function normaliseLists(raw: RawOptions): RawOptions {
-  const out: RawOptions = { ...raw };
-  for (const key of LIST_KEYS) {
-    const value = out[key];
-    const items: unknown[] = Array.isArray(value) ? value : [value];
-    // Anything but strings and numbers is left for the schema to reject, naming the key.
-    if (value === undefined || !items.every((item) => typeof item === 'string' || typeof item === 'number')) continue;
-    out[key] = splitList(items.map(String));
-  }
-  return out;
+  return data;
 }
 
 /**
@@ -283,24 +215,24 @@ function normaliseLists(raw: RawOptions): RawOptions {
  * returns it with where each key came from. The agent's environment variables are only read with
  * -proxy-id: without it nothing is asked of the agent, so they cannot matter (as with Consul).
  */
-export function mergeSources(flags: RawOptions, env: NodeJS.ProcessEnv): { parsed: Parsed; sources: Record<string, Source> } {
-  // No prototype: a "__proto__" key in a config file must be an ordinary unknown key, not a prototype.
-  const sources: Record<string, Source> = Object.create(null);
-  const merged: RawOptions = Object.create(null);
-  const configPath = typeof flags['config'] === 'string' ? flags['config'] : undefined;
-  const layers: [RawOptions, Source][] = [
-    ...(configPath === undefined ? [] : [[readConfigFile(configPath), { kind: 'file', path: configPath }] as [RawOptions, Source]]),
+export function mergeSources(flags: RawOptions, env: NodeJS.ProcessEnv): { parsed: FlagValues; sources: Sources } {
+  // No prototype: no key can reach Object.prototype, whatever a config file holds.
+  const sources: Sources = Object.create(null);
+  const merged: ConfigValues = Object.create(null);
+  const configPath = typeof flags.config === 'string' ? flags.config : undefined;
+  const layers: [ConfigValues, Source][] = [
+    ...(configPath === undefined ? [] : [[readConfigFile(configPath), { kind: 'file', path: configPath }] as [ConfigValues, Source]]),
     [flags, { kind: 'flag' }],
   ];
   for (const [values, source] of layers) {
-    for (const [key, value] of Object.entries(values)) {
-      if (value === undefined) continue;
-      merged[key] = value;
+    for (const key of Object.keys(values) as FlagName[]) {
+      if (values[key] === undefined) continue;
+      merged[key] = values[key];
       sources[key] = source;
     }
   }
   if (merged['proxy-id'] !== undefined) {
-    for (const [key, variable] of Object.entries(ENV_FALLBACKS)) {
+    for (const [key, variable] of ENV_FALLBACKS) {
       const value = env[variable];
       if (merged[key] === undefined && value !== undefined && value !== '') {
         merged[key] = value;
@@ -308,11 +240,20 @@ export function mergeSources(flags: RawOptions, env: NodeJS.ProcessEnv): { parse
       }
     }
   }
-  return { parsed: validate(normaliseLists(merged), sources), sources };
+  for (const key of FLAG_NAMES) {
+    if (merged[key] !== undefined) checkShape(key, sources, merged[key]);
+  }
+  const raw = merged as RawOptions;
+  // Comma lists become single items; config files may give a list or one comma-separated string.
+  for (const key of LIST_FLAGS) {
+    const value = raw[key];
+    if (value !== undefined) raw[key] = splitList((Array.isArray(value) ? value : [value]).map(String));
+  }
+  return { parsed: validate(raw, sources), sources };
 }
 
 /** Checks that a path option names something that exists, and is a file or directory when it must be. */
-function existingPath(key: string, sources: Record<string, Source>, path: string, kind: 'file' | 'directory' | 'any'): string {
+function existingPath(key: FlagName, sources: Sources, path: string, kind: 'file' | 'directory' | 'any'): string {
   const problem = (() => {
     try {
       const stats = statSync(path);
@@ -324,10 +265,10 @@ function existingPath(key: string, sources: Record<string, Source>, path: string
     }
   })();
   if (problem === undefined) return path;
-  throw badValue(key, sources, path, problem);
+  throw invalid(key, sources, path, problem);
 }
 
-function hostOptions(parsed: Parsed, sources: Record<string, Source>): HostOptions {
+function hostOptions(parsed: FlagValues, sources: Sources): HostOptions {
   return {
     netns: parsed.netns === undefined ? undefined : existingPath('netns', sources, parsed.netns, 'any'),
     backend: parsed.backend ?? 'auto',
@@ -336,7 +277,7 @@ function hostOptions(parsed: Parsed, sources: Record<string, Source>): HostOptio
 }
 
 /** Consul's checks, in Consul's order (reference section 2.1). */
-function ruleOptions(parsed: Parsed): RuleOptions {
+function ruleOptions(parsed: FlagValues): RuleOptions {
   const proxyUid = parsed['proxy-uid'];
   if (proxyUid === undefined) throw new UsageError('-proxy-uid is required');
   const proxyId = parsed['proxy-id'];
@@ -379,29 +320,29 @@ const envBoolean = (env: NodeJS.ProcessEnv, variable: string, fallback: boolean)
  * Reads the token with Consul's precedence (-token-file, -token, CONSUL_HTTP_TOKEN_FILE, CONSUL_HTTP_TOKEN),
  * the config file's keys ranking between the command line and the environment.
  */
-function resolveToken(parsed: Parsed, sources: Record<string, Source>, env: NodeJS.ProcessEnv) {
-  const candidates: { file?: string; token?: string; label: string }[] = [];
-  if (parsed['token-file'] !== undefined) {
-    candidates.push({ file: parsed['token-file'], label: describeSource('token-file', sources['token-file']) });
-  }
-  if (parsed.token !== undefined) candidates.push({ token: parsed.token, label: describeSource('token', sources['token']) });
-  if (env['CONSUL_HTTP_TOKEN_FILE']) candidates.push({ file: env['CONSUL_HTTP_TOKEN_FILE'], label: 'CONSUL_HTTP_TOKEN_FILE' });
-  if (env['CONSUL_HTTP_TOKEN']) candidates.push({ token: env['CONSUL_HTTP_TOKEN'], label: 'CONSUL_HTTP_TOKEN' });
-  // The command line beats the config file, which beats the environment; within one, the file beats the token.
-  const rank = (label: string) => (label.startsWith('-') ? 0 : label.startsWith('key ') ? 1 : 2);
-  const chosen = candidates.sort((a, b) => rank(a.label) - rank(b.label))[0];
+function resolveToken(parsed: FlagValues, sources: Sources, env: NodeJS.ProcessEnv) {
+  const candidates: { file?: string; token?: string; from: Source['kind']; label: string }[] = [];
+  const setting = (key: 'token-file' | 'token') => ({ from: sources[key]?.kind ?? 'flag', label: describeSource(key, sources[key]) });
+  if (parsed['token-file'] !== undefined) candidates.push({ file: parsed['token-file'], ...setting('token-file') });
+  if (parsed.token !== undefined) candidates.push({ token: parsed.token, ...setting('token') });
+  const envFile = env['CONSUL_HTTP_TOKEN_FILE'];
+  if (envFile) candidates.push({ file: envFile, from: 'env', label: 'CONSUL_HTTP_TOKEN_FILE' });
+  const envToken = env['CONSUL_HTTP_TOKEN'];
+  if (envToken) candidates.push({ token: envToken, from: 'env', label: 'CONSUL_HTTP_TOKEN' });
+  // The command line beats the config file, which beats the environment; within one, the file beats the token
+  // (the sort is stable, and files were added first).
+  const rank = { flag: 0, file: 1, env: 2 };
+  const chosen = candidates.sort((a, b) => rank[a.from] - rank[b.from])[0];
   if (!chosen) return { token: undefined, tokenSource: undefined };
   let token = chosen.token;
-  if (chosen.file !== undefined) {
-    token = readUserFile(chosen.file, `the ACL token file ${chosen.file} (${chosen.label})`).trim();
-  }
+  if (chosen.file !== undefined) token = readUserFile(chosen.file, chosen.label, FILE_LIMITS.token).trim();
   if (token === undefined || !/^[\x21-\x7e]*$/.test(token)) {
     throw new UsageError(`the ACL token from ${chosen.label} contains characters an HTTP header cannot carry (not shown)`);
   }
   return { token: token === '' ? undefined : token, tokenSource: chosen.label };
 }
 
-function agentOptions(parsed: Parsed, sources: Record<string, Source>, env: NodeJS.ProcessEnv): AgentOptions {
+function agentOptions(parsed: FlagValues, sources: Sources, env: NodeJS.ProcessEnv): AgentOptions {
   const auth = env['CONSUL_HTTP_AUTH'];
   const [username = '', ...password] = auth ? auth.split(':') : [];
   const file = (key: 'ca-file' | 'client-cert' | 'client-key') =>
@@ -419,6 +360,12 @@ function agentOptions(parsed: Parsed, sources: Record<string, Source>, env: Node
     caPath: parsed['ca-path'] === undefined ? undefined : existingPath('ca-path', sources, parsed['ca-path'], 'directory'),
     clientCert,
     clientKey,
+    tlsFileSources: {
+      caFile: describeSource('ca-file', sources['ca-file']),
+      caPath: describeSource('ca-path', sources['ca-path']),
+      clientCert: describeSource('client-cert', sources['client-cert']),
+      clientKey: describeSource('client-key', sources['client-key']),
+    },
     tlsServerName: parsed['tls-server-name'],
     useTls: envBoolean(env, 'CONSUL_HTTP_SSL', false),
     verifyTls: envBoolean(env, 'CONSUL_HTTP_SSL_VERIFY', true),
@@ -431,7 +378,7 @@ function agentOptions(parsed: Parsed, sources: Record<string, Source>, env: Node
   };
 }
 
-function common(parsed: Parsed): CommonOptions {
+function common(parsed: FlagValues): CommonOptions {
   return { dryRun: parsed['dry-run'] ?? false };
 }
 
@@ -455,7 +402,7 @@ export function cleanupOptions(flags: RawOptions, env: NodeJS.ProcessEnv): Clean
 export function statusOptions(flags: RawOptions, env: NodeJS.ProcessEnv): StatusOptions {
   const { parsed, sources } = mergeSources(flags, env);
   // Any flag about the rules asks for a comparison (and then -proxy-uid is required, as for an apply).
-  const wantsComparison = RULE_KEYS.some((key) => parsed[key] !== undefined);
+  const wantsComparison = RULE_FLAGS.some((key) => parsed[key] !== undefined);
   const rules = wantsComparison ? ruleOptions(parsed) : undefined;
   return {
     host: hostOptions(parsed, sources),

@@ -29,7 +29,7 @@ const EXIT: Record<Verdict, number> = { 'in-sync': 0, installed: 0, drifted: Exi
  * Returns the exit code: 0 in sync (or installed, without flags to compare), 3 drifted, 4 absent.
  */
 export async function status(options: StatusOptions, context: CommandContext): Promise<number> {
-  requireNetAdmin('reading the firewall rules');
+  requireNetAdmin('reading the firewall rules', false);
   const config = options.rules === undefined ? undefined : await resolveConfig(options.rules, options.agent, context);
   const netns = options.host.netns;
   const surveys = await context.backends.survey(netns);

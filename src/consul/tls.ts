@@ -1,7 +1,8 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { UsageError } from '../errors.ts';
-import { readUserFile, type AgentOptions } from '../options.ts';
+import type { AgentOptions } from '../options.ts';
+import { FILE_LIMITS, readUserFile } from '../userFile.ts';
 
 /** The TLS part of a request's options (node:https passes them to tls.connect). */
 export interface TlsSettings {
@@ -14,17 +15,17 @@ export interface TlsSettings {
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
 
-const readText = (flag: string, path: string) => readUserFile(path, `${flag} ${path}`);
+const readText = (setting: string, path: string) => readUserFile(path, setting, FILE_LIMITS.tls);
 
-function certificatesIn(flag: string, path: string): string[] {
-  return readText(flag, path).match(PEM_CERTIFICATE) ?? [];
+function certificatesIn(setting: string, path: string): string[] {
+  return readText(setting, path).match(PEM_CERTIFICATE) ?? [];
 }
 
 /** -ca-file wins over -ca-path, as in Consul; without either, Node's own root certificates apply. */
 function trustedCertificates(agent: AgentOptions): string[] | undefined {
   if (agent.caFile !== undefined) {
-    const found = certificatesIn('-ca-file', agent.caFile);
-    if (found.length === 0) throw new UsageError(`-ca-file ${agent.caFile} holds no PEM certificate`);
+    const found = certificatesIn(agent.tlsFileSources.caFile, agent.caFile);
+    if (found.length === 0) throw new UsageError(`${agent.tlsFileSources.caFile} ${agent.caFile} holds no PEM certificate`);
     return found;
   }
   if (agent.caPath === undefined) return undefined;
@@ -34,8 +35,8 @@ function trustedCertificates(agent: AgentOptions): string[] | undefined {
     .filter((entry) => entry.isFile() || entry.isSymbolicLink())
     .map((entry) => entry.name)
     .sort()
-    .flatMap((name) => certificatesIn('-ca-path', join(caPath, name)));
-  if (found.length === 0) throw new UsageError(`-ca-path ${caPath} holds no PEM certificate`);
+    .flatMap((name) => certificatesIn(agent.tlsFileSources.caPath, join(caPath, name)));
+  if (found.length === 0) throw new UsageError(`${agent.tlsFileSources.caPath} ${caPath} holds no PEM certificate`);
   return found;
 }
 
@@ -49,15 +50,16 @@ export async function tlsSettings(agent: AgentOptions): Promise<TlsSettings> {
     rejectUnauthorized: agent.verifyTls,
   };
   if (agent.clientCert === undefined || agent.clientKey === undefined) return settings;
-  const cert = readText('-client-cert', agent.clientCert);
-  const key = readText('-client-key', agent.clientKey);
+  const { clientCert: certSource, clientKey: keySource } = agent.tlsFileSources;
+  const cert = readText(certSource, agent.clientCert);
+  const key = readText(keySource, agent.clientKey);
   // node:tls is loaded here, not at start-up: most runs never talk to the agent.
   const { createSecureContext } = await import('node:tls');
   try {
     createSecureContext({ cert, key });
   } catch (error) {
     throw new UsageError(
-      `cannot use -client-cert ${agent.clientCert} with -client-key ${agent.clientKey}: ${(error as Error).message}`,
+      `cannot use ${certSource} ${agent.clientCert} with ${keySource} ${agent.clientKey}: ${(error as Error).message}`,
     );
   }
   return { ...settings, cert, key };

@@ -21,10 +21,11 @@ function readProcStatus(): string {
   }
 }
 
-export function requireNetAdmin(action: string): void {
+/** `offersDryRun`: whether the command takes --dry-run, the way to go on without root (status does not). */
+export function requireNetAdmin(action: string, offersDryRun = true): void {
   if (!hasNetAdmin()) {
     throw new CliError(
-      `${action} needs root (CAP_NET_ADMIN): run it with sudo, or use --dry-run to only print the rules`,
+      `${action} needs root (CAP_NET_ADMIN): run it with sudo${offersDryRun ? ', or use --dry-run to only print the rules' : ''}`,
       ExitCode.noPermission,
     );
   }

@@ -109,6 +109,7 @@ export function agentOptions(overrides: Partial<AgentOptions> = {}): AgentOption
     caPath: undefined,
     clientCert: undefined,
     clientKey: undefined,
+    tlsFileSources: { caFile: '-ca-file', caPath: '-ca-path', clientCert: '-client-cert', clientKey: '-client-key' },
     tlsServerName: undefined,
     useTls: false,
     verifyTls: true,

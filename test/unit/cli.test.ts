@@ -413,6 +413,98 @@ describe('run: --help and --version', () => {
   });
 });
 
+describe('run: every bad value gets one line with the flag, the value and the reason', () => {
+  it('-proxy-inbound-port=70000 says what a port must be, not "Invalid input"', async () => {
+    const result = await runCli(['--dry-run', '-proxy-uid=1', '-proxy-inbound-port=70000']);
+    expectOneLineFailure(result, ExitCode.usage);
+    expect(result.stderrLines[0]).toBe(
+      'redirect-traffic: error: invalid value "70000" for -proxy-inbound-port: must be a port number from 1 to 65535 (0: not given)',
+    );
+  });
+
+  it.each([
+    ['-proxy-inbound-port=70000'],
+    ['-consul-dns-port=-1'],
+    ['-proxy-outbound-port=0'],
+    ['-timeout=0'],
+    ['-wait=soon'],
+    ['-backend=pf'],
+    ['-iptables-mode=xtables'],
+    ['-http-addr=a b'],
+    ['-dual-stack=maybe'],
+  ])('%s', async (arg) => {
+    const [flag = '', value = ''] = arg.split('=');
+    const result = await runCli(['--dry-run', '-proxy-uid=1', '-proxy-id=web', arg]);
+    expectOneLineFailure(result, ExitCode.usage, `${flag}: must`, JSON.stringify(value));
+    expect(result.stderr).not.toContain('Invalid input');
+  });
+
+  it.each([
+    ['proxy-inbound-port', 1.5, 'must be a string or a whole number'],
+    ['proxy-inbound-port', true, 'must be a string or a whole number'],
+    ['proxy-id', 123, 'must be a string, not a number'],
+    ['dual-stack', 1, 'must be true or false'],
+    ['exclude-uid', [1, 2.5], 'must be a string, a whole number or a list of them, not a list holding a number'],
+  ] as const)('config key %s holding %j', async (key, value, reason) => {
+    const path = scratch.write(`bad-${key}.json`, { 'proxy-uid': 1, 'proxy-inbound-port': 2, [key]: value });
+    const result = await runCli(['--dry-run', `-config=${path}`]);
+    expectOneLineFailure(result, ExitCode.config, `key "${key}" in ${path}`, reason);
+  });
+});
+
+describe('run: structures nested to any depth are refused naming the key (defect 6)', () => {
+  const nested = (depth: number, inner: string) => `${'['.repeat(depth)}${inner}${']'.repeat(depth)}`;
+
+  it.each([
+    ['exclude-inbound-port', nested(5_000, '22'), 'not a list holding a list'],
+    ['exclude-outbound-cidr', nested(1_000_000, ''), 'not a list holding a list'],
+    ['proxy-uid', nested(5_000, '1'), 'not a list'],
+    ['netns', `${'{"a":'.repeat(5_000)}1${'}'.repeat(5_000)}`, 'not an object'],
+    ['dual-stack', nested(5_000, 'true'), 'must be true or false, not a list'],
+  ])('%s', async (key, json, reason) => {
+    const base = key === 'proxy-uid' ? '{"proxy-inbound-port": 2' : '{"proxy-uid": 1, "proxy-inbound-port": 2';
+    const path = scratch.write(`deep-${key}.json`, `${base}, "${key}": ${json}}`);
+    const result = await runCli(['--dry-run', `-config=${path}`]);
+    expectOneLineFailure(result, ExitCode.config, `invalid value for key "${key}" in ${path}`, reason);
+  });
+
+  it('a deeply nested token is refused without showing any of it', async () => {
+    const path = scratch.write('deep-token.json', `{"proxy-uid": 1, "proxy-id": "web", "token": [["${SECRET}"]]}`);
+    const result = await runCli(['--dry-run', `-config=${path}`]);
+    expectOneLineFailure(result, ExitCode.config, 'key "token"', '(not shown)');
+    expect(result.stderr).not.toContain(SECRET);
+  });
+});
+
+describe('run: help as a command', () => {
+  it.each([[['help'], 'Usage: redirect-traffic [options] [command]'], [['help', 'cleanup'], 'Usage: redirect-traffic cleanup [options]']])(
+    '%j prints what --help prints',
+    async (argv, usage) => {
+      const result = await runCli(argv);
+      expect(result.code).toBe(0);
+      expect(result.stdout.startsWith(usage)).toBe(true);
+      const [command] = argv.slice(1);
+      expect(result.stdout).toBe((await runCli(command === undefined ? ['--help'] : [command, '--help'])).stdout);
+    },
+  );
+
+  it.each([[['help', 'bogus']], [['help', 'cleanup', 'status']]])('%j is a usage error', async (argv) => {
+    expectOneLineFailure(await runCli(argv), ExitCode.usage, 'help takes one command name at most');
+  });
+});
+
+describe('run: the root hint fits the command', () => {
+  it('status, which takes no --dry-run, does not suggest it', async () => {
+    const result = await runCli(['status']);
+    expectOneLineFailure(result, ExitCode.noPermission, 'needs root', 'sudo');
+    expect(result.stderr).not.toContain('--dry-run');
+  });
+
+  it('cleanup, like apply, suggests --dry-run', async () => {
+    expectOneLineFailure(await runCli(['cleanup']), ExitCode.noPermission, '--dry-run');
+  });
+});
+
 describe('run: colour', () => {
   afterEach(() => {
     vi.restoreAllMocks();
