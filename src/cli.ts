@@ -156,6 +156,16 @@ export function createProgram(version: string, handle: CommandHandler, args: rea
   );
   status.action(async () => handle('status', rawFlags(status, 'status')));
 
-  for (const sub of [apply, cleanup, status]) program.addCommand(sub.exitOverride());
+  const watch = withFlags(new Command('watch'), 'watch').description(
+    'apply, then keep the rules in place until stopped: repair them when something removes or changes them, and follow the registration with -proxy-id',
+  );
+  watch.action(async () => handle('watch', rawFlags(watch, 'watch')));
+
+  const verify = withFlags(new Command('verify'), 'verify').description(
+    'prove the redirection works with a real connection from an ordinary user (exit 0 works, 5 does not)',
+  );
+  verify.action(async () => handle('verify', rawFlags(verify, 'verify')));
+
+  for (const sub of [apply, cleanup, status, watch, verify]) program.addCommand(sub.exitOverride());
   return program;
 }

@@ -5,6 +5,8 @@ export const ExitCode = {
   drifted: 3,
   /** status: no rules installed. */
   absent: 4,
+  /** verify: a connection was not redirected to the proxy's port (or DNS not to Consul DNS). */
+  notRedirected: 5,
   usage: 64,
   /** The agent answered with something that is not a valid proxy registration. */
   badRegistration: 65,

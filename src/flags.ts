@@ -15,8 +15,8 @@ import {
 // fallbacks and the validation (options.ts) are all derived from this table. A flag name is also its
 // config-file key.
 
-export type CommandName = 'apply' | 'cleanup' | 'status';
-export const COMMANDS: readonly CommandName[] = ['apply', 'cleanup', 'status'];
+export type CommandName = 'apply' | 'cleanup' | 'status' | 'watch' | 'verify';
+export const COMMANDS: readonly CommandName[] = ['apply', 'cleanup', 'status', 'watch', 'verify'];
 
 interface CommonSpec {
   /** Help text; a function where the wording depends on the command. */
@@ -48,7 +48,8 @@ const RULES = 'Redirection:';
 const AGENT = 'Consul agent (with -proxy-id):';
 const HOST = 'Host:';
 const RUN = 'Run:';
-const APPLY_STATUS: readonly CommandName[] = ['apply', 'status'];
+/** The commands that take the flags describing the rules (and the agent's, to read them from). */
+const WITH_RULES: readonly CommandName[] = ['apply', 'status', 'watch', 'verify'];
 
 // Printable, no whitespace: nothing a value could use to start a new restore line or a new option.
 const plainText = z.string().check(z.regex(/^[\x21-\x7e]+$/, { error: 'must be non-empty printable text without spaces' }));
@@ -80,106 +81,112 @@ const choice = <const T extends readonly [string, ...string[]]>(values: T) =>
 
 export const FLAGS = {
   'proxy-uid': {
-    arity: 'single', placeholder: '<uid|user>', group: RULES, commands: APPLY_STATUS, rule: true, schema: uidSchema,
+    arity: 'single', placeholder: '<uid|user>', group: RULES, commands: WITH_RULES, rule: true, schema: uidSchema,
     description: 'UID or user name the proxy (Envoy) runs as; its own traffic is never redirected (required)',
   },
   'proxy-id': {
-    arity: 'single', placeholder: '<id>', group: RULES, commands: APPLY_STATUS, rule: true, schema: plainText,
+    arity: 'single', placeholder: '<id>', group: RULES, commands: WITH_RULES, rule: true, schema: plainText,
     description: 'service ID of the proxy registration; ports and exclusions are read from the agent',
   },
   'proxy-inbound-port': {
-    arity: 'single', placeholder: '<port>', group: RULES, commands: APPLY_STATUS, rule: true, schema: portOrUnsetSchema,
+    arity: 'single', placeholder: '<port>', group: RULES, commands: WITH_RULES, rule: true, schema: portOrUnsetSchema,
     description: "proxy's inbound listener port (required without -proxy-id)",
   },
   'proxy-outbound-port': {
-    arity: 'single', placeholder: '<port>', group: RULES, commands: APPLY_STATUS, rule: true, schema: portSchema,
+    arity: 'single', placeholder: '<port>', group: RULES, commands: WITH_RULES, rule: true, schema: portSchema,
     description: "proxy's outbound listener port (default: 15001)",
   },
   'exclude-inbound-port': {
-    arity: 'list', placeholder: '<port|a:b>', group: RULES, commands: APPLY_STATUS, rule: true, schema: z.array(portOrRangeSchema),
+    arity: 'list', placeholder: '<port|a:b>', group: RULES, commands: WITH_RULES, rule: true, schema: z.array(portOrRangeSchema),
     description: 'inbound port or range never redirected; repeatable, comma lists allowed',
   },
   'exclude-outbound-port': {
-    arity: 'list', placeholder: '<port|a:b>', group: RULES, commands: APPLY_STATUS, rule: true, schema: z.array(portOrRangeSchema),
+    arity: 'list', placeholder: '<port|a:b>', group: RULES, commands: WITH_RULES, rule: true, schema: z.array(portOrRangeSchema),
     description: 'outbound port or range never redirected; repeatable, comma lists allowed',
   },
   'exclude-outbound-cidr': {
-    arity: 'list', placeholder: '<cidr>', group: RULES, commands: APPLY_STATUS, rule: true, schema: cidrListSchema,
+    arity: 'list', placeholder: '<cidr>', group: RULES, commands: WITH_RULES, rule: true, schema: cidrListSchema,
     description: 'outbound IPv4/IPv6 address or prefix never redirected; repeatable, comma lists allowed',
   },
   'exclude-uid': {
-    arity: 'list', placeholder: '<uid|user>', group: RULES, commands: APPLY_STATUS, rule: true, schema: z.array(uidSchema),
+    arity: 'list', placeholder: '<uid|user>', group: RULES, commands: WITH_RULES, rule: true, schema: z.array(uidSchema),
     description: 'UID or user name whose traffic is never redirected (e.g. the consul agent); repeatable',
   },
   'consul-dns-ip': {
-    arity: 'single', placeholder: '<ip>', group: RULES, commands: APPLY_STATUS, rule: true, schema: ipAddressSchema,
+    arity: 'single', placeholder: '<ip>', group: RULES, commands: WITH_RULES, rule: true, schema: ipAddressSchema,
     description: 'send DNS (port 53) to Consul DNS at this address; alone, all port-53 traffic goes there',
   },
   'consul-dns-port': {
-    arity: 'single', placeholder: '<port>', group: RULES, commands: APPLY_STATUS, rule: true, schema: portOrUnsetSchema,
+    arity: 'single', placeholder: '<port>', group: RULES, commands: WITH_RULES, rule: true, schema: portOrUnsetSchema,
     description: 'send DNS for the DNS address (default 127.0.0.1) to this port',
   },
   'dual-stack': {
-    arity: 'switch', group: RULES, commands: APPLY_STATUS, rule: true, schema: switchSchema,
+    arity: 'switch', group: RULES, commands: WITH_RULES, rule: true, schema: switchSchema,
     description: 'also redirect IPv6 with ip6tables',
   },
   'http-addr': {
-    arity: 'single', placeholder: '<address>', group: AGENT, commands: APPLY_STATUS, env: 'CONSUL_HTTP_ADDR', schema: plainText,
+    arity: 'single', placeholder: '<address>', group: AGENT, commands: WITH_RULES, env: 'CONSUL_HTTP_ADDR', schema: plainText,
     description: 'agent address: host:port, http(s)://host:port or unix:///path (env CONSUL_HTTP_ADDR; default 127.0.0.1:8500)',
   },
   token: {
-    arity: 'single', placeholder: '<token>', group: AGENT, commands: APPLY_STATUS, secret: true, schema: plainText,
+    arity: 'single', placeholder: '<token>', group: AGENT, commands: WITH_RULES, secret: true, schema: plainText,
     description: 'ACL token; prefer -token-file, a command line is visible to every user (env CONSUL_HTTP_TOKEN)',
   },
   'token-file': {
-    arity: 'single', placeholder: '<path>', group: AGENT, commands: APPLY_STATUS, schema: pathText,
+    arity: 'single', placeholder: '<path>', group: AGENT, commands: WITH_RULES, schema: pathText,
     description: 'file holding the ACL token (env CONSUL_HTTP_TOKEN_FILE)',
   },
   'ca-file': {
-    arity: 'single', placeholder: '<path>', group: AGENT, commands: APPLY_STATUS, env: 'CONSUL_CACERT', schema: pathText,
+    arity: 'single', placeholder: '<path>', group: AGENT, commands: WITH_RULES, env: 'CONSUL_CACERT', schema: pathText,
     description: 'CA bundle to verify the agent (env CONSUL_CACERT)',
   },
   'ca-path': {
-    arity: 'single', placeholder: '<dir>', group: AGENT, commands: APPLY_STATUS, env: 'CONSUL_CAPATH', schema: pathText,
+    arity: 'single', placeholder: '<dir>', group: AGENT, commands: WITH_RULES, env: 'CONSUL_CAPATH', schema: pathText,
     description: 'directory of CA certificates (env CONSUL_CAPATH)',
   },
   'client-cert': {
-    arity: 'single', placeholder: '<path>', group: AGENT, commands: APPLY_STATUS, env: 'CONSUL_CLIENT_CERT', schema: pathText,
+    arity: 'single', placeholder: '<path>', group: AGENT, commands: WITH_RULES, env: 'CONSUL_CLIENT_CERT', schema: pathText,
     description: 'client certificate for mutual TLS (env CONSUL_CLIENT_CERT)',
   },
   'client-key': {
-    arity: 'single', placeholder: '<path>', group: AGENT, commands: APPLY_STATUS, env: 'CONSUL_CLIENT_KEY', schema: pathText,
+    arity: 'single', placeholder: '<path>', group: AGENT, commands: WITH_RULES, env: 'CONSUL_CLIENT_KEY', schema: pathText,
     description: 'client key for mutual TLS (env CONSUL_CLIENT_KEY)',
   },
   'tls-server-name': {
-    arity: 'single', placeholder: '<name>', group: AGENT, commands: APPLY_STATUS, env: 'CONSUL_TLS_SERVER_NAME', schema: plainText,
+    arity: 'single', placeholder: '<name>', group: AGENT, commands: WITH_RULES, env: 'CONSUL_TLS_SERVER_NAME', schema: plainText,
     description: 'server name to verify the agent certificate against (env CONSUL_TLS_SERVER_NAME)',
   },
   namespace: {
-    arity: 'single', placeholder: '<name>', group: AGENT, commands: APPLY_STATUS, env: 'CONSUL_NAMESPACE', schema: plainText,
+    arity: 'single', placeholder: '<name>', group: AGENT, commands: WITH_RULES, env: 'CONSUL_NAMESPACE', schema: plainText,
     description: 'Consul Enterprise namespace of the proxy (env CONSUL_NAMESPACE)',
   },
   partition: {
-    arity: 'single', placeholder: '<name>', group: AGENT, commands: APPLY_STATUS, env: 'CONSUL_PARTITION', schema: plainText,
+    arity: 'single', placeholder: '<name>', group: AGENT, commands: WITH_RULES, env: 'CONSUL_PARTITION', schema: plainText,
     description: 'Consul Enterprise admin partition of the proxy (env CONSUL_PARTITION)',
   },
   'node-name': {
-    arity: 'single', placeholder: '<node>', group: AGENT, commands: APPLY_STATUS, schema: plainText,
+    arity: 'single', placeholder: '<node>', group: AGENT, commands: WITH_RULES, schema: plainText,
     description: 'look the proxy up in the catalog on this node instead of the local agent',
   },
   timeout: {
-    arity: 'single', placeholder: '<duration>', group: AGENT, commands: APPLY_STATUS,
+    arity: 'single', placeholder: '<duration>', group: AGENT, commands: WITH_RULES,
     schema: durationSchema.check(z.refine((ms) => ms > 0, { error: 'must be longer than 0' })),
     description: 'limit for each request to the agent (default: 5s)',
   },
   wait: {
-    arity: 'single', placeholder: '<duration>', group: AGENT, commands: APPLY_STATUS, schema: durationSchema,
+    arity: 'single', placeholder: '<duration>', group: AGENT, commands: WITH_RULES, schema: durationSchema,
     description: 'keep retrying this long while the agent is down or the proxy not yet registered (default: 0, one try)',
   },
   netns: {
     arity: 'single', placeholder: '<path>', group: HOST, commands: COMMANDS, schema: pathText,
     description: (command) => {
-      const verb = { apply: 'apply', cleanup: 'remove the rules', status: 'read the rules' }[command];
+      const verb = {
+        apply: 'apply',
+        cleanup: 'remove the rules',
+        status: 'read the rules',
+        watch: 'apply and keep the rules',
+        verify: 'test the redirection',
+      }[command];
       return `${verb} inside this network namespace, e.g. /var/run/netns/web`;
     },
   },
@@ -194,7 +201,7 @@ export const FLAGS = {
   },
   // Accepted by status too, so it takes an apply's exact flags.
   'allow-ssh-capture': {
-    arity: 'switch', group: HOST, commands: APPLY_STATUS, schema: switchSchema,
+    arity: 'switch', group: HOST, commands: WITH_RULES, schema: switchSchema,
     description: "apply even though this SSH session's port would be redirected",
   },
   config: {
@@ -206,8 +213,17 @@ export const FLAGS = {
     description: 'print the transaction (iptables-restore or nft input) instead of applying it; needs no root',
   },
   json: {
-    arity: 'switch', group: RUN, commands: ['status'], commandLineOnly: true, schema: switchSchema,
-    description: 'print the status as JSON',
+    arity: 'switch', group: RUN, commands: ['status', 'verify'], commandLineOnly: true, schema: switchSchema,
+    description: (command) => `print the ${command === 'verify' ? 'result' : 'status'} as JSON`,
+  },
+  interval: {
+    arity: 'single', placeholder: '<duration>', group: RUN, commands: ['watch'],
+    schema: durationSchema.check(z.refine((ms) => ms >= 100, { error: 'must be at least 100ms' })),
+    description: 'how often to compare the rules where the kernel does not report changes (iptables-legacy), and as a safety net (default: 5s)',
+  },
+  'metrics-file': {
+    arity: 'single', placeholder: '<path>', group: RUN, commands: ['watch', 'status'], schema: pathText,
+    description: "write Prometheus metrics to this file (node_exporter's textfile collector), replaced atomically",
   },
   debug: {
     arity: 'switch', group: RUN, commands: COMMANDS, commandLineOnly: true, schema: switchSchema,

@@ -4,18 +4,30 @@ import { apply } from './commands/apply.ts';
 import { cleanup } from './commands/cleanup.ts';
 import type { CommandContext } from './commands/context.ts';
 import { status } from './commands/status.ts';
+import { verify } from './commands/verify.ts';
+import { watch } from './commands/watch.ts';
 import { CliError, ExitCode } from './errors.ts';
 import { installedBackends } from './host/backends.ts';
 import { lockNamespace, withSignalsDeferred } from './host/exclusive.ts';
 import { createRunner } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
-import { applyOptions, cleanupOptions, statusOptions, type CommandName, type RawOptions } from './options.ts';
+import {
+  applyOptions,
+  cleanupOptions,
+  statusOptions,
+  verifyOptions,
+  watchOptions,
+  type CommandName,
+  type RawOptions,
+} from './options.ts';
 
 /** Each command: validated options in, exit code out. */
 const COMMANDS: Record<CommandName, (flags: RawOptions, context: CommandContext) => Promise<number>> = {
   apply: (flags, context) => apply(applyOptions(flags, context.env), context),
   cleanup: (flags, context) => cleanup(cleanupOptions(flags, context.env), context),
   status: (flags, context) => status(statusOptions(flags, context.env), context),
+  watch: (flags, context) => watch(watchOptions(flags, context.env), context),
+  verify: (flags, context) => verify(verifyOptions(flags, context.env), context),
 };
 
 declare const __VERSION__: string;

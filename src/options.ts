@@ -105,7 +105,22 @@ export interface StatusOptions {
   rules: RuleOptions | undefined;
   agent: AgentOptions | undefined;
   json: boolean;
+  metricsFile: string | undefined;
 }
+
+export interface WatchOptions extends Omit<ApplyOptions, 'dryRun'> {
+  intervalMs: number;
+  metricsFile: string | undefined;
+}
+
+export interface VerifyOptions {
+  host: HostOptions;
+  rules: RuleOptions;
+  agent: AgentOptions | undefined;
+  json: boolean;
+}
+
+export const DEFAULT_WATCH_INTERVAL_MS = 5_000;
 
 export const DEFAULT_HTTP_ADDR = '127.0.0.1:8500';
 export const DEFAULT_AGENT_TIMEOUT_MS = 5_000;
@@ -382,16 +397,35 @@ function common(parsed: FlagValues): CommonOptions {
   return { dryRun: parsed['dry-run'] ?? false };
 }
 
-export function applyOptions(flags: RawOptions, env: NodeJS.ProcessEnv): ApplyOptions {
-  const { parsed, sources } = mergeSources(flags, env);
+/** What an apply needs: the rules, where to apply them, and the agent to read them from with -proxy-id. */
+function applySettings(parsed: FlagValues, sources: Sources, env: NodeJS.ProcessEnv): Omit<ApplyOptions, 'dryRun'> {
   const rules = ruleOptions(parsed);
   return {
-    ...common(parsed),
     host: hostOptions(parsed, sources),
     rules,
     agent: rules.proxyId === undefined ? undefined : agentOptions(parsed, sources, env),
     allowSshCapture: parsed['allow-ssh-capture'] ?? false,
   };
+}
+
+export function applyOptions(flags: RawOptions, env: NodeJS.ProcessEnv): ApplyOptions {
+  const { parsed, sources } = mergeSources(flags, env);
+  return { ...common(parsed), ...applySettings(parsed, sources, env) };
+}
+
+export function watchOptions(flags: RawOptions, env: NodeJS.ProcessEnv): WatchOptions {
+  const { parsed, sources } = mergeSources(flags, env);
+  return {
+    ...applySettings(parsed, sources, env),
+    intervalMs: parsed.interval ?? DEFAULT_WATCH_INTERVAL_MS,
+    metricsFile: parsed['metrics-file'],
+  };
+}
+
+export function verifyOptions(flags: RawOptions, env: NodeJS.ProcessEnv): VerifyOptions {
+  const { parsed, sources } = mergeSources(flags, env);
+  const { host, rules, agent } = applySettings(parsed, sources, env);
+  return { host, rules, agent, json: parsed.json ?? false };
 }
 
 export function cleanupOptions(flags: RawOptions, env: NodeJS.ProcessEnv): CleanupOptions {
@@ -409,5 +443,6 @@ export function statusOptions(flags: RawOptions, env: NodeJS.ProcessEnv): Status
     rules,
     agent: rules?.proxyId === undefined ? undefined : agentOptions(parsed, sources, env),
     json: parsed.json ?? false,
+    metricsFile: parsed['metrics-file'],
   };
 }
