@@ -9,6 +9,7 @@ import { watch } from './commands/watch.ts';
 import { CliError, ExitCode } from './errors.ts';
 import { installedBackends } from './host/backends.ts';
 import { lockNamespace, withSignalsDeferred } from './host/exclusive.ts';
+import { readRecord, removeRecord, writeRecord } from './host/record.ts';
 import { createRunner } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import {
@@ -68,6 +69,7 @@ export async function run(
           waitMs: LOCK_WAIT_MS,
           onWait: (holder) => log.warn(`waiting up to ${LOCK_WAIT_MS / 1000}s for ${holder} to finish with these rules`),
         })),
+    records: overrides.records ?? { read: readRecord, write: writeRecord, remove: removeRecord },
     deferSignals: (work) =>
       withSignalsDeferred(work, (signal) => log.warn(`received ${signal}: finishing the rule changes under way first`)),
     // The agent client and its schemas are loaded only by runs that ask the agent (-proxy-id).

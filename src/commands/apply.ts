@@ -2,11 +2,12 @@ import { CliError, ExitCode } from '../errors.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import type { Family, PortRange } from '../core/values.ts';
 import { reconcile } from '../host/reconcile.ts';
+import { RECORD_DIR } from '../host/record.ts';
 import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
 import type { ApplyOptions } from '../options.ts';
 import { chooseBackend, planApply, requireSomeBackend, type ApplyPlan, type TableStep } from './plan.ts';
 import { reportForeign } from './report.ts';
-import { resolveConfig } from './rulesets.ts';
+import { flagsOf, resolveConfig } from './rulesets.ts';
 import type { CommandContext } from './context.ts';
 
 export async function apply(options: ApplyOptions, context: CommandContext): Promise<number> {
@@ -56,7 +57,7 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
     log.debug(`using ${choice.backend}: ${choice.reason}`);
     plan = planApply(surveys, config, choice);
     const ready = plan;
-    changed = await context.deferSignals(() => execute(ready, context));
+    changed = await context.deferSignals(() => recorded(options, config, context, () => execute(ready, context)));
   } finally {
     lock.release();
   }
@@ -66,6 +67,27 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   }
   context.output.stdout(`${summary(config, plan, netns, changed)}\n`);
   return ExitCode.ok;
+}
+
+/**
+ * Runs the writes with a record of what they are for: marked unfinished before, finished after, and put
+ * back as it was when the writes failed and were rolled back. A run killed in between leaves "unfinished",
+ * which a bare `status` reports.
+ */
+async function recorded<T>(options: ApplyOptions, config: RedirectConfig, context: CommandContext, writes: () => Promise<T>): Promise<T> {
+  const netns = options.host.netns;
+  const previous = context.records.read(netns);
+  const record = { flags: flagsOf(config, options.host), pid: process.pid, startedAt: new Date().toISOString(), finished: false };
+  if (!context.records.write(netns, record)) context.log.debug(`could not record this apply under ${RECORD_DIR}`);
+  try {
+    const result = await writes();
+    context.records.write(netns, { ...record, finished: true });
+    return result;
+  } catch (error) {
+    if (previous) context.records.write(netns, previous);
+    else context.records.remove(netns);
+    throw error;
+  }
 }
 
 /**

@@ -29,6 +29,8 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
     } else {
       await context.deferSignals(() => removeAll(steps, options, context));
     }
+    // Nothing is installed any more (or nothing was): a bare status has nothing to compare.
+    if (!options.dryRun) context.records.remove(netns);
     return ExitCode.ok;
   } finally {
     lock.release();

@@ -3,6 +3,7 @@ import type { AgentOptions, HostOptions } from '../options.ts';
 import type { ProxyPorts } from '../core/registration.ts';
 import type { BackendName, BackendProvider, TableSurvey } from '../host/backend.ts';
 import type { NamespaceLock } from '../host/exclusive.ts';
+import type { ApplyRecord } from '../host/record.ts';
 import type { CommandRunner } from '../host/runner.ts';
 
 /** The firewall backends, as the commands see them. */
@@ -15,6 +16,13 @@ export interface Backends {
   dryRunProvider(host: Pick<HostOptions, 'backend'>): BackendProvider;
   /** What a cleanup removes from each backend, when the tables cannot be read. */
   dryRunRemovals(host: Pick<HostOptions, 'backend'>): BackendProvider[];
+}
+
+export interface ApplyRecords {
+  read(netns: string | undefined): ApplyRecord | undefined;
+  /** False when it could not be written (a read-only /run): nothing depends on it but a bare `status`. */
+  write(netns: string | undefined, record: ApplyRecord): boolean;
+  remove(netns: string | undefined): void;
 }
 
 /** Everything a command needs from the outside world; tests pass their own. */
@@ -30,6 +38,8 @@ export interface CommandContext {
   lockNamespace(netns: string | undefined): Promise<NamespaceLock>;
   /** Runs `work` with SIGTERM and SIGINT held back until it is done: writes finish or roll back, never stop halfway. */
   deferSignals<T>(work: () => Promise<T>): Promise<T>;
+  /** What the last apply in a namespace asked for (host/record.ts). */
+  records: ApplyRecords;
   /** Reads the proxy's ports from the Consul agent. */
   fetchProxyPorts(agent: AgentOptions, proxyId: string, log: Logger): Promise<ProxyPorts>;
 }

@@ -1,6 +1,8 @@
 import type { RedirectConfig } from '../core/ruleset.ts';
+import type { PortRange } from '../core/values.ts';
 import { resolveUid } from '../host/system.ts';
-import type { AgentOptions, RuleOptions } from '../options.ts';
+import type { RawOptions } from '../flags.ts';
+import type { AgentOptions, HostOptions, RuleOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
 
 /** Turns validated flags (plus the agent's answer, with -proxy-id) into the configuration to install. */
@@ -30,5 +32,25 @@ export async function resolveConfig(
       ...(rules.dnsPort === undefined ? {} : { port: rules.dnsPort }),
     },
     dualStack: rules.dualStack,
+  };
+}
+
+const rangeText = (range: PortRange) => (range.low === range.high ? String(range.low) : `${range.low}:${range.high}`);
+
+/** The explicit flags that give `config` without asking the agent: what the record of an apply holds. */
+export function flagsOf(config: RedirectConfig, host: HostOptions): RawOptions {
+  return {
+    'proxy-uid': String(config.proxyUid),
+    'proxy-inbound-port': String(config.inboundPort),
+    'proxy-outbound-port': String(config.outboundPort),
+    'exclude-inbound-port': config.excludeInboundPorts.map(rangeText),
+    'exclude-outbound-port': config.excludeOutboundPorts.map(rangeText),
+    'exclude-outbound-cidr': config.excludeOutboundCidrs.map((cidr) => cidr.cidr),
+    'exclude-uid': config.excludeUids.map(String),
+    ...(config.dns.ip === undefined ? {} : { 'consul-dns-ip': config.dns.ip.address }),
+    ...(config.dns.port === undefined ? {} : { 'consul-dns-port': String(config.dns.port) }),
+    'dual-stack': config.dualStack,
+    backend: host.backend,
+    'iptables-mode': host.iptablesMode,
   };
 }

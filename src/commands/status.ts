@@ -2,7 +2,8 @@ import { ExitCode } from '../errors.ts';
 import type { TableSummary } from '../core/dialect.ts';
 import type { TableSurvey } from '../host/backend.ts';
 import { requireNetAdmin } from '../host/system.ts';
-import type { StatusOptions } from '../options.ts';
+import type { ApplyRecord } from '../host/record.ts';
+import { statusOptions, type StatusOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
 import { chooseBackend, planApply, requireSomeBackend } from './plan.ts';
 import { resolveConfig } from './rulesets.ts';
@@ -17,9 +18,13 @@ interface InstalledTable extends TableSummary {
 
 interface StatusReport {
   status: Verdict;
+  /** What the installed rules were compared with: the flags given, the last apply's (recorded), or nothing. */
+  comparedWith: 'flags' | 'last-apply' | 'nothing';
   installed: InstalledTable[];
   /** Why it is drifted: one line per difference. */
   differences: string[];
+  /** The last apply in this namespace, when recorded: a run killed halfway shows as not finished. */
+  lastApply?: { pid: number; startedAt: string; finished: boolean };
 }
 
 const EXIT: Record<Verdict, number> = { 'in-sync': 0, installed: 0, drifted: ExitCode.drifted, absent: ExitCode.absent };
@@ -30,32 +35,48 @@ const EXIT: Record<Verdict, number> = { 'in-sync': 0, installed: 0, drifted: Exi
  */
 export async function status(options: StatusOptions, context: CommandContext): Promise<number> {
   requireNetAdmin('reading the firewall rules', false);
-  const config = options.rules === undefined ? undefined : await resolveConfig(options.rules, options.agent, context);
   const netns = options.host.netns;
+  const record = context.records.read(netns);
+  const reference = referenceOf(options, record);
+  const config = reference.rules === undefined ? undefined : await resolveConfig(reference.rules, reference.agent, context);
   const surveys = await context.backends.survey(netns);
   requireSomeBackend(surveys);
   const installed = surveys.filter((s) => s.holdsOurs);
-  const tables = installed.map(describeTable);
-  let report: StatusReport;
-  if (installed.length === 0) report = { status: 'absent', installed: tables, differences: [] };
-  else if (config === undefined) report = { status: 'installed', installed: tables, differences: [] };
-  else {
-    // What an apply with these flags would do, read as differences: every write that changes something,
-    // and every other backend's rules it would sweep.
-    const plan = planApply(surveys, config, chooseBackend(surveys, options.host, context.backends.systemDefault()));
-    const differences: string[] = [];
+  const report: StatusReport = {
+    status: installed.length === 0 ? 'absent' : 'installed',
+    comparedWith: config === undefined ? 'nothing' : options.rules === undefined ? 'last-apply' : 'flags',
+    installed: installed.map(describeTable),
+    differences: [],
+    ...(record && { lastApply: { pid: record.pid, startedAt: record.startedAt, finished: record.finished } }),
+  };
+  if (installed.length > 0 && config !== undefined) {
+    // What an apply with these settings would do, read as differences: every write that changes
+    // something, and every other backend's rules it would sweep.
+    const plan = planApply(surveys, config, chooseBackend(surveys, reference.host, context.backends.systemDefault()));
     for (const { survey, wanted } of plan.writes) {
       const { table } = survey;
-      if (table.dialect.isEmpty(survey.state) && !table.dialect.isEmpty(wanted)) differences.push(`${table.label}: no rules installed`);
+      if (table.dialect.isEmpty(survey.state) && !table.dialect.isEmpty(wanted)) report.differences.push(`${table.label}: no rules installed`);
       else if (!table.dialect.same(survey.state, wanted)) {
-        differences.push(...table.dialect.differences(survey.state, wanted).map((line) => `${table.label}: ${line}`));
+        report.differences.push(...table.dialect.differences(survey.state, wanted).map((line) => `${table.label}: ${line}`));
       }
     }
-    for (const { survey } of plan.sweeps) differences.push(`${survey.table.label}: has rules, but ${plan.choice.backend} is the backend in use`);
-    report = { status: differences.length === 0 ? 'in-sync' : 'drifted', installed: tables, differences };
+    for (const { survey } of plan.sweeps) {
+      report.differences.push(`${survey.table.label}: has rules, but ${plan.choice.backend} is the backend in use`);
+    }
+    report.status = report.differences.length === 0 ? 'in-sync' : 'drifted';
   }
   context.output.stdout(options.json ? `${JSON.stringify(report, null, 2)}\n` : renderReport(report));
   return EXIT[report.status];
+}
+
+/**
+ * What to compare with: the rule flags given, else the last apply's recorded settings (validated as flags
+ * are), in this namespace, else nothing.
+ */
+function referenceOf(options: StatusOptions, record: ApplyRecord | undefined): Pick<StatusOptions, 'rules' | 'agent' | 'host'> {
+  if (options.rules !== undefined || record === undefined) return options;
+  const recorded = statusOptions(record.flags, {});
+  return { rules: recorded.rules, agent: undefined, host: { ...recorded.host, netns: options.host.netns } };
 }
 
 function describeTable(survey: TableSurvey): InstalledTable {
@@ -63,8 +84,25 @@ function describeTable(survey: TableSurvey): InstalledTable {
   return { backend: table.backend, family: table.label.slice(table.backend.length + 1), ...table.dialect.describe(survey.state) };
 }
 
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 function renderReport(report: StatusReport): string {
-  const lines = [`status: ${report.status}`];
+  const lines = [`status: ${report.status}${report.comparedWith === 'last-apply' ? " (compared with the last apply's settings)" : ''}`];
+  const last = report.lastApply;
+  if (last && !last.finished) {
+    lines.push(
+      isRunning(last.pid)
+        ? `  ! an apply (pid ${last.pid}, started ${last.startedAt}) is changing the rules right now`
+        : `  ! the last apply (pid ${last.pid}, started ${last.startedAt}) was stopped before it finished: run it again to repair`,
+    );
+  }
   for (const table of report.installed) {
     const chains = Object.entries(table.chains).map(([chain, count]) => `${chain} (${count})`).join(', ');
     lines.push(`  ${table.backend} ${table.family}: ${chains}`);

@@ -6,6 +6,7 @@ import type { CommandContext } from '../../src/commands/context.ts';
 import { DEFAULT_OUTBOUND_PORT, type RedirectConfig } from '../../src/core/ruleset.ts';
 import type { PortRange } from '../../src/core/values.ts';
 import type { CommandResult, CommandRunner } from '../../src/host/runner.ts';
+import type { ApplyRecord } from '../../src/host/record.ts';
 import type { Output } from '../../src/log.ts';
 
 // Fakes for running the CLI in-process: no root, no iptables, no network.
@@ -32,6 +33,12 @@ export function portRanges(...texts: string[]): PortRange[] {
     const [low = 0, high = low] = text.split(':').map(Number);
     return { low, high };
   });
+}
+
+/** Records of applies kept in memory: tests never write under /run. */
+export function memoryRecords(): CommandContext['records'] {
+  const records = new Map<string | undefined, ApplyRecord>();
+  return { read: (netns) => records.get(netns), write: (netns, record) => Boolean(records.set(netns, record)), remove: (netns) => void records.delete(netns) };
 }
 
 /** Everything written to stdout/stderr, kept apart. */
@@ -153,6 +160,7 @@ export async function runCli(argv: readonly string[], options: CliRunOptions = {
     env: options.env ?? {},
     runner: runner.factory,
     fetchProxyPorts,
+    records: memoryRecords(),
   });
   expect(runner.unexpected, `unexpected processes for ${JSON.stringify(argv)}`).toEqual([]);
   return {

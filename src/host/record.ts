@@ -1,0 +1,70 @@
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import * as z from 'zod/mini';
+import { ConfigError } from '../errors.ts';
+import type { RawOptions } from '../flags.ts';
+import { FILE_LIMITS, readUserFile } from '../userFile.ts';
+import { namespaceKey } from './exclusive.ts';
+
+// What the last apply in a namespace asked for, so that a bare `status` can compare against it and tell a
+// run that was killed halfway. Explicit flags only (the agent's answer written out as ports), never a
+// secret; root-only, under /run, so it is gone after a reboot, as the rules are.
+
+export const RECORD_DIR = '/run/redirect-traffic';
+
+export interface ApplyRecord {
+  /** The flags that reproduce the configuration without the agent. */
+  flags: RawOptions;
+  /** Which run wrote it, and whether that run got to the end of its writes. */
+  pid: number;
+  startedAt: string;
+  finished: boolean;
+}
+
+const recordSchema = z.object({
+  flags: z.record(z.string(), z.union([z.string(), z.boolean(), z.array(z.string())])),
+  pid: z.int(),
+  startedAt: z.string(),
+  finished: z.boolean(),
+});
+
+const recordPath = (netns: string | undefined) => join(RECORD_DIR, `${namespaceKey(netns)}.json`);
+
+/** Writes the record atomically; a host where /run is not writable simply has none (status then needs flags). */
+export function writeRecord(netns: string | undefined, record: ApplyRecord): boolean {
+  const path = recordPath(netns);
+  try {
+    mkdirSync(RECORD_DIR, { recursive: true, mode: 0o700 });
+    const temporary = `${path}.${process.pid}.tmp`;
+    writeFileSync(temporary, `${JSON.stringify(record)}\n`, { mode: 0o600 });
+    renameSync(temporary, path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The record, or undefined when there is none; a damaged one is an error naming the file. */
+export function readRecord(netns: string | undefined): ApplyRecord | undefined {
+  const path = recordPath(netns);
+  let text: string;
+  try {
+    text = readUserFile(path, 'the record of the last apply', FILE_LIMITS.config, ConfigError);
+  } catch (error) {
+    if (error instanceof ConfigError && error.message.endsWith('does not exist')) return undefined;
+    throw error;
+  }
+  let data: unknown;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    data = undefined;
+  }
+  const result = recordSchema.safeParse(data);
+  if (!result.success) throw new ConfigError(`the record of the last apply ${path} is damaged: remove it, or run an apply`);
+  return result.data as ApplyRecord;
+}
+
+export function removeRecord(netns: string | undefined): void {
+  rmSync(recordPath(netns), { force: true });
+}
