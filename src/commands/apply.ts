@@ -12,7 +12,7 @@ import type { CommandContext } from './context.ts';
 
 export async function apply(options: ApplyOptions, context: CommandContext): Promise<number> {
   if (options.dryRun) {
-    const config = await resolveConfig(options.rules, options.agent, context);
+    const config = await resolveConfig(options.rules, options.agent, context, true);
     context.output.stdout(context.backends.dryRunProvider(options.host).dryRun(config, context.version));
     return ExitCode.ok;
   }

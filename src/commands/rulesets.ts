@@ -1,20 +1,31 @@
 import type { RedirectConfig } from '../core/ruleset.ts';
-import type { PortRange } from '../core/values.ts';
+import type { PortRange, Uid, UidSpec } from '../core/values.ts';
 import { resolveUid } from '../host/system.ts';
 import type { RawOptions } from '../flags.ts';
 import type { AgentOptions, HostOptions, RuleOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
 
-/** Turns validated flags (plus the agent's answer, with -proxy-id) into the configuration to install. */
+/**
+ * Turns validated flags (plus the agent's answer, with -proxy-id) into the configuration to install. With
+ * `preview` (a dry run, perhaps for another host), a user name unknown here is kept as a name, with a warning.
+ */
 export async function resolveConfig(
   rules: RuleOptions,
   agent: AgentOptions | undefined,
   context: CommandContext,
+  preview = false,
 ): Promise<RedirectConfig> {
   const runner = context.runner();
-  const proxyUid = await resolveUid(rules.proxyUid, '-proxy-uid', runner);
-  const excludeUids = [];
-  for (const spec of rules.excludeUids) excludeUids.push(await resolveUid(spec, '-exclude-uid', runner));
+  const uid = async (spec: UidSpec, flag: string): Promise<Uid> => {
+    const resolved = await resolveUid(spec, flag, runner, preview);
+    if (typeof resolved === 'string') {
+      context.log.warn(`${flag}: there is no user "${resolved}" on this host; the dry run shows the name, for the target host to resolve`);
+    }
+    return resolved;
+  };
+  const proxyUid = await uid(rules.proxyUid, '-proxy-uid');
+  const excludeUids: Uid[] = [];
+  for (const spec of rules.excludeUids) excludeUids.push(await uid(spec, '-exclude-uid'));
   const ports =
     rules.proxyId !== undefined && agent !== undefined
       ? await context.fetchProxyPorts(agent, rules.proxyId, context.log)

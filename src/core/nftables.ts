@@ -1,7 +1,7 @@
 import { CliError, ExitCode } from '../errors.ts';
 import type { Dialect, TableSummary } from './dialect.ts';
 import { buildInetRuleset, isValueSet, OWNED_CHAINS, type Hook, type RedirectConfig, type Rule, type Target, type ValueSet } from './ruleset.ts';
-import type { Cidr, PortRange } from './values.ts';
+import type { Cidr, PortRange, Uid } from './values.ts';
 
 // The native nftables backend's language, as pure functions: Consul's `inet consul_tproxy` table (reference
 // section 3.7) as a canonical state, read back from `nft -j list table inet consul_tproxy`, and written as one
@@ -286,6 +286,24 @@ function matchText<T>(left: string, value: T | ValueSet<T>, type: string, interv
   return `${left} @${name(value.set)}`;
 }
 
+/**
+ * `meta skuid`: numbers as any value; user names (kept only by a dry run previewing another host, for that
+ * host's nft to resolve) as the names, after the numbers in a set.
+ */
+function uidMatch(uidOwner: Uid | ValueSet<Uid>, sets: NftSet[]): string {
+  const isNumber = (uid: Uid): uid is number => typeof uid === 'number';
+  if (!isValueSet(uidOwner)) return `meta skuid ${isNumber(uidOwner) ? uidOwner : userName(uidOwner)}`;
+  const numbers = uidOwner.elements.filter(isNumber);
+  const names = [...new Set(uidOwner.elements.filter((uid) => !isNumber(uid)))].map(userName);
+  const set = declaredSet({ set: uidOwner.set, elements: numbers }, 'uid', uidInterval);
+  sets.push(names.length === 0 ? set : { ...set, elements: [...set.elements, ...names] });
+  return `meta skuid @${name(uidOwner.set)}`;
+}
+
+// POSIX portable user names; nft reads them unquoted (a trailing `$` would start a variable: refused).
+const USER_NAME = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
+const userName = (text: string) => (USER_NAME.test(text) ? text : refuse(`user name ${JSON.stringify(text)} cannot be written for nft`));
+
 function targetText(target: Target): string {
   switch (target.kind) {
     case 'jump':
@@ -320,7 +338,7 @@ function ruleText(rule: Rule, sets: NftSet[]): string {
   } else if (protocol !== undefined) {
     words.push(`meta l4proto ${protocol}`);
   }
-  if (uidOwner !== undefined) words.push(matchText('meta skuid', uidOwner, 'uid', uidInterval, sets));
+  if (uidOwner !== undefined) words.push(uidMatch(uidOwner, sets));
   words.push(targetText(rule.target));
   return words.join(' ');
 }
@@ -609,7 +627,7 @@ function differences(installed: NftState, wanted: NftState): string[] {
 // What may reach the script besides names: nft keywords, numbers, addresses, `@set`, `[::1]:53`. No quote, `;`,
 // `#`, brace or newline, so no value can end its statement or open another.
 const RULE_TEXT = /^[A-Za-z0-9_ .:/@\[\]-]+$/;
-const ELEMENT_TEXT = /^[0-9a-f.:/-]+$/;
+const ELEMENT_TEXT = /^([0-9a-f.:/-]+|[A-Za-z_][A-Za-z0-9_.-]*)$/;
 const safe = (text: string, pattern: RegExp) => (pattern.test(text) ? text : refuse(`refusing to render ${JSON.stringify(text)}`));
 
 function setBlock(set: NftSet): string[] {

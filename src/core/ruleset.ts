@@ -1,4 +1,4 @@
-import type { Cidr, Family, IpAddress, PortRange } from './values.ts';
+import type { Cidr, Family, IpAddress, PortRange, Uid } from './values.ts';
 
 // The NAT ruleset Consul's `redirect-traffic` installs, as typed data. Nothing here touches the host, and
 // nothing here is spelled the way a firewall spells it: each backend's renderer does that.
@@ -31,14 +31,14 @@ export interface DnsRedirect {
 
 /** Everything a ruleset depends on, already validated and resolved (numeric UIDs, canonical CIDRs). */
 export interface RedirectConfig {
-  proxyUid: number;
+  proxyUid: Uid;
   inboundPort: number;
   outboundPort: number;
   /** Ports or ranges, in the order given: the registration's own first, then the user's. */
   excludeInboundPorts: readonly PortRange[];
   excludeOutboundPorts: readonly PortRange[];
   excludeOutboundCidrs: readonly Cidr[];
-  excludeUids: readonly number[];
+  excludeUids: readonly Uid[];
   dns: DnsRedirect;
   /** IPv6 is redirected too; otherwise it is left alone. */
   dualStack: boolean;
@@ -70,7 +70,7 @@ export interface Rule {
   protocol?: 'tcp' | 'udp';
   destination?: Cidr | (ValueSet<Cidr> & { family: Family });
   destinationPort?: PortRange | ValueSet<PortRange>;
-  uidOwner?: number | ValueSet<number>;
+  uidOwner?: Uid | ValueSet<Uid>;
   target: Target;
 }
 
@@ -119,7 +119,7 @@ const wantsDns = (dns: DnsRedirect) => dns.ip !== undefined || dns.port !== unde
 interface Exclusions {
   ports(chain: OwnedChain, ports: readonly PortRange[], set: string): Step[];
   cidrs(cidrs: readonly Cidr[]): Step[];
-  uids(uids: readonly number[]): Step[];
+  uids(uids: readonly Uid[]): Step[];
 }
 
 const oneRuleEach: Exclusions = {

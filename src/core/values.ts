@@ -27,6 +27,12 @@ export interface PortRange {
 
 export const singlePort = (port: number): PortRange => ({ low: port, high: port });
 
+/**
+ * A UID as the rules carry it: a number, or (only in a dry run previewing another host) a user name this
+ * host does not know, for the target host to resolve. Names are POSIX portable user names (USER_NAME).
+ */
+export type Uid = number | string;
+
 /** A UID given as a number, or a user name still to be resolved on this host. */
 export type UidSpec = { kind: 'id'; uid: number } | { kind: 'name'; name: string };
 

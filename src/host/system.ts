@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { CliError, ExitCode, UsageError } from '../errors.ts';
-import type { UidSpec } from '../core/values.ts';
+import type { Uid, UidSpec } from '../core/values.ts';
 import type { CommandRunner } from './runner.ts';
 
 const CAP_NET_ADMIN = 12n;
@@ -41,9 +41,11 @@ function uidFromPasswd(name: string, passwd: string): number | undefined {
 
 /**
  * Resolves user names to UIDs once, now, so the kernel's owner match never triggers an NSS look-up. The
- * local passwd file answers without a process; other NSS sources (LDAP, sssd) go through getent.
+ * local passwd file answers without a process; other NSS sources (LDAP, sssd) go through getent. A name
+ * this host does not know is refused, unless `keepUnknown` (a dry run previewing another host): then it
+ * stays a name.
  */
-export async function resolveUid(spec: UidSpec, flag: string, runner: CommandRunner): Promise<number> {
+export async function resolveUid(spec: UidSpec, flag: string, runner: CommandRunner, keepUnknown = false): Promise<Uid> {
   if (spec.kind === 'id') return spec.uid;
   let passwd = '';
   try {
@@ -55,8 +57,9 @@ export async function resolveUid(spec: UidSpec, flag: string, runner: CommandRun
   if (local !== undefined) return local;
   const result = await runner.run('getent', ['passwd', spec.name]).catch(() => undefined);
   const uid = result?.exitCode === 0 ? uidFromPasswd(spec.name, result.stdout) : undefined;
-  if (uid === undefined) throw new UsageError(`invalid value "${spec.name}" for ${flag}: no such user on this host`);
-  return uid;
+  if (uid !== undefined) return uid;
+  if (keepUnknown) return spec.name;
+  throw new UsageError(`invalid value "${spec.name}" for ${flag}: no such user on this host`);
 }
 
 /** Whether the target namespace has a global IPv6 address, whose traffic IPv4-only rules would not see. */

@@ -209,6 +209,21 @@ describe('run: --dry-run', () => {
     expect(result.runner.calls.map((c) => [c.program, ...c.args])).toEqual([['getent', 'passwd', 'envoy-unit-test']]);
   });
 
+  it('previews another host: a user unknown here is shown by name, with a warning, exit 0 (both backends)', async () => {
+    for (const backend of ['iptables', 'nftables']) {
+      const result = await runCli(['--dry-run', `-backend=${backend}`, '-proxy-uid=envoy-elsewhere', '-exclude-uid=consul-elsewhere', '-proxy-inbound-port=20000'], {
+        allow: fakeNss({}),
+      });
+      expect(result.code).toBe(0);
+      expect(result.stdout).toContain(backend === 'iptables' ? '--uid-owner envoy-elsewhere -j RETURN' : 'meta skuid envoy-elsewhere return');
+      expect(result.stdout).toContain('consul-elsewhere');
+      expect(result.stderrLines).toEqual([
+        expect.stringMatching(/warning: -proxy-uid: there is no user "envoy-elsewhere" on this host/),
+        expect.stringMatching(/warning: -exclude-uid: there is no user "consul-elsewhere" on this host/),
+      ]);
+    }
+  });
+
   it('resolves names found in /etc/passwd without any process', async () => {
     const result = await runCli(['--dry-run', '-proxy-uid=root', '-proxy-inbound-port=20000']);
     expect(result.stdout).toContain('--uid-owner 0 -j RETURN');
@@ -299,13 +314,15 @@ describe('run: every bad value is one stderr line naming the flag and the value,
     expectOneLineFailure(await runCli(['cleanup', '--dry-run', '-netns', missing]), ExitCode.usage, '-netns', missing);
   });
 
-  it('an unknown user name (not in passwd, not in NSS) names the flag and the user', async () => {
+  // A dry run may preview another host (issue 10): the name is kept and warned about; an apply refuses it
+  // (test/e2e/safety.test.ts), since the kernel's owner match needs a number.
+  it('an unknown user name (not in passwd, not in NSS) is one warning naming the flag and the user, in a dry run', async () => {
     const result = await runCli(['--dry-run', '-proxy-uid=no-such-user-xyz', '-proxy-inbound-port=20000'], { allow: allowGetent });
-    expect(result.code).toBe(ExitCode.usage);
+    expect(result.code).toBe(0);
     expect(result.stderrLines).toHaveLength(1);
     expect(result.stderrLines[0]).toContain('-proxy-uid');
     expect(result.stderrLines[0]).toContain('no-such-user-xyz');
-    expect(result.stdout).toBe('');
+    expect(result.stdout).toContain('--uid-owner no-such-user-xyz');
   });
 
   it("Consul's checks come out as one line each", async () => {
