@@ -292,7 +292,7 @@ function matchText<T>(left: string, value: T | ValueSet<T>, type: string, interv
  */
 function uidMatch(uidOwner: Uid | ValueSet<Uid>, sets: NftSet[]): string {
   const isNumber = (uid: Uid): uid is number => typeof uid === 'number';
-  if (!isValueSet(uidOwner)) return `meta skuid ${isNumber(uidOwner) ? uidOwner : userName(uidOwner)}`;
+  if (!isValueSet(uidOwner)) return `meta skuid ${isNumber(uidOwner) ? valueText('uid', uidInterval(uidOwner)) : userName(uidOwner)}`;
   const numbers = uidOwner.elements.filter(isNumber);
   const names = [...new Set(uidOwner.elements.filter((uid) => !isNumber(uid)))].map(userName);
   const set = declaredSet({ set: uidOwner.set, elements: numbers }, 'uid', uidInterval);
