@@ -25,27 +25,71 @@ export const ExitCode = {
   config: 78,
 } as const;
 
-/** An expected failure: printed as one line on stderr, exits with `exitCode`. */
+/** What went wrong, as far as whoever runs the program cares. */
+export type FailureKind =
+  | 'usage'
+  | 'config'
+  | 'badRegistration'
+  | 'unavailable'
+  | 'internal'
+  | 'systemCommand'
+  | 'missingProgram'
+  | 'temporary'
+  | 'noPermission';
+
+/** The one table from failures to exit codes. */
+const EXIT_CODE_OF: Readonly<Record<FailureKind, number>> = {
+  usage: ExitCode.usage,
+  config: ExitCode.config,
+  badRegistration: ExitCode.badRegistration,
+  unavailable: ExitCode.unavailable,
+  internal: ExitCode.internal,
+  systemCommand: ExitCode.systemCommand,
+  missingProgram: ExitCode.missingProgram,
+  temporary: ExitCode.tempFail,
+  noPermission: ExitCode.noPermission,
+};
+
+/** An expected failure: printed as one line on stderr; its kind gives the exit code. */
 export class CliError extends Error {
-  readonly exitCode: number;
-  constructor(message: string, exitCode: number, options?: ErrorOptions) {
+  readonly kind: FailureKind;
+  constructor(message: string, kind: FailureKind, options?: ErrorOptions) {
     super(message, options);
     this.name = new.target.name;
-    this.exitCode = exitCode;
+    this.kind = kind;
+  }
+
+  get exitCode(): number {
+    return EXIT_CODE_OF[this.kind];
   }
 }
 
-export class UsageError extends CliError {
-  constructor(message: string) {
-    super(message, ExitCode.usage);
-  }
-}
+/** A failure of one fixed kind. */
+const failureOf = (kind: FailureKind) =>
+  class extends CliError {
+    constructor(message: string, options?: ErrorOptions) {
+      super(message, kind, options);
+    }
+  };
 
-export class ConfigError extends CliError {
-  constructor(message: string) {
-    super(message, ExitCode.config);
-  }
-}
+/** A bad flag, value or combination. */
+export class UsageError extends failureOf('usage') {}
+/** A bad config file, or a refusal a flag overrides. */
+export class ConfigError extends failureOf('config') {}
+/** The agent answered with something that is not a valid proxy registration. */
+export class BadRegistrationError extends failureOf('badRegistration') {}
+/** The agent is unreachable, or the proxy is not registered. */
+export class AgentUnavailableError extends failureOf('unavailable') {}
+/** A bug: what cannot happen did. */
+export class InternalError extends failureOf('internal') {}
+/** A system command failed for good. */
+export class SystemCommandError extends failureOf('systemCommand') {}
+/** A program this needs is not installed; the message names the package. */
+export class MissingProgramError extends failureOf('missingProgram') {}
+/** Worth trying again later: a lock or a concurrent writer was in the way. */
+export class TemporaryError extends failureOf('temporary') {}
+/** Not root, no CAP_NET_ADMIN, or the agent refused the token. */
+export class PermissionError extends failureOf('noPermission') {}
 
 /** A value that failed validation: names the flag (or config key) and the offending value. */
 export function invalidValue(flag: string, value: string, reason: string): UsageError {

@@ -1,7 +1,7 @@
 import { statSync } from 'node:fs';
 import { en } from 'zod/locales';
 import * as z from 'zod/mini';
-import { CliError, ConfigError, invalidValue, UsageError } from './errors.ts';
+import { CliError, UsageError, ConfigError, invalidValue } from './errors.ts';
 import { DEFAULT_OUTBOUND_PORT } from './core/ruleset.ts';
 import { parseBoolean, splitList, type Cidr, type IpAddress, type PortRange, type UidSpec } from './core/values.ts';
 import {

@@ -1,5 +1,5 @@
 import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
-import { UsageError, type ConfigError } from './errors.ts';
+import { UsageError, ConfigError } from './errors.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

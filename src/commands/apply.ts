@@ -1,4 +1,4 @@
-import { CliError, ExitCode } from '../errors.ts';
+import { ExitCode, ConfigError } from '../errors.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import type { Family, PortRange } from '../core/values.ts';
 import { reconcile } from '../host/reconcile.ts';
@@ -179,9 +179,8 @@ function refuseSshCapture(config: RedirectConfig, allow: boolean, env: NodeJS.Pr
   if (family === 6 && !config.dualStack) return;
   if (portCovered(ssh.port, config.excludeInboundPorts)) return;
   // By port alone, -netns or not: a false refusal costs one flag, a false pass the operator's session.
-  throw new CliError(
+  throw new ConfigError(
     `refusing to apply: this SSH session (server port ${ssh.port}) would be redirected to the proxy and cut off; ` +
       `add -exclude-inbound-port=${ssh.port}, or -allow-ssh-capture to apply anyway`,
-    ExitCode.config,
   );
 }

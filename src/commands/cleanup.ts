@@ -48,7 +48,7 @@ async function removeAll(steps: readonly TableStep[], options: CleanupOptions, c
       await reconcile(survey.table, wanted, { firstDump: survey.dump, onForeignRemoved: reportForeign(survey, context) });
     } catch (error) {
       if (!(error instanceof CliError)) throw error;
-      failures.push(new CliError(`${where(survey)}: ${error.message}`, error.exitCode, { cause: error }));
+      failures.push(new CliError(`${where(survey)}: ${error.message}`, error.kind, { cause: error }));
       continue;
     }
     const summary = survey.table.dialect.describe(survey.state);

@@ -1,9 +1,9 @@
-import { CliError, ExitCode } from '../errors.ts';
+import { MissingProgramError } from '../errors.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import { redirectedFamilies } from '../core/ruleset.ts';
 import type { BackendKind, BackendName, TableSurvey } from '../host/backend.ts';
 import { familyLabel } from '../host/iptables.ts';
-import { MissingProgramError } from '../host/runner.ts';
+import { notFound } from '../host/runner.ts';
 import type { HostOptions } from '../options.ts';
 
 // Deciding what to write where, from what the tables hold: pure, so every case is a unit test.
@@ -41,7 +41,7 @@ const PACKAGE_HINT: Record<BackendKind, string> = {
 /** Nothing to read and nothing to write with: neither backend's programs are installed. */
 export function requireSomeBackend(surveys: readonly TableSurvey[]): void {
   if (surveys.length === 0) {
-    throw new MissingProgramError(
+    throw notFound(
       'neither iptables (with iptables-save and iptables-restore) nor nft',
       "install the 'iptables' package (RHEL/Fedora: iptables-nft) or the 'nftables' package",
     );
@@ -88,7 +88,7 @@ export function planApply(surveys: readonly TableSurvey[], config: RedirectConfi
     if (!chosen.some((s) => s.table.families.includes(family))) {
       const programs =
         kindOf(choice.backend) === 'nftables' ? 'nft is' : `the ${familyLabel(family)} programs of ${choice.backend} (iptables, -save, -restore) are`;
-      throw new CliError(`${programs} not installed: ${PACKAGE_HINT[kindOf(choice.backend)]}`, ExitCode.missingProgram);
+      throw new MissingProgramError(`${programs} not installed: ${PACKAGE_HINT[kindOf(choice.backend)]}`);
     }
   }
   return {

@@ -1,4 +1,4 @@
-import { invalidValue, UsageError } from '../errors.ts';
+import { UsageError, invalidValue } from '../errors.ts';
 
 /** Where the agent listens and how to talk to it, from -http-addr. */
 export interface AgentEndpoint {

@@ -1,5 +1,5 @@
 import type * as z from 'zod/mini';
-import { CliError, ExitCode } from '../errors.ts';
+import { CliError, UsageError, BadRegistrationError, AgentUnavailableError, PermissionError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { AgentOptions } from '../options.ts';
 import {
@@ -30,7 +30,7 @@ export async function fetchProxyPorts(agent: AgentOptions, proxyId: string, log:
     return await retryWhileTransient(resolve, agent.waitMs, (message) => log.info(sanitize(message)));
   } catch (error) {
     // Rebuilt rather than rethrown, so neither the message nor the stack can carry a secret an agent echoed.
-    if (error instanceof CliError) throw new CliError(sanitize(error.message), error.exitCode);
+    if (error instanceof CliError) throw new CliError(sanitize(error.message), error.kind);
     throw new Error(sanitize(error instanceof Error ? error.message : String(error)));
   }
 }
@@ -76,10 +76,9 @@ async function fromCatalog(lookup: Lookup, nodeName: string): Promise<ProxyPorts
   const [service, ...others] = answer?.Services ?? [];
   if (service === undefined) throw notRegistered(lookup, subject);
   if (others.length > 0) {
-    throw new CliError(
+    throw new BadRegistrationError(
       `the catalog holds ${others.length + 1} services with ID ${JSON.stringify(proxyId)} ` +
         `on node ${JSON.stringify(nodeName)}, expected one`,
-      ExitCode.badRegistration,
     );
   }
   return deriveProxyPorts(requireProxy(service, proxyId), null);
@@ -112,15 +111,13 @@ function statusFailure(lookup: Lookup, status: number, body: string, subject: st
         ? 'no ACL token was given: set -token-file or CONSUL_HTTP_TOKEN_FILE'
         : `check the ACL token from ${agent.tokenSource ?? 'the options'}`;
     const needs = agent.nodeName === undefined ? 'service:read' : 'service:read and node:read';
-    return new CliError(
+    return new PermissionError(
       `the Consul agent at ${client.location} denied access to ${subject} (${answer}): ${advice} (it needs ${needs})`,
-      ExitCode.noPermission,
     );
   }
   if (status === 401) {
-    return new CliError(
+    return new PermissionError(
       `the Consul agent at ${client.location} wants HTTP authentication (${answer}): check CONSUL_HTTP_AUTH`,
-      ExitCode.noPermission,
     );
   }
   if (status >= 500 || status === 429) {
@@ -130,14 +127,12 @@ function statusFailure(lookup: Lookup, status: number, body: string, subject: st
     );
   }
   if (status === 400) {
-    return new CliError(
+    return new UsageError(
       `the Consul agent at ${client.location} rejected the request for ${subject} (${answer})`,
-      ExitCode.usage,
     );
   }
-  return new CliError(
+  return new AgentUnavailableError(
     `unexpected answer from the Consul agent at ${client.location} for ${subject} (${answer})`,
-    ExitCode.unavailable,
   );
 }
 

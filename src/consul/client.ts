@@ -1,5 +1,5 @@
 import type { IncomingMessage, RequestOptions } from 'node:http';
-import { CliError, ExitCode } from '../errors.ts';
+import { CliError, BadRegistrationError, AgentUnavailableError, PermissionError } from '../errors.ts';
 import type { AgentOptions } from '../options.ts';
 import { parseAgentAddress } from './address.ts';
 import { formatDuration, TransientAgentError } from './retry.ts';
@@ -90,7 +90,7 @@ function requestFailure(error: unknown, location: string, timedOutAfterMs: numbe
   const tlsFailure = describeTlsFailure(error);
   if (tlsFailure !== undefined) {
     const message = `TLS handshake with the Consul agent at ${location} failed: ${tlsFailure}`;
-    return new CliError(message, ExitCode.unavailable);
+    return new AgentUnavailableError(message);
   }
   const { code = '', message } = error as NodeJS.ErrnoException;
   const unreachable = UNREACHABLE[code];
@@ -102,18 +102,16 @@ function requestFailure(error: unknown, location: string, timedOutAfterMs: numbe
     );
   }
   if (code === 'EACCES') {
-    return new CliError(
+    return new PermissionError(
       `permission denied on the Consul agent socket ${location}: run as a user allowed to use it`,
-      ExitCode.noPermission,
     );
   }
   if (code.startsWith('HPE_')) {
-    return new CliError(
+    return new AgentUnavailableError(
       `the Consul agent at ${location} did not answer in HTTP (${code}): if it serves HTTPS, use an https:// address`,
-      ExitCode.unavailable,
     );
   }
-  return new CliError(`request to the Consul agent at ${location} failed: ${message}`, ExitCode.unavailable);
+  return new AgentUnavailableError(`request to the Consul agent at ${location} failed: ${message}`);
 }
 
 async function readAnswer(response: IncomingMessage, location: string): Promise<string> {
@@ -123,7 +121,7 @@ async function readAnswer(response: IncomingMessage, location: string): Promise<
     size += chunk.length;
     if (size > MAX_ANSWER_BYTES) {
       response.destroy();
-      throw new CliError(`the Consul agent at ${location} sent an answer larger than 4 MiB`, ExitCode.badRegistration);
+      throw new BadRegistrationError(`the Consul agent at ${location} sent an answer larger than 4 MiB`);
     }
     chunks.push(chunk);
   }

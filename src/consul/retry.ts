@@ -1,12 +1,12 @@
 import pRetry from 'p-retry';
-import { CliError, ExitCode } from '../errors.ts';
+import { AgentUnavailableError, CliError } from '../errors.ts';
 
 /** A failure time may fix (agent still starting, proxy not registered yet): -wait retries these, and only these. */
 export class TransientAgentError extends CliError {
   /** What a retry waits for, for the progress line: `the Consul agent at ... (connection refused)`. */
   readonly waitingFor: string;
   constructor(message: string, waitingFor: string) {
-    super(message, ExitCode.unavailable);
+    super(message, 'unavailable');
     this.waitingFor = waitingFor;
   }
 }
@@ -44,6 +44,6 @@ export async function retryWhileTransient<T>(
     });
   } catch (error) {
     if (!(error instanceof TransientAgentError)) throw error;
-    throw new CliError(`after waiting ${formatDuration(waitMs)}, ${error.message}`, error.exitCode);
+    throw new AgentUnavailableError(`after waiting ${formatDuration(waitMs)}, ${error.message}`);
   }
 }

@@ -1,4 +1,4 @@
-import { CliError, ExitCode } from '../errors.ts';
+import { SystemCommandError } from '../errors.ts';
 import type { Dialect, TableSummary } from './dialect.ts';
 import { buildInetRuleset, isValueSet, OWNED_CHAINS, type Hook, type RedirectConfig, type Rule, type Target, type ValueSet } from './ruleset.ts';
 import type { Cidr, PortRange, Uid } from './values.ts';
@@ -505,7 +505,7 @@ function parseTable(dump: string): NftState {
   try {
     document = JSON.parse(dump) as Json;
   } catch (error) {
-    throw new CliError(`nft -j printed something that is not JSON: ${String(error)}`, ExitCode.systemCommand);
+    throw new SystemCommandError(`nft -j printed something that is not JSON: ${String(error)}`);
   }
   const objects = isObject(document) && Array.isArray(document['nftables']) ? document['nftables'] : [];
   const chains: NftChain[] = [];

@@ -1,5 +1,5 @@
 import * as z from 'zod/mini';
-import { CliError, ExitCode } from '../errors.ts';
+import { BadRegistrationError } from '../errors.ts';
 import { DEFAULT_OUTBOUND_PORT } from './ruleset.ts';
 import { portText, singlePort, transformed, type PortRange } from './values.ts';
 
@@ -109,7 +109,7 @@ function valueAt(data: unknown, path: readonly PropertyKey[]): unknown {
  */
 export function decodeAgentAnswer<S extends z.ZodMiniType>(body: string, schema: S, subject: string): z.output<S> {
   const invalid = (detail: string) =>
-    new CliError(`invalid answer from the Consul agent for ${subject}: ${detail}`, ExitCode.badRegistration);
+    new BadRegistrationError(`invalid answer from the Consul agent for ${subject}: ${detail}`);
   let data: unknown;
   try {
     data = JSON.parse(body);
@@ -130,10 +130,9 @@ export type ProxyRegistration = AgentService & { Proxy: NonNullable<AgentService
 
 export function requireProxy(service: AgentService, proxyId: string): ProxyRegistration {
   if (service.Proxy == null) {
-    throw new CliError(
+    throw new BadRegistrationError(
       `service ${JSON.stringify(proxyId)} is not a proxy (its registration has no Proxy block): ` +
         `-proxy-id takes the proxy's own service ID, such as "web-sidecar-proxy"`,
-      ExitCode.badRegistration,
     );
   }
   return { ...service, Proxy: service.Proxy };
@@ -153,9 +152,8 @@ export function deriveProxyPorts(proxy: ProxyRegistration, checks: AgentChecks):
   const bindPort = config?.bind_port ?? 0;
   const inboundPort = bindPort === 0 ? proxy.Port : bindPort;
   if (inboundPort === 0) {
-    throw new CliError(
+    throw new BadRegistrationError(
       'invalid proxy registration: Port is 0 and Proxy.Config.bind_port is not set, so it names no inbound port',
-      ExitCode.badRegistration,
     );
   }
   const checkPorts = Object.entries(checks ?? {})

@@ -1,7 +1,7 @@
 import type { Dialect } from '../core/dialect.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import type { Family } from '../core/values.ts';
-import { CliError, ExitCode } from '../errors.ts';
+import { CliError } from '../errors.ts';
 import type { CommandRunner } from './runner.ts';
 
 // The seam between the commands and the firewall: a backend is a set of tables, each written in one atomic
@@ -69,7 +69,7 @@ export interface BackendProvider {
 export class FirewallError extends CliError {
   readonly reason: 'lock' | 'busy' | 'hard';
   constructor(message: string, reason: 'lock' | 'busy' | 'hard') {
-    super(message, reason === 'hard' ? ExitCode.systemCommand : ExitCode.tempFail);
+    super(message, reason === 'hard' ? 'systemCommand' : 'temporary');
     this.reason = reason;
   }
 

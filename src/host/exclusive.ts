@@ -1,7 +1,7 @@
 import { statSync } from 'node:fs';
 import { connect, createServer, type Server } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CliError, ExitCode } from '../errors.ts';
+import { TemporaryError } from '../errors.ts';
 
 // One writer per network namespace at a time. The lock is an abstract unix socket bound under a name
 // derived from the namespace: the kernel frees it the instant its holder dies, however it dies, so no
@@ -81,10 +81,9 @@ export async function lockNamespace(
     }
     if (Date.now() >= deadline) {
       const where = netns === undefined ? 'this network namespace' : `netns ${netns}`;
-      throw new CliError(
+      throw new TemporaryError(
         `${holder} is ${purpose === 'watch' ? 'already watching' : 'changing the rules of'} ${where}` +
           (options.waitMs > 0 ? `, and did not finish within ${Math.round(options.waitMs / 1000)}s` : ''),
-        ExitCode.tempFail,
       );
     }
     await sleep(50 + Math.random() * 50);

@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CliError, ExitCode } from '../errors.ts';
+import { InternalError, TemporaryError } from '../errors.ts';
 import { FirewallError, type FirewallTable } from './backend.ts';
 
 const MAX_ATTEMPTS = 8;
@@ -42,10 +42,9 @@ export async function reconcile<State>(
       // flush or rewrite leaves other counts, so it never ends here.)
       const key = JSON.stringify(installed);
       if (misspelt === key) {
-        throw new CliError(
+        throw new InternalError(
           `the rules read back from ${table.label} differ from the rules written (a rule spelled differently ` +
             'by the backend); please report it with `redirect-traffic status` output',
-          ExitCode.internal,
         );
       }
       misspelt = key;
@@ -73,9 +72,8 @@ export async function reconcile<State>(
     lastFailure?.error.reason === 'lock'
       ? 'the lock it needs stayed held by another program'
       : 'it kept changing under us (another program writing it)';
-  throw new CliError(
+  throw new TemporaryError(
     `gave up on ${table.label}: ${why}; try again later` + (lastFailure ? ` (last error: ${lastFailure.error.message})` : ''),
-    ExitCode.tempFail,
   );
 }
 

@@ -1,6 +1,6 @@
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { CliError, ExitCode } from '../errors.ts';
+import { SystemCommandError, MissingProgramError, TemporaryError } from '../errors.ts';
 
 /** The one way this tool runs other programs; tests substitute fakes. */
 export interface CommandRunner {
@@ -38,11 +38,9 @@ export function findProgram(name: string, pathEnv = process.env['PATH'] ?? ''): 
   return undefined;
 }
 
-export class MissingProgramError extends CliError {
-  constructor(program: string, hint: string) {
-    super(`${program} was not found on PATH or in the system directories (/usr/sbin, /sbin, ...): ${hint}`, ExitCode.missingProgram);
-  }
-}
+/** A program looked for and not found, and what to install. */
+export const notFound = (program: string, hint: string) =>
+  new MissingProgramError(`${program} was not found on PATH or in the system directories (/usr/sbin, /sbin, ...): ${hint}`);
 
 // iptables-save of a large table can be megabytes; execFile's default buffer (1 MiB) would cut it off.
 const MAX_OUTPUT_BYTES = 256 * 1024 * 1024;
@@ -55,7 +53,7 @@ const MAX_OUTPUT_BYTES = 256 * 1024 * 1024;
 export function createRunner(options: { netns?: string | undefined } = {}): CommandRunner {
   const nsenter = options.netns === undefined ? undefined : findProgram('nsenter');
   if (options.netns !== undefined && nsenter === undefined) {
-    throw new MissingProgramError('nsenter', "it is needed for -netns; install the 'util-linux' package");
+    throw notFound('nsenter', "it is needed for -netns; install the 'util-linux' package");
   }
   return {
     async run(program, args, runOptions = {}) {
@@ -86,11 +84,11 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
       if (error === null) return { exitCode: 0, stdout, stderr };
       if (typeof error.code === 'number') return { exitCode: error.code, stdout, stderr };
       if (error.killed && error.signal === 'SIGKILL' && error.code === null) {
-        throw new CliError(`${program} did not finish within ${timeout / 1000}s and was killed`, ExitCode.tempFail);
+        throw new TemporaryError(`${program} did not finish within ${timeout / 1000}s and was killed`);
       }
-      if (error.signal) throw new CliError(`${program} was killed by ${error.signal}`, ExitCode.systemCommand);
+      if (error.signal) throw new SystemCommandError(`${program} was killed by ${error.signal}`);
       const reason = error.code === 'ENOENT' ? 'not found' : error.message;
-      throw new CliError(`could not run ${file}: ${reason}`, ExitCode.systemCommand);
+      throw new SystemCommandError(`could not run ${file}: ${reason}`);
     },
   };
 }

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
-import { CliError, ExitCode, UsageError } from '../errors.ts';
+import { UsageError, PermissionError } from '../errors.ts';
 import type { Uid, UidSpec } from '../core/values.ts';
 import type { CommandRunner } from './runner.ts';
 
@@ -24,9 +24,8 @@ function readProcStatus(): string {
 /** `offersDryRun`: whether the command takes --dry-run, the way to go on without root (status does not). */
 export function requireNetAdmin(action: string, offersDryRun = true): void {
   if (!hasNetAdmin()) {
-    throw new CliError(
+    throw new PermissionError(
       `${action} needs root (CAP_NET_ADMIN): run it with sudo${offersDryRun ? ', or use --dry-run to only print the rules' : ''}`,
-      ExitCode.noPermission,
     );
   }
 }
