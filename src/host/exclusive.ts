@@ -1,5 +1,5 @@
 import { statSync } from 'node:fs';
-import { connect, createServer, type Server } from 'node:net';
+import type { Server } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TemporaryError } from '../errors.ts';
 
@@ -19,6 +19,7 @@ export interface NamespaceLock {
 
 /** Who holds the lock: the holder answers with its PID. Undefined when it does not answer in time. */
 async function holderPid(name: string): Promise<number | undefined> {
+  const { connect } = await import('node:net');
   return new Promise((resolve) => {
     const socket = connect({ path: name });
     let text = '';
@@ -33,7 +34,9 @@ async function holderPid(name: string): Promise<number | undefined> {
   });
 }
 
-function tryListen(name: string): Promise<Server | undefined> {
+// node:net is loaded on first use: a dry run takes no lock and should not pay for it.
+async function tryListen(name: string): Promise<Server | undefined> {
+  const { createServer } = await import('node:net');
   return new Promise((resolve, reject) => {
     const server = createServer((socket) => {
       // An asker that leaves before the answer is no concern of the holder's.
