@@ -80,7 +80,7 @@ describeE2E(
       ['timed', 2],
       ['in-write', 1],
       ['in-write', 2],
-    ] as const)('SIGKILL (%s, batch %s) leaves the table exactly as before or exactly as asked, never absent or mixed; the next apply repairs', async (mode) => {
+    ] as const)('SIGKILL (%s, batch %s) leaves the table exactly as before or exactly as asked, never absent or mixed; the next apply repairs', async (mode, _batch) => {
       const ns = await testNamespace();
       await cli(applyArgs(ns, B, NFT));
       // How long an uninterrupted apply of A over B takes here, to spread the kills over it.
