@@ -137,14 +137,14 @@ describeE2E(
       },
     );
 
-    it('moves our own iptables rules to nftables and back, auto keeping the backend that holds them after each step', async () => {
+    it('moves our own iptables rules to nftables; auto then keeps nftables', async () => {
       const ns = await testNamespace();
       const flags = { ...A, dualStack: true };
-      // 1. Our iptables backend (the nft variant); auto on a clean namespace picks iptables.
+      // Our iptables backend (the nft variant); auto on a clean namespace picks iptables.
       expect((await cli(applyArgs(ns, flags))).stdout).toMatch(/\(iptables-nft/);
       expect(await nftTable(ns)).toBeUndefined();
 
-      // 2. To nftables: the table appears, both families' chains go.
+      // To nftables: the table appears, both families' chains go.
       const toNft = await cli(applyArgs(ns, flags, '-backend=nftables'));
       expect(`${toNft.stdout}${toNft.stderr}`).toMatch(/removed the redirection rules from iptables-nft IPv4/);
       expect(`${toNft.stdout}${toNft.stderr}`).toMatch(/removed the redirection rules from iptables-nft IPv6/);
@@ -155,16 +155,22 @@ describeE2E(
       expect((await cli(applyArgs(ns, { ...flags, inboundPort: 20002 }))).stdout).toMatch(/^applied .*\(nftables/);
       await expectNoIptablesRules(ns);
       await cli(statusArgs(ns, { ...flags, inboundPort: 20002 }), 0);
+    });
 
-      // 3. Back to iptables, with iptables-restore failing: the nft table must stay, untouched.
+    it('moves back with -backend=iptables, removing the nft table only once the iptables transactions succeed; auto then keeps iptables', async () => {
+      const ns = await testNamespace();
+      const flags = { ...A, dualStack: true };
+      await cli(applyArgs(ns, flags, '-backend=nftables'));
+
+      // With iptables-restore failing, the nft table must stay, untouched, and no iptables rule appear.
       const tableBefore = await nftTable(ns);
+      expect(tableBefore).toContain('table inet consul_tproxy');
       const failed = await runCli(applyArgs(ns, flags, '-backend=iptables'), { env: failingRestorePath() });
       expect(failed.exitCode, describeRun(applyArgs(ns, flags, '-backend=iptables'), failed)).not.toBe(0);
       expect(await nftTable(ns), 'the nft table is removed only after the iptables transactions succeed').toBe(tableBefore);
       await expectNoIptablesRules(ns);
-      await cli(statusArgs(ns, { ...flags, inboundPort: 20002 }), 0);
 
-      // 4. Back to iptables for real: chains in both families, the nft table gone.
+      // For real: chains in both families, the nft table gone.
       const toIptables = await cli(applyArgs(ns, flags, '-backend=iptables'));
       expect(toIptables.stdout).toMatch(/^applied .*\(iptables-nft/);
       expect(`${toIptables.stdout}${toIptables.stderr}`).toMatch(/removed the redirection rules from nftables inet consul_tproxy/);
