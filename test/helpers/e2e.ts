@@ -82,7 +82,7 @@ export function describeE2E(name: string, fn: () => void, options: { requires?: 
       '',
       '='.repeat(78),
       `END-TO-END TESTS "${name}" CANNOT RUN: missing ${missing.join(', ')}.`,
-      'They need root, iptables (nft and legacy), iproute2 (ip netns), nsenter and /usr/bin/python3.',
+      'They need root, iptables (nft and legacy), nft (nftables), iproute2 (ip netns), nsenter and /usr/bin/python3.',
       process.env['CI'] === 'true' ? 'CI=true: this is a FAILURE, not a skip.' : 'SKIPPED. Run them as root (e.g. sudo npx vitest run test/e2e).',
       '='.repeat(78),
       '',
