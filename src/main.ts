@@ -75,7 +75,7 @@ export async function run(
       overrides.fetchProxyPorts ?? (async (...args) => (await import('./consul/agent.ts')).fetchProxyPorts(...args)),
     // Only verify probes; the probe's source is loaded with it.
     elapsedMs: overrides.elapsedMs ?? (() => process.uptime() * 1000),
-    probe: overrides.probe ?? (async (netns, plan) => (await import('./host/probe.ts')).runProbe(runner(netns), plan)),
+    probe: overrides.probe ?? (async (netns, plan) => (await import('./host/probe.ts')).runProbe(netns, plan)),
   };
   let exitCode: number = ExitCode.ok;
   const handle = async (name: CommandName, flags: RawOptions) => {

@@ -195,11 +195,12 @@ const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
 /** Why the client's attempt did not get through, in words. */
 function clientProblem(client: ClientOutcome, waitMs: number): string {
   if (client.outcome === 'timeout') return `no answer within ${seconds(waitMs)}`;
+  if (client.outcome === 'sent') return `nothing arrived within ${seconds(waitMs)}`;
   if (client.outcome !== 'error') return client.outcome;
   const known: Record<string, string> = {
     ENETUNREACH: 'network unreachable (no route: any real destination would fail the same way)',
     EHOSTUNREACH: 'host unreachable',
-    ECONNREFUSED: 'connection refused',
+    ECONNREFUSED: 'refused: nothing listens there',
     EACCES: 'refused by a firewall rule (EACCES)',
     EPERM: 'refused by a firewall rule (EPERM)',
   };

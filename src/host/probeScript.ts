@@ -1,10 +1,12 @@
 // The probe `verify` runs: its source text is handed to `node -e`, so it must be self-contained (no imports,
 // nothing from the enclosing module; only `require` of Node's own modules, inside the function).
 //
+// Two processes, both started as root in the target network namespace at the same time (src/host/probe.ts):
+//
 //   node -e <PROBE_SOURCE> -- probe '<ProbePlan JSON>'
-//       As root, in the target network namespace: binds the listeners it can (the outbound port on every
-//       address, the DNS endpoint over UDP), starts a copy of itself as the client, collects what arrives and
-//       prints one JSON line (a ProbeReport, or {"error": ...}) on stdout.
+//       Binds the listeners it can (the outbound port on every address, the DNS endpoint over UDP) and prints
+//       the client's plan as one JSON line {"client": ...}. Then reads the client's result on stdin, waits for
+//       what is still on its way, and prints one JSON line: a ProbeReport, or {"error": ...}.
 //   node -e <PROBE_SOURCE> -- client        (the client plan on stdin)
 //       Drops to the plan's UID/GID (no supplementary groups) before opening any socket, so the kernel's
 //       owner match sees that UID; connects / sends, prints one JSON line with what it saw.
@@ -14,7 +16,6 @@ export function probeMain(): void {
   const net = require('node:net') as typeof import('node:net');
   const dgram = require('node:dgram') as typeof import('node:dgram');
   const { randomBytes } = require('node:crypto') as typeof import('node:crypto');
-  const { spawn } = require('node:child_process') as typeof import('node:child_process');
   const { readFileSync } = require('node:fs') as typeof import('node:fs');
 
   type Endpoint = { host: string; port: number };
@@ -76,8 +77,14 @@ export function probeMain(): void {
           // Our own listener acknowledges the nonce; the parent also sees it arrive.
           socket.write(`${plan.nonce}\n`);
           let reply = '';
-          socket.on('data', (chunk) => (reply += chunk.toString()));
-          socket.on('close', () => done(reply.startsWith('ok') ? { outcome: 'connected' } : { outcome: 'error', code: 'no acknowledgement' }));
+          socket.on('data', (chunk) => {
+            reply += chunk.toString();
+            if (!reply.includes('\n')) return;
+            // Reset rather than closed: no TIME_WAIT is left on the proxy's port to keep Envoy from binding it.
+            socket.resetAndDestroy();
+            done(reply.startsWith('ok') ? { outcome: 'connected' } : { outcome: 'error', code: 'no acknowledgement' });
+          });
+          socket.on('close', () => done({ outcome: 'error', code: 'closed without acknowledgement' }));
         });
       });
       const udp = new Promise<Client | undefined>((resolve) => {
@@ -171,7 +178,8 @@ export function probeMain(): void {
           // Someone else's redirected connection (an application's, while the proxy is down) is just closed.
           if (data.trim() === nonce) {
             arrivals.outbound = true;
-            connection.end('ok\n');
+            // The client resets the connection once it reads this: the listener's side never lingers.
+            connection.write('ok\n');
             onArrival();
           } else connection.destroy();
         });
@@ -221,24 +229,21 @@ export function probeMain(): void {
         ? { dns: { send: plan.dns.send, query: udpMethod !== 'listener', id: dnsId } }
         : {}),
     };
-    // Inside the program `node -e` runs, the function's own name refers to it.
-    const child = spawn(process.execPath, ['-e', `(${probeMain.toString()})();`, '--', 'client'], {
-      env: {},
-      stdio: ['pipe', 'pipe', 'pipe'],
+    // The client was started alongside this process (so the two Node start-ups overlap): the CLI hands it
+    // this plan, then hands back what it saw.
+    write({ client });
+    const seen = await new Promise<{ outbound?: Client; dns?: Client; elapsedMs?: number; error?: string }>((resolve) => {
+      let input = '';
+      process.stdin.setEncoding('utf8');
+      process.stdin.on('data', (chunk) => (input += chunk));
+      process.stdin.on('end', () => {
+        try {
+          resolve(JSON.parse(input));
+        } catch {
+          resolve({ error: `the client failed: ${input.trim() || 'no output'}` });
+        }
+      });
     });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (chunk) => (out += chunk));
-    child.stderr.on('data', (chunk) => (err += chunk));
-    child.stdin.end(JSON.stringify(client));
-    const exited = new Promise<void>((resolve) => child.on('close', () => resolve()));
-    await exited;
-    let seen: { outbound?: Client; dns?: Client; elapsedMs?: number; error?: string };
-    try {
-      seen = JSON.parse(out.trim().split('\n').pop() ?? '');
-    } catch {
-      seen = { error: `the client failed: ${(err.trim().split('\n').pop() ?? '') || 'no output'}` };
-    }
     if (seen.error !== undefined) {
       write({ error: seen.error });
       process.exit(1);
