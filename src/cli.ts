@@ -162,8 +162,11 @@ export function createProgram(version: string, handle: CommandHandler, args: rea
   watch.action(async () => handle('watch', rawFlags(watch, 'watch')));
 
   const verify = withFlags(new Command('verify'), 'verify').description(
-    'prove the redirection works with a real connection from an ordinary user (exit 0 works, 5 does not)',
-  );
+    'prove the redirection works with a real connection from an ordinary user (exit 0 works, 5 does not), as root. ' +
+      'It connects to 192.0.2.1 (TEST-NET-1) and checks that the connection arrives on the outbound port (and DNS on ' +
+      'Consul DNS); nothing leaves the machine when redirection works, but when it does not, one SYN (and with ' +
+      '-consul-dns-ip one DNS datagram) goes out to 192.0.2.1 and is never answered',
+  ).summary('prove the redirection works with a real connection from an ordinary user (exit 0 works, 5 does not)');
   verify.action(async () => handle('verify', rawFlags(verify, 'verify')));
 
   for (const sub of [apply, cleanup, status, watch, verify]) program.addCommand(sub.exitOverride());

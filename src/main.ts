@@ -75,6 +75,9 @@ export async function run(
     // The agent client and its schemas are loaded only by runs that ask the agent (-proxy-id).
     fetchProxyPorts:
       overrides.fetchProxyPorts ?? (async (...args) => (await import('./consul/agent.ts')).fetchProxyPorts(...args)),
+    // Only verify probes; the probe's source is loaded with it.
+    elapsedMs: overrides.elapsedMs ?? (() => process.uptime() * 1000),
+    probe: overrides.probe ?? (async (netns, plan) => (await import('./host/probe.ts')).runProbe(netns, plan)),
   };
   let exitCode: number = ExitCode.ok;
   const handle = async (name: CommandName, flags: RawOptions) => {

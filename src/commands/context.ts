@@ -3,8 +3,10 @@ import type { AgentOptions, HostOptions } from '../options.ts';
 import type { ProxyPorts } from '../core/registration.ts';
 import type { BackendName, BackendProvider, TableSurvey } from '../host/backend.ts';
 import type { NamespaceLock } from '../host/exclusive.ts';
+import type { ProbeOutcome } from '../host/probe.ts';
 import type { ApplyRecord } from '../host/record.ts';
 import type { CommandRunner } from '../host/runner.ts';
+import type { ProbePlan } from '../core/verification.ts';
 
 /** The firewall backends, as the commands see them. */
 export interface Backends {
@@ -42,4 +44,8 @@ export interface CommandContext {
   records: ApplyRecords;
   /** Reads the proxy's ports from the Consul agent. */
   fetchProxyPorts(agent: AgentOptions, proxyId: string, log: Logger): Promise<ProxyPorts>;
+  /** verify: runs the probe inside the namespace (this process's without one) and reports what it saw. */
+  probe(netns: string | undefined, plan: ProbePlan): Promise<ProbeOutcome>;
+  /** Milliseconds since this run started (for the CLI, since the process started). */
+  elapsedMs(): number;
 }

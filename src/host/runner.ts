@@ -45,20 +45,24 @@ export const notFound = (program: string, hint: string) =>
 // iptables-save of a large table can be megabytes; execFile's default buffer (1 MiB) would cut it off.
 const MAX_OUTPUT_BYTES = 256 * 1024 * 1024;
 
+/** How to run a program inside `netns` (through nsenter), or as it is without one: [file, arguments]. */
+export function namespaceEntry(netns: string | undefined): (program: string, args: readonly string[]) => [string, readonly string[]] {
+  if (netns === undefined) return (program, args) => [program, args];
+  const nsenter = findProgram('nsenter');
+  if (nsenter === undefined) throw notFound('nsenter', "it is needed for -netns; install the 'util-linux' package");
+  return (program, args) => [nsenter, [`--net=${netns}`, '--', program, ...args]];
+}
+
 /**
  * Runs programs directly (no shell), each under a time limit; with `netns`, inside that network namespace.
  * Node's execFile rather than execa: this runs a handful of short-lived commands, and execa's start-up
  * and per-call cost measured ~20 ms of an apply that should be close to the cost of the commands alone.
  */
 export function createRunner(options: { netns?: string | undefined } = {}): CommandRunner {
-  const nsenter = options.netns === undefined ? undefined : findProgram('nsenter');
-  if (options.netns !== undefined && nsenter === undefined) {
-    throw notFound('nsenter', "it is needed for -netns; install the 'util-linux' package");
-  }
+  const inNamespace = namespaceEntry(options.netns);
   return {
     async run(program, args, runOptions = {}) {
-      const [file, argv] =
-        nsenter === undefined ? [program, args] : [nsenter, [`--net=${options.netns}`, '--', program, ...args]];
+      const [file, argv] = inNamespace(program, args);
       const timeout = runOptions.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
       // Loaded on first use: a dry run starts no process and should not pay for node:child_process.
       const { execFile } = await import('node:child_process');

@@ -30,6 +30,15 @@ export function requireNetAdmin(action: string, offersDryRun = true): void {
   }
 }
 
+/** The local passwd file, or nothing when there is none. */
+export function readPasswd(): string {
+  try {
+    return readFileSync('/etc/passwd', 'utf8');
+  } catch {
+    return '';
+  }
+}
+
 function uidFromPasswd(name: string, passwd: string): number | undefined {
   for (const line of passwd.split('\n')) {
     const [user, , uid] = line.split(':');
