@@ -164,7 +164,7 @@ function tableError(program: string, stderr: string, exitCode: number): Firewall
   const hint = module
     ? " (the kernel lacks this table's module: is 'iptable_nat'/'nf_tables' available?)"
     : busy
-      ? ' (the kernel refused: something outside this table, such as a native nftables chain, still refers to one of our chains)'
+      ? ' (the kernel refused: something iptables cannot show, such as a native nftables rule or verdict map, still refers to one of our chains)'
       : '';
   return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock ? 'lock' : 'hard');
 }

@@ -1,4 +1,8 @@
 import { execa } from 'execa';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { namespaceKey } from '../../src/host/exclusive.ts';
+import { RECORD_DIR } from '../../src/host/record.ts';
 
 // Network namespaces for the end-to-end tests. Every namespace is named rt-e2e-<pid>-<n>-<role>, so a
 // run only ever touches its own, and leftovers of a crashed run (whose pid is gone) can be recognised.
@@ -88,6 +92,12 @@ export async function deleteNamespace(name: string): Promise<void> {
     } catch {
       // already gone
     }
+  }
+  // The tool's record of the last apply is keyed by the namespace's inode, which a later namespace may reuse.
+  try {
+    rmSync(join(RECORD_DIR, `${namespaceKey(`/run/netns/${name}`)}.json`), { force: true });
+  } catch {
+    // the namespace is already gone
   }
   await runCommand('ip', ['netns', 'del', name]).catch(() => undefined);
   created.delete(name);

@@ -187,7 +187,7 @@ describe('iptables backend: what a failed iptables-nft-restore means', () => {
     expect(error.exitCode).toBe(ExitCode.systemCommand);
     expect(error.message).toBe(
       'iptables-nft-restore failed (exit 4): iptables-nft-restore v1.8.9 (nf_tables): | line 11: CHAIN_DEL failed (Device or resource busy): chain CONSUL_PROXY_OUTPUT' +
-        ' (the kernel refused: something outside this table, such as a native nftables chain, still refers to one of our chains)',
+        ' (the kernel refused: something iptables cannot show, such as a native nftables rule or verdict map, still refers to one of our chains)',
     );
   });
 
