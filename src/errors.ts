@@ -17,6 +17,8 @@ export const ExitCode = {
   systemCommand: 71,
   /** A required program (iptables, nsenter) is missing. */
   missingProgram: 72,
+  /** The -metrics-file could not be written. */
+  cantCreate: 73,
   /** Retryable: the xtables lock or a concurrent writer kept the table busy. */
   tempFail: 75,
   /** Not root, no CAP_NET_ADMIN, or the agent denied the ACL token. */

@@ -3,6 +3,7 @@ import type { AgentOptions, HostOptions } from '../options.ts';
 import type { ProxyPorts } from '../core/registration.ts';
 import type { BackendName, BackendProvider, TableSurvey } from '../host/backend.ts';
 import type { NamespaceLock } from '../host/exclusive.ts';
+import type { ChangeFeed } from '../host/monitor.ts';
 import type { CommandRunner } from '../host/runner.ts';
 
 /** The firewall backends, as the commands see them. */
@@ -15,6 +16,11 @@ export interface Backends {
   dryRunProvider(host: Pick<HostOptions, 'backend'>): BackendProvider;
   /** What a cleanup removes from each backend, when the tables cannot be read. */
   dryRunRemovals(host: Pick<HostOptions, 'backend'>): BackendProvider[];
+  /**
+   * Hears changes to `backend`'s tables in a namespace as the kernel commits them (`nft monitor`), or
+   * undefined where they can only be polled (iptables-legacy).
+   */
+  listen(netns: string | undefined, backend: BackendName, onChange: (event: string) => void): Promise<ChangeFeed | undefined>;
 }
 
 /** Everything a command needs from the outside world; tests pass their own. */

@@ -22,4 +22,12 @@ export const installedBackends = (runner: (netns?: string) => CommandRunner, not
   dryRunRemovals(host) {
     return PROVIDERS.filter((provider) => host.backend === 'auto' || provider.kind === host.backend);
   },
+  async listen(netns, backend, onChange) {
+    const access = { runner: runner(netns), inNetns: netns !== undefined, notify };
+    for (const provider of PROVIDERS) {
+      const feed = await provider.listen(access, backend, onChange);
+      if (feed) return feed;
+    }
+    return undefined;
+  },
 });
