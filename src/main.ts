@@ -9,6 +9,7 @@ import { watch } from './commands/watch.ts';
 import { CliError, ExitCode } from './errors.ts';
 import { installedBackends } from './host/backends.ts';
 import { lockNamespace, withSignalsDeferred } from './host/exclusive.ts';
+import { notifySystemdReady, untilSignalled } from './host/lifecycle.ts';
 import { createRunner } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import {
@@ -73,6 +74,10 @@ export async function run(
     // The agent client and its schemas are loaded only by runs that ask the agent (-proxy-id).
     fetchProxyPorts:
       overrides.fetchProxyPorts ?? (async (...args) => (await import('./consul/agent.ts')).fetchProxyPorts(...args)),
+    readProxyPorts: overrides.readProxyPorts ?? (async (...args) => (await import('./consul/agent.ts')).readProxyPorts(...args)),
+    claimWatch: overrides.claimWatch ?? ((netns) => lockNamespace(netns, 'watch', { waitMs: 0 })),
+    untilStopped: overrides.untilStopped ?? untilSignalled,
+    notifyReady: overrides.notifyReady ?? (async () => void (await notifySystemdReady(runner(), env, log))),
   };
   let exitCode: number = ExitCode.ok;
   const handle = async (name: CommandName, flags: RawOptions) => {

@@ -4,6 +4,8 @@ import type { ProxyPorts } from '../core/registration.ts';
 import type { BackendName, BackendProvider, TableSurvey } from '../host/backend.ts';
 import type { NamespaceLock } from '../host/exclusive.ts';
 import type { ChangeFeed } from '../host/monitor.ts';
+import type { StopRequest } from '../host/lifecycle.ts';
+import type { BlockingQuery, VersionedPorts } from '../consul/agent.ts';
 import type { CommandRunner } from '../host/runner.ts';
 
 /** The firewall backends, as the commands see them. */
@@ -38,4 +40,15 @@ export interface CommandContext {
   deferSignals<T>(work: () => Promise<T>): Promise<T>;
   /** Reads the proxy's ports from the Consul agent. */
   fetchProxyPorts(agent: AgentOptions, proxyId: string, log: Logger): Promise<ProxyPorts>;
+  /**
+   * Reads the proxy's ports and the registration's version; with `block`, a blocking query that the agent
+   * answers when the registration changes or the wait passes.
+   */
+  readProxyPorts(agent: AgentOptions, proxyId: string, log: Logger, block?: BlockingQuery): Promise<VersionedPorts>;
+  /** Claims the right to watch a namespace's rules: one watch per namespace; refuses at once if another holds it. */
+  claimWatch(netns: string | undefined): Promise<NamespaceLock>;
+  /** Resolves when SIGTERM or SIGINT asks a long-running command to stop. */
+  untilStopped(): StopRequest;
+  /** Tells the service manager that start-up is done (systemd's Type=notify); does nothing outside one. */
+  notifyReady(): Promise<void>;
 }
