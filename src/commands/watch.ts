@@ -328,6 +328,9 @@ export class Watcher {
           );
         } else context.log.debug(`the agent still does not answer: ${error.message}`);
         outage = true;
+        // The first question after an outage does not block: it hears at once that the agent is back, and
+        // what the registration became meanwhile.
+        since = undefined;
         await sleep(delay, undefined, { signal, ref: false }).catch(() => undefined);
         delay = Math.min(delay * 2, this.tuning.agentRetryMaxMs);
       }
