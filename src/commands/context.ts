@@ -1,7 +1,7 @@
 import type { Logger, Output } from '../log.ts';
 import type { AgentOptions, HostOptions } from '../options.ts';
 import type { ProxyPorts } from '../core/registration.ts';
-import type { BackendName, BackendProvider, TableSurvey } from '../host/backend.ts';
+import type { BackendKind, BackendName, BackendProvider, TableSurvey } from '../host/backend.ts';
 import type { NamespaceLock } from '../host/exclusive.ts';
 import type { ChangeFeed } from '../host/monitor.ts';
 import type { StopRequest } from '../host/lifecycle.ts';
@@ -10,8 +10,11 @@ import type { CommandRunner } from '../host/runner.ts';
 
 /** The firewall backends, as the commands see them. */
 export interface Backends {
-  /** Reads every installed backend's tables in a namespace (this process's without one). */
-  survey(netns: string | undefined): Promise<TableSurvey[]>;
+  /**
+   * Reads every installed backend's tables in a namespace (this process's without one); with `kinds`, only
+   * those backends' (watch's frequent checks read the backend it keeps, and all of them now and then).
+   */
+  survey(netns: string | undefined, kinds?: readonly BackendKind[]): Promise<TableSurvey[]>;
   /** The iptables variant plain `iptables` is on this host. */
   systemDefault(): BackendName | undefined;
   /** The backend a dry run shows: the one asked for, else iptables unless only nft is installed. */

@@ -31,7 +31,7 @@ const BACKENDS_OF: Record<BackendKind, readonly BackendName[]> = {
   iptables: ['iptables-nft', 'iptables-legacy'],
   nftables: ['nftables'],
 };
-const kindOf = (backend: BackendName): BackendKind => (backend === 'nftables' ? 'nftables' : 'iptables');
+export const kindOf = (backend: BackendName): BackendKind => (backend === 'nftables' ? 'nftables' : 'iptables');
 
 const PACKAGE_HINT: Record<BackendKind, string> = {
   iptables: "install the 'iptables' package (on RHEL, 'iptables-legacy' for the legacy variant)",

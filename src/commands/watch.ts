@@ -9,16 +9,16 @@ import { requireNetAdmin } from '../host/system.ts';
 import type { HostOptions, WatchOptions } from '../options.ts';
 import { applyOnce, converge, refuseSshCapture } from './apply.ts';
 import type { CommandContext } from './context.ts';
-import { chooseBackend, pinBackend, planApply, planDifferences, requireSomeBackend, type ApplyPlan } from './plan.ts';
+import { chooseBackend, kindOf, pinBackend, planApply, planDifferences, type ApplyPlan } from './plan.ts';
 import { configOf, flagPorts, resolveUids, type ResolvedUids } from './rulesets.ts';
 import { metricsTable } from './status.ts';
 
 // `watch`: apply, then keep the installed rules equal to the wanted ones until SIGTERM or SIGINT. Where the
 // kernel reports changes (nftables, iptables-nft: `nft monitor`), a burst of them is answered by one check
 // within a second; every -interval, the tables are compared anyway (the only way to see iptables-legacy's
-// changes, and a safety net everywhere). A check only reads; it writes, under the namespace lock, only when
-// our rules differ from the wanted ones, so changes elsewhere (Docker, an operator's own tables) and the
-// events of our own writes cost one read and nothing more. With -proxy-id, the proxy's registration is
+// changes, and a safety net everywhere). A check reads under the namespace lock and writes only when our
+// rules differ from the wanted ones, so changes elsewhere (Docker, an operator's own tables) and the events
+// of our own writes cost one read and nothing more. With -proxy-id, the proxy's registration is
 // followed with the agent's blocking queries, and a changed one is applied at once.
 
 export interface WatchTuning {
@@ -40,6 +40,13 @@ export const WATCH_TUNING: WatchTuning = {
   agentRetryMaxMs: 30_000,
   monitorRestartMs: 30_000,
 };
+
+/**
+ * Most checks read only the kept backend's tables (one `nft` for nftables, two saves for iptables); every
+ * this many checks, and whenever a check is to write, all backends are read, so that our rules appearing in
+ * another one (Consul's own command, an apply with another -backend) are swept within a minute at the default -interval.
+ */
+const FULL_SURVEY_EVERY = 12;
 
 /** At most this many differences per table in a repair's log line; the rest are counted. */
 const LOGGED_DIFFERENCES = 5;
@@ -127,6 +134,7 @@ export class Watcher {
   /** A changed registration waiting to be applied by the next check: applied, not repaired. */
   private update: string | undefined;
   private checking: Promise<void> | undefined;
+  private checks = 0;
   private checkAgain = false;
   private debounce: NodeJS.Timeout | undefined;
   private poll: NodeJS.Timeout | undefined;
@@ -247,23 +255,26 @@ export class Watcher {
       });
   }
 
-  /** Reads; writes only when our rules differ from the wanted ones. A failure is logged and the next check tries again. */
+  /**
+   * Reads; writes only when our rules differ from the wanted ones. Under the namespace lock, so that what is
+   * read is still what is there when a repair writes (a check holds it for one read; an apply waits that long).
+   * A failure is logged and the next check tries again.
+   */
   private async check(): Promise<void> {
     const { context } = this;
     const netns = this.options.host.netns;
     try {
-      const surveys = await context.backends.survey(netns);
-      requireSomeBackend(surveys);
-      const plan = planApply(surveys, this.config, chooseBackend(surveys, this.host, context.backends.systemDefault()));
-      if (planDifferences(plan).length === 0 && this.update === undefined) {
-        this.settled(plan);
-        return;
-      }
-      // Something to write: under the namespace lock, from a fresh read (another run may have just written).
       const lock = await context.lockNamespace(netns);
       let converged;
       try {
-        converged = await converge(await context.backends.survey(netns), this.config, this.host, context);
+        this.checks += 1;
+        const full = this.checks % FULL_SURVEY_EVERY === 0 || this.update !== undefined;
+        let surveys = await context.backends.survey(netns, full ? undefined : [kindOf(this.start.plan.choice.backend)]);
+        // A repair plans from every backend's tables: it also sweeps our rules from the others.
+        if (!full && planDifferences(planApply(surveys, this.config, chooseBackend(surveys, this.host, context.backends.systemDefault()))).length > 0) {
+          surveys = await context.backends.survey(netns);
+        }
+        converged = await converge(surveys, this.config, this.host, context);
       } finally {
         lock.release();
       }
@@ -280,7 +291,9 @@ export class Watcher {
     } catch (error) {
       if (!(error instanceof CliError)) throw error;
       this.inSync = false;
-      if (this.failCheck !== error.message) context.log.warn(`checking the rules failed, trying again on the next change or in ${seconds(this.options.intervalMs)}: ${error.message}`);
+      if (this.failCheck !== error.message) {
+        context.log.warn(`checking the rules failed, trying again on the next change or in ${seconds(this.options.intervalMs)}: ${error.message}`);
+      }
       this.failCheck = error.message;
       this.publish(Date.now());
     }
