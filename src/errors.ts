@@ -17,6 +17,8 @@ export const ExitCode = {
   systemCommand: 71,
   /** A required program (iptables, nsenter) is missing. */
   missingProgram: 72,
+  /** The -metrics-file could not be written. */
+  cantCreate: 73,
   /** Retryable: the xtables lock or a concurrent writer kept the table busy. */
   tempFail: 75,
   /** Not root, no CAP_NET_ADMIN, or the agent denied the ACL token. */
@@ -35,7 +37,8 @@ export type FailureKind =
   | 'systemCommand'
   | 'missingProgram'
   | 'temporary'
-  | 'noPermission';
+  | 'noPermission'
+  | 'cannotWrite';
 
 /** The one table from failures to exit codes. */
 const EXIT_CODE_OF: Readonly<Record<FailureKind, number>> = {
@@ -48,6 +51,7 @@ const EXIT_CODE_OF: Readonly<Record<FailureKind, number>> = {
   missingProgram: ExitCode.missingProgram,
   temporary: ExitCode.tempFail,
   noPermission: ExitCode.noPermission,
+  cannotWrite: ExitCode.cantCreate,
 };
 
 /** An expected failure: printed as one line on stderr; its kind gives the exit code. */
@@ -90,6 +94,8 @@ export class MissingProgramError extends failureOf('missingProgram') {}
 export class TemporaryError extends failureOf('temporary') {}
 /** Not root, no CAP_NET_ADMIN, or the agent refused the token. */
 export class PermissionError extends failureOf('noPermission') {}
+/** An output file (the metrics file) could not be written. */
+export class CannotWriteError extends failureOf('cannotWrite') {}
 
 /** A value that failed validation: names the flag (or config key) and the offending value. */
 export function invalidValue(flag: string, value: string, reason: string): UsageError {

@@ -10,6 +10,7 @@ import { CliError, ExitCode } from './errors.ts';
 import { installedBackends } from './host/backends.ts';
 import { lockNamespace, withSignalsDeferred } from './host/exclusive.ts';
 import { readRecord, removeRecord, writeRecord } from './host/record.ts';
+import { notifySystemdReady, untilSignalled } from './host/lifecycle.ts';
 import { createRunner } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import {
@@ -78,6 +79,10 @@ export async function run(
     // Only verify probes; the probe's source is loaded with it.
     elapsedMs: overrides.elapsedMs ?? (() => process.uptime() * 1000),
     probe: overrides.probe ?? (async (netns, plan) => (await import('./host/probe.ts')).runProbe(netns, plan)),
+    readProxyPorts: overrides.readProxyPorts ?? (async (...args) => (await import('./consul/agent.ts')).readProxyPorts(...args)),
+    claimWatch: overrides.claimWatch ?? ((netns) => lockNamespace(netns, 'watch', { waitMs: 0 })),
+    untilStopped: overrides.untilStopped ?? untilSignalled,
+    notifyReady: overrides.notifyReady ?? (async () => void (await notifySystemdReady(runner(), env, log))),
   };
   let exitCode: number = ExitCode.ok;
   const handle = async (name: CommandName, flags: RawOptions) => {

@@ -4,8 +4,9 @@ import type { Family, PortRange } from '../core/values.ts';
 import { reconcile } from '../host/reconcile.ts';
 import { RECORD_DIR } from '../host/record.ts';
 import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
-import type { ApplyOptions } from '../options.ts';
-import { chooseBackend, planApply, requireSomeBackend, type ApplyPlan, type TableStep } from './plan.ts';
+import type { TableSurvey } from '../host/backend.ts';
+import type { ApplyOptions, HostOptions } from '../options.ts';
+import { chooseBackend, planApply, planDifferences, requireSomeBackend, type ApplyPlan, type TableStep } from './plan.ts';
 import { reportForeign } from './report.ts';
 import { flagsOf, resolveConfig } from './rulesets.ts';
 import type { CommandContext } from './context.ts';
@@ -18,7 +19,34 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   }
   // Before anything else, the agent included: waiting for it only to then fail on permissions helps nobody.
   requireNetAdmin('applying traffic redirection rules');
-  const { log } = context;
+  const applied = await applyOnce(options, context, () => resolveConfig(options.rules, options.agent, context));
+  context.output.stdout(`${applied.summary}\n`);
+  return ExitCode.ok;
+}
+
+/** What an apply is told: everything but --dry-run (watch's options are these, plus its own). */
+export type ApplySettings = Omit<ApplyOptions, 'dryRun'>;
+
+export interface Applied {
+  config: RedirectConfig;
+  plan: ApplyPlan;
+  /** What the tables differed in before the write, one line each naming its table; empty when nothing changed. */
+  differences: string[];
+  changed: boolean;
+  /** The line an apply prints: what was installed where. */
+  summary: string;
+}
+
+/**
+ * One whole apply, as `apply` runs it and `watch` starts with: `resolve` works out the configuration (asking
+ * the agent with -proxy-id), the SSH check refuses to cut off this session, and the tables are brought to it
+ * under the namespace lock (see converge). Returns what was done; prints nothing but warnings.
+ */
+export async function applyOnce(
+  options: ApplySettings,
+  context: CommandContext,
+  resolve: () => Promise<RedirectConfig>,
+): Promise<Applied> {
   const netns = options.host.netns;
   const runner = context.runner(netns);
   // Runs on one namespace take turns, from their first read to their last write: a read taken while
@@ -38,7 +66,7 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
   early?.catch(() => undefined);
   let config: RedirectConfig;
   try {
-    config = await resolveConfig(options.rules, options.agent, context);
+    config = await resolve();
     refuseSshCapture(config, options.allowSshCapture, context.env);
   } catch (error) {
     // Nothing is written; the reads are let finish rather than left running.
@@ -48,25 +76,44 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
     throw error;
   }
   const { lock, surveying, bypassingIpv6 } = await (early ?? startReads());
-  let plan: ApplyPlan;
-  let changed: boolean;
+  let converged: Converged;
   try {
-    const surveys = await surveying;
-    requireSomeBackend(surveys);
-    const choice = chooseBackend(surveys, options.host, context.backends.systemDefault());
-    log.debug(`using ${choice.backend}: ${choice.reason}`);
-    plan = planApply(surveys, config, choice);
-    const ready = plan;
-    changed = await context.deferSignals(() => recorded(options, config, context, () => execute(ready, context)));
+    converged = await converge(await surveying, config, options.host, context);
   } finally {
     lock.release();
   }
   if (await bypassingIpv6) {
     const where = netns === undefined ? 'this host' : `netns ${netns}`;
-    log.warn(`${where} has a global IPv6 address, and its IPv6 traffic bypasses the proxy: add -dual-stack to redirect it too`);
+    context.log.warn(`${where} has a global IPv6 address, and its IPv6 traffic bypasses the proxy: add -dual-stack to redirect it too`);
   }
-  context.output.stdout(`${summary(config, plan, netns, changed)}\n`);
-  return ExitCode.ok;
+  return { config, ...converged, summary: summary(config, converged.plan, netns, converged.changed) };
+}
+
+export interface Converged {
+  plan: ApplyPlan;
+  differences: string[];
+  changed: boolean;
+}
+
+/**
+ * Survey to plan to writes: chooses the backend, plans every table's state for `config`, and writes (with
+ * SIGTERM and SIGINT held back) only what differs. The caller holds the namespace lock from the survey on.
+ */
+export async function converge(
+  surveys: TableSurvey[],
+  config: RedirectConfig,
+  host: HostOptions,
+  context: CommandContext,
+): Promise<Converged> {
+  requireSomeBackend(surveys);
+  const choice = chooseBackend(surveys, host, context.backends.systemDefault());
+  context.log.debug(`using ${choice.backend}: ${choice.reason}`);
+  const plan = planApply(surveys, config, choice);
+  const differences = planDifferences(plan, { absentAsOneLine: false });
+  // Nothing to write: not even a process to start (reconcile would only compare again).
+  const writes = async () => differences.length > 0 && (await execute(plan, context));
+  const changed = await context.deferSignals(() => recorded(host, config, context, writes));
+  return { plan, differences, changed };
 }
 
 /**
@@ -74,10 +121,13 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
  * back as it was when the writes failed and were rolled back. A run killed in between leaves "unfinished",
  * which a bare `status` reports.
  */
-async function recorded<T>(options: ApplyOptions, config: RedirectConfig, context: CommandContext, writes: () => Promise<T>): Promise<T> {
-  const netns = options.host.netns;
+async function recorded<T>(host: HostOptions, config: RedirectConfig, context: CommandContext, writes: () => Promise<T>): Promise<T> {
+  const { netns } = host;
   const previous = context.records.read(netns);
-  const record = { flags: flagsOf(config, options.host), pid: process.pid, startedAt: new Date().toISOString(), finished: false };
+  const flags = flagsOf(config, host);
+  // The same settings, already recorded as finished: nothing to write (watch compares every few seconds).
+  if (previous?.finished && JSON.stringify(previous.flags) === JSON.stringify(flags)) return writes();
+  const record = { flags, pid: process.pid, startedAt: new Date().toISOString(), finished: false };
   if (!context.records.write(netns, record)) context.log.debug(`could not record this apply under ${RECORD_DIR}`);
   try {
     const result = await writes();
@@ -152,7 +202,7 @@ async function rollBack(touched: readonly TableStep[], context: CommandContext) 
 
 const familyText = (families: readonly Family[]) => families.map((f) => (f === 4 ? 'IPv4' : 'IPv6')).join('+');
 
-function summary(config: RedirectConfig, plan: ApplyPlan, netns: string | undefined, changed: boolean) {
+export function summary(config: RedirectConfig, plan: ApplyPlan, netns: string | undefined, changed: boolean) {
   const exclusions =
     config.excludeInboundPorts.length +
     config.excludeOutboundPorts.length +
@@ -171,7 +221,7 @@ const portCovered = (port: number, exclusions: readonly PortRange[]) =>
   exclusions.some((range) => port >= range.low && port <= range.high);
 
 /** Refuses to cut off the SSH session this runs in, unless told to. */
-function refuseSshCapture(config: RedirectConfig, allow: boolean, env: NodeJS.ProcessEnv) {
+export function refuseSshCapture(config: RedirectConfig, allow: boolean, env: NodeJS.ProcessEnv) {
   const ssh = sshServerEndpoint(env);
   if (!ssh || allow) return;
   // An IPv4-mapped address is an IPv4 connection to a dual-stack sshd.

@@ -1,23 +1,34 @@
 import type { Logger, Output } from '../log.ts';
 import type { AgentOptions, HostOptions } from '../options.ts';
 import type { ProxyPorts } from '../core/registration.ts';
-import type { BackendName, BackendProvider, TableSurvey } from '../host/backend.ts';
+import type { BackendKind, BackendName, BackendProvider, TableSurvey } from '../host/backend.ts';
 import type { NamespaceLock } from '../host/exclusive.ts';
 import type { ProbeOutcome } from '../host/probe.ts';
 import type { ApplyRecord } from '../host/record.ts';
+import type { ChangeFeed } from '../host/monitor.ts';
+import type { StopRequest } from '../host/lifecycle.ts';
+import type { BlockingQuery, VersionedPorts } from '../consul/agent.ts';
 import type { CommandRunner } from '../host/runner.ts';
 import type { ProbePlan } from '../core/verification.ts';
 
 /** The firewall backends, as the commands see them. */
 export interface Backends {
-  /** Reads every installed backend's tables in a namespace (this process's without one). */
-  survey(netns: string | undefined): Promise<TableSurvey[]>;
+  /**
+   * Reads every installed backend's tables in a namespace (this process's without one); with `kinds`, only
+   * those backends' (watch's frequent checks read the backend it keeps, and all of them now and then).
+   */
+  survey(netns: string | undefined, kinds?: readonly BackendKind[]): Promise<TableSurvey[]>;
   /** The iptables variant plain `iptables` is on this host. */
   systemDefault(): BackendName | undefined;
   /** The backend a dry run shows: the one asked for, else iptables unless only nft is installed. */
   dryRunProvider(host: Pick<HostOptions, 'backend'>): BackendProvider;
   /** What a cleanup removes from each backend, when the tables cannot be read. */
   dryRunRemovals(host: Pick<HostOptions, 'backend'>): BackendProvider[];
+  /**
+   * Hears changes to `backend`'s tables in a namespace as the kernel commits them (`nft monitor`), or
+   * undefined where they can only be polled (iptables-legacy).
+   */
+  listen(netns: string | undefined, backend: BackendName, onChange: (event: string) => void): Promise<ChangeFeed | undefined>;
 }
 
 export interface ApplyRecords {
@@ -48,4 +59,15 @@ export interface CommandContext {
   probe(netns: string | undefined, plan: ProbePlan): Promise<ProbeOutcome>;
   /** Milliseconds since this run started (for the CLI, since the process started). */
   elapsedMs(): number;
+  /**
+   * Reads the proxy's ports and the registration's version; with `block`, a blocking query that the agent
+   * answers when the registration changes or the wait passes.
+   */
+  readProxyPorts(agent: AgentOptions, proxyId: string, log: Logger, block?: BlockingQuery): Promise<VersionedPorts>;
+  /** Claims the right to watch a namespace's rules: one watch per namespace; refuses at once if another holds it. */
+  claimWatch(netns: string | undefined): Promise<NamespaceLock>;
+  /** Resolves when SIGTERM or SIGINT asks a long-running command to stop. */
+  untilStopped(): StopRequest;
+  /** Tells the service manager that start-up is done (systemd's Type=notify); does nothing outside one. */
+  notifyReady(): Promise<void>;
 }

@@ -31,7 +31,7 @@ const BACKENDS_OF: Record<BackendKind, readonly BackendName[]> = {
   iptables: ['iptables-nft', 'iptables-legacy'],
   nftables: ['nftables'],
 };
-const kindOf = (backend: BackendName): BackendKind => (backend === 'nftables' ? 'nftables' : 'iptables');
+export const kindOf = (backend: BackendName): BackendKind => (backend === 'nftables' ? 'nftables' : 'iptables');
 
 const PACKAGE_HINT: Record<BackendKind, string> = {
   iptables: "install the 'iptables' package (on RHEL, 'iptables-legacy' for the legacy variant)",
@@ -81,6 +81,13 @@ export function chooseBackend(
   return { backend: preferDefault(variants), reason: 'it is the system default, or the only one installed' };
 }
 
+/** Host options that make chooseBackend pick `backend` again, whatever the tables then hold. */
+export function pinBackend(host: HostOptions, backend: BackendName): HostOptions {
+  const kind = kindOf(backend);
+  const variant = kind === 'iptables' ? (backend.slice('iptables-'.length) as HostOptions['iptablesMode']) : host.iptablesMode;
+  return { ...host, backend: kind, iptablesMode: variant };
+}
+
 /** Every table of the chosen backend gets `config`'s state (a family no longer asked for is emptied). */
 export function planApply(surveys: readonly TableSurvey[], config: RedirectConfig, choice: BackendChoice): ApplyPlan {
   const chosen = surveys.filter((s) => s.table.backend === choice.backend);
@@ -98,6 +105,26 @@ export function planApply(surveys: readonly TableSurvey[], config: RedirectConfi
       .filter((s) => s.table.backend !== choice.backend && s.holdsOurs)
       .map((survey) => ({ survey, wanted: survey.table.dialect.wanted(undefined) })),
   };
+}
+
+/**
+ * What an apply by `plan` would change, one line per difference, each naming its table: every write that
+ * changes something, and every other backend's rules it would sweep. Empty: the rules are in place. A table
+ * with nothing of ours is one line ("no rules installed") unless `absentAsOneLine` is false: then it is what
+ * the dialect says is missing (a repair's log names the chains or the table).
+ */
+export function planDifferences(plan: ApplyPlan, options: { absentAsOneLine?: boolean } = {}): string[] {
+  const { absentAsOneLine = true } = options;
+  const differences: string[] = [];
+  for (const { survey, wanted } of plan.writes) {
+    const { table } = survey;
+    if (absentAsOneLine && table.dialect.isEmpty(survey.state) && !table.dialect.isEmpty(wanted)) differences.push(`${table.label}: no rules installed`);
+    else if (!table.dialect.same(survey.state, wanted)) {
+      differences.push(...table.dialect.differences(survey.state, wanted).map((line) => `${table.label}: ${line}`));
+    }
+  }
+  for (const { survey } of plan.sweeps) differences.push(`${survey.table.label}: has rules, but ${plan.choice.backend} is the backend in use`);
+  return differences;
 }
 
 /** Every table holding our rules, in the backends `host` allows, emptied of them. */

@@ -1,3 +1,4 @@
+import type { ProxyPorts } from '../core/registration.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import type { PortRange, Uid, UidSpec } from '../core/values.ts';
 import { resolveUid } from '../host/system.ts';
@@ -15,6 +16,20 @@ export async function resolveConfig(
   context: CommandContext,
   preview = false,
 ): Promise<RedirectConfig> {
+  const uids = await resolveUids(rules, context, preview);
+  const ports =
+    rules.proxyId !== undefined && agent !== undefined ? await context.fetchProxyPorts(agent, rules.proxyId, context.log) : flagPorts(rules);
+  return configOf(rules, uids, ports);
+}
+
+/** The UIDs the rules name, user names resolved once, up front, never at packet time. */
+export interface ResolvedUids {
+  proxyUid: Uid;
+  excludeUids: Uid[];
+}
+
+/** With `preview` (a dry run), a name unknown here stays a name, with a warning. */
+export async function resolveUids(rules: RuleOptions, context: CommandContext, preview = false): Promise<ResolvedUids> {
   const runner = context.runner();
   const uid = async (spec: UidSpec, flag: string): Promise<Uid> => {
     const resolved = await resolveUid(spec, flag, runner, preview);
@@ -26,18 +41,26 @@ export async function resolveConfig(
   const proxyUid = await uid(rules.proxyUid, '-proxy-uid');
   const excludeUids: Uid[] = [];
   for (const spec of rules.excludeUids) excludeUids.push(await uid(spec, '-exclude-uid'));
-  const ports =
-    rules.proxyId !== undefined && agent !== undefined
-      ? await context.fetchProxyPorts(agent, rules.proxyId, context.log)
-      : { inboundPort: rules.inboundPort ?? 0, outboundPort: rules.outboundPort, excludeInboundPorts: [] };
+  return { proxyUid, excludeUids };
+}
+
+/** The ports given by flags, without -proxy-id. */
+export const flagPorts = (rules: RuleOptions): ProxyPorts => ({
+  inboundPort: rules.inboundPort ?? 0,
+  outboundPort: rules.outboundPort,
+  excludeInboundPorts: [],
+});
+
+/** The configuration from the flags, their UIDs and the proxy's ports (the registration's, or the flags'). */
+export function configOf(rules: RuleOptions, uids: ResolvedUids, ports: ProxyPorts): RedirectConfig {
   return {
-    proxyUid,
+    proxyUid: uids.proxyUid,
     inboundPort: ports.inboundPort,
     outboundPort: ports.outboundPort,
     excludeInboundPorts: [...ports.excludeInboundPorts, ...rules.excludeInboundPorts],
     excludeOutboundPorts: rules.excludeOutboundPorts,
     excludeOutboundCidrs: rules.excludeOutboundCidrs,
-    excludeUids,
+    excludeUids: uids.excludeUids,
     dns: {
       ...(rules.dnsIp === undefined ? {} : { ip: rules.dnsIp }),
       ...(rules.dnsPort === undefined ? {} : { port: rules.dnsPort }),

@@ -1,11 +1,13 @@
 import { ExitCode } from '../errors.ts';
 import type { TableSummary } from '../core/dialect.ts';
+import { renderMetrics, type MetricsTable } from '../core/metrics.ts';
+import { checkMetricsPath, writeMetricsFile } from '../host/metricsFile.ts';
 import type { TableSurvey } from '../host/backend.ts';
 import { requireNetAdmin } from '../host/system.ts';
 import type { ApplyRecord } from '../host/record.ts';
 import { statusOptions, type StatusOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
-import { chooseBackend, planApply, requireSomeBackend } from './plan.ts';
+import { chooseBackend, planApply, planDifferences, requireSomeBackend } from './plan.ts';
 import { resolveConfig } from './rulesets.ts';
 
 type Verdict = 'in-sync' | 'drifted' | 'absent' | 'installed';
@@ -34,6 +36,7 @@ const EXIT: Record<Verdict, number> = { 'in-sync': 0, installed: 0, drifted: Exi
  * Returns the exit code: 0 in sync (or installed, without flags to compare), 3 drifted, 4 absent.
  */
 export async function status(options: StatusOptions, context: CommandContext): Promise<number> {
+  if (options.metricsFile !== undefined) checkMetricsPath(options.metricsFile);
   requireNetAdmin('reading the firewall rules', false);
   const netns = options.host.netns;
   const record = context.records.read(netns);
@@ -53,17 +56,21 @@ export async function status(options: StatusOptions, context: CommandContext): P
     // What an apply with these settings would do, read as differences: every write that changes
     // something, and every other backend's rules it would sweep.
     const plan = planApply(surveys, config, chooseBackend(surveys, reference.host, context.backends.systemDefault()));
-    for (const { survey, wanted } of plan.writes) {
-      const { table } = survey;
-      if (table.dialect.isEmpty(survey.state) && !table.dialect.isEmpty(wanted)) report.differences.push(`${table.label}: no rules installed`);
-      else if (!table.dialect.same(survey.state, wanted)) {
-        report.differences.push(...table.dialect.differences(survey.state, wanted).map((line) => `${table.label}: ${line}`));
-      }
-    }
-    for (const { survey } of plan.sweeps) {
-      report.differences.push(`${survey.table.label}: has rules, but ${plan.choice.backend} is the backend in use`);
-    }
+    report.differences = planDifferences(plan);
     report.status = report.differences.length === 0 ? 'in-sync' : 'drifted';
+  }
+  if (options.metricsFile !== undefined) {
+    // No repairs counter: status repairs nothing, and a counter that every run resets to 0 would only mislead.
+    writeMetricsFile(
+      options.metricsFile,
+      renderMetrics({
+        inSync: report.status === 'installed' ? undefined : report.status === 'in-sync',
+        installed: installed.length > 0,
+        repairs: undefined,
+        lastCheckMs: Date.now(),
+        tables: installed.map(metricsTable),
+      }),
+    );
   }
   context.output.stdout(options.json ? `${JSON.stringify(report, null, 2)}\n` : renderReport(report));
   return EXIT[report.status];
@@ -79,9 +86,18 @@ function referenceOf(options: StatusOptions, record: ApplyRecord | undefined): P
   return { rules: recorded.rules, agent: undefined, host: { ...recorded.host, netns: options.host.netns } };
 }
 
+/** A table as the metrics name it: by backend and by the name `status` gives it. */
+export function metricsTable(survey: Pick<TableSurvey, 'table' | 'state'>): MetricsTable {
+  const { table } = survey;
+  return { backend: table.backend, table: tableName(table), summary: table.dialect.describe(survey.state) };
+}
+
+/** "IPv4", "IPv6", or "inet consul_tproxy": the label without its backend. */
+const tableName = (table: TableSurvey['table']) => table.label.slice(table.backend.length + 1);
+
 function describeTable(survey: TableSurvey): InstalledTable {
   const { table } = survey;
-  return { backend: table.backend, family: table.label.slice(table.backend.length + 1), ...table.dialect.describe(survey.state) };
+  return { backend: table.backend, family: tableName(table), ...table.dialect.describe(survey.state) };
 }
 
 function isRunning(pid: number): boolean {

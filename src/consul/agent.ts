@@ -13,7 +13,7 @@ import {
   requireProxy,
   type ProxyPorts,
 } from '../core/registration.ts';
-import { createAgentClient, type AgentClient } from './client.ts';
+import { createAgentClient, type AgentAnswer, type AgentClient } from './client.ts';
 import { retryWhileTransient, TransientAgentError } from './retry.ts';
 import { secretHider } from './secrets.ts';
 
@@ -21,13 +21,36 @@ import { secretHider } from './secrets.ts';
 
 /** Reads the proxy's ports from the agent (or the catalog, with -node-name). Never shows the token. */
 export async function fetchProxyPorts(agent: AgentOptions, proxyId: string, log: Logger): Promise<ProxyPorts> {
+  return (await readProxyPorts(agent, proxyId, log)).ports;
+}
+
+/** The ports, and the version of the registration they come from, for the next blocking query. */
+export interface VersionedPorts {
+  ports: ProxyPorts;
+  /** X-Consul-ContentHash (agent) or X-Consul-Index (catalog); undefined when the agent sent none. */
+  version: string | undefined;
+}
+
+/** A blocking query (https://developer.hashicorp.com/consul/api-docs/features/blocking). */
+export interface BlockingQuery {
+  /** The version last seen: the agent holds the request until the registration's differs. */
+  since: string;
+  /** How long the agent may hold it; it answers with the unchanged registration after that. */
+  waitSeconds: number;
+}
+
+/**
+ * As fetchProxyPorts, plus the registration's version. With `block`, one blocking query, answered when the
+ * registration changes or `block.waitSeconds` pass (no -wait retries: the caller decides what to do on failure).
+ */
+export async function readProxyPorts(agent: AgentOptions, proxyId: string, log: Logger, block?: BlockingQuery): Promise<VersionedPorts> {
   const sanitize = textSanitizer(agent);
   try {
     const client = await createAgentClient(agent);
-    const lookup = { agent, client, proxyId, debug: (message: string) => log.debug(sanitize(message)) };
+    const lookup: Lookup = { agent, client, proxyId, debug: (message: string) => log.debug(sanitize(message)), block };
     const { nodeName } = agent;
     const resolve = nodeName === undefined ? () => fromAgent(lookup) : () => fromCatalog(lookup, nodeName);
-    return await retryWhileTransient(resolve, agent.waitMs, (message) => log.info(sanitize(message)));
+    return await retryWhileTransient(resolve, block ? 0 : agent.waitMs, (message) => log.info(sanitize(message)));
   } catch (error) {
     // Rebuilt rather than rethrown, so neither the message nor the stack can carry a secret an agent echoed.
     if (error instanceof CliError) throw new CliError(sanitize(error.message), error.kind);
@@ -40,40 +63,54 @@ interface Lookup {
   client: AgentClient;
   proxyId: string;
   debug(message: string): void;
+  block: BlockingQuery | undefined;
 }
 
-async function fromAgent(lookup: Lookup): Promise<ProxyPorts> {
+/** The query and time limit of the first request of a lookup: blocking when asked, on `cursor` (`hash` or `index`). */
+function blockingRequest(lookup: Lookup, cursor: 'hash' | 'index'): Pick<AgentRequest, 'blocking' | 'timeoutMs'> {
+  const { block, agent } = lookup;
+  if (block === undefined) return {};
+  // The agent adds up to wait/16 of jitter; -timeout on top covers the answer's own way back.
+  const timeoutMs = Math.ceil(block.waitSeconds * 1000 * (1 + 1 / 16)) + agent.timeoutMs;
+  return { blocking: new URLSearchParams({ [cursor]: block.since, wait: `${block.waitSeconds}s` }), timeoutMs };
+}
+
+async function fromAgent(lookup: Lookup): Promise<VersionedPorts> {
   const { proxyId } = lookup;
   const subject = `service ID ${JSON.stringify(proxyId)}`;
-  const service = await getAnswer(lookup, agentServiceSchema, {
+  const { value: service, answer } = await getAnswer(lookup, agentServiceSchema, {
     path: `/v1/agent/service/${pathSegment(proxyId)}`,
     subject,
     notFound: () => notRegistered(lookup, subject),
+    ...blockingRequest(lookup, 'hash'),
   });
   const proxy = requireProxy(service, proxyId);
   const checkedService = exposedChecksService(proxy);
   const checks =
     checkedService === undefined
       ? null
-      : await getAnswer(lookup, agentChecksSchema, {
-          path: '/v1/agent/checks',
-          query: new URLSearchParams({ filter: `ServiceName == ${goQuote(checkedService)}` }),
-          subject: `the checks of service ${JSON.stringify(checkedService)}`,
-        });
-  return deriveProxyPorts(proxy, checks);
+      : (
+          await getAnswer(lookup, agentChecksSchema, {
+            path: '/v1/agent/checks',
+            query: new URLSearchParams({ filter: `ServiceName == ${goQuote(checkedService)}` }),
+            subject: `the checks of service ${JSON.stringify(checkedService)}`,
+          })
+        ).value;
+  return { ports: deriveProxyPorts(proxy, checks), version: answer.contentHash };
 }
 
 /** Consul's -node-name mode: the catalog, with central config merged in, and no exposed-checks lookup. */
-async function fromCatalog(lookup: Lookup, nodeName: string): Promise<ProxyPorts> {
+async function fromCatalog(lookup: Lookup, nodeName: string): Promise<VersionedPorts> {
   const { proxyId } = lookup;
   const subject = `service ID ${JSON.stringify(proxyId)} on node ${JSON.stringify(nodeName)}`;
-  const answer = await getAnswer(lookup, nodeServicesSchema, {
+  const { value: nodeServices, answer } = await getAnswer(lookup, nodeServicesSchema, {
     path: `/v1/catalog/node-services/${pathSegment(nodeName)}`,
     query: new URLSearchParams({ filter: `ID == ${goQuote(proxyId)}`, 'merge-central-config': '' }),
     subject,
     notFound: () => notRegistered(lookup, subject),
+    ...blockingRequest(lookup, 'index'),
   });
-  const [service, ...others] = answer?.Services ?? [];
+  const [service, ...others] = nodeServices?.Services ?? [];
   if (service === undefined) throw notRegistered(lookup, subject);
   if (others.length > 0) {
     throw new BadRegistrationError(
@@ -81,7 +118,7 @@ async function fromCatalog(lookup: Lookup, nodeName: string): Promise<ProxyPorts
         `on node ${JSON.stringify(nodeName)}, expected one`,
     );
   }
-  return deriveProxyPorts(requireProxy(service, proxyId), null);
+  return { ports: deriveProxyPorts(requireProxy(service, proxyId), null), version: answer.index };
 }
 
 interface AgentRequest {
@@ -91,13 +128,22 @@ interface AgentRequest {
   subject: string;
   /** The error for a 404, when it means "not registered (yet)" rather than a wrong address. */
   notFound?: () => CliError;
+  /** A blocking query's parameters (`hash` or `index`, and `wait`), added to `query`. */
+  blocking?: URLSearchParams;
+  timeoutMs?: number;
 }
 
 /** One GET; anything but 200 with a valid body becomes the error that says what to do about it. */
-async function getAnswer<S extends z.ZodMiniType>(lookup: Lookup, schema: S, request: AgentRequest): Promise<z.output<S>> {
-  const { status, body } = await lookup.client.get(request.path, request.query);
-  lookup.debug(`GET ${lookup.client.location}${request.path}: HTTP ${status}`);
-  if (status === 200) return decodeAgentAnswer(body, schema, request.subject);
+async function getAnswer<S extends z.ZodMiniType>(
+  lookup: Lookup,
+  schema: S,
+  request: AgentRequest,
+): Promise<{ value: z.output<S>; answer: AgentAnswer }> {
+  const query = new URLSearchParams([...(request.query ?? []), ...(request.blocking ?? [])]);
+  const answer = await lookup.client.get(request.path, query, request.timeoutMs === undefined ? {} : { timeoutMs: request.timeoutMs });
+  const { status, body } = answer;
+  lookup.debug(`GET ${lookup.client.location}${request.path}${request.blocking ? ` (blocking: ${request.blocking})` : ''}: HTTP ${status}`);
+  if (status === 200) return { value: decodeAgentAnswer(body, schema, request.subject), answer };
   if (status === 404 && request.notFound) throw request.notFound();
   throw statusFailure(lookup, status, body, request.subject);
 }

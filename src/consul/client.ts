@@ -1,4 +1,5 @@
 import type { IncomingMessage, RequestOptions } from 'node:http';
+import * as z from 'zod/mini';
 import { CliError, BadRegistrationError, AgentUnavailableError, PermissionError } from '../errors.ts';
 import type { AgentOptions } from '../options.ts';
 import { parseAgentAddress } from './address.ts';
@@ -9,6 +10,17 @@ import { describeTlsFailure, tlsSettings } from './tls.ts';
 export interface AgentAnswer {
   status: number;
   body: string;
+  /**
+   * Where a blocking query on this answer starts from: the agent's X-Consul-ContentHash (agent endpoints)
+   * or X-Consul-Index (catalog endpoints), when it sent one.
+   */
+  contentHash?: string;
+  index?: string;
+}
+
+export interface GetOptions {
+  /** Overrides -timeout for this request: a blocking query is held by the agent for up to its `wait`. */
+  timeoutMs?: number;
 }
 
 /**
@@ -18,7 +30,7 @@ export interface AgentAnswer {
 export interface AgentClient {
   /** The agent's address as messages show it. */
   location: string;
-  get(path: string, query?: URLSearchParams): Promise<AgentAnswer>;
+  get(path: string, query?: URLSearchParams, options?: GetOptions): Promise<AgentAnswer>;
 }
 
 // Registrations are a few kilobytes; a runaway answer must not exhaust memory.
@@ -57,23 +69,39 @@ export async function createAgentClient(agent: AgentOptions): Promise<AgentClien
 
   return {
     location,
-    async get(path, query) {
+    async get(path, query, options = {}) {
       const params = new URLSearchParams(query);
       if (agent.namespace !== undefined) params.set('ns', agent.namespace);
       if (agent.partition !== undefined) params.set('partition', agent.partition);
       const search = params.toString();
-      const signal = AbortSignal.timeout(agent.timeoutMs);
+      const timeoutMs = options.timeoutMs ?? agent.timeoutMs;
+      const signal = AbortSignal.timeout(timeoutMs);
       try {
         const response = await new Promise<IncomingMessage>((resolve, reject) => {
           const options = { ...base, path: `${endpoint.pathPrefix}${path}${search ? `?${search}` : ''}`, signal };
           request(options, resolve).on('error', reject).end();
         });
-        return { status: response.statusCode ?? 0, body: hideSecrets(await readAnswer(response, location)) };
+        const body = hideSecrets(await readAnswer(response, location));
+        return {
+          status: response.statusCode ?? 0,
+          body,
+          ...cursorHeader('contentHash', response.headers['x-consul-contenthash']),
+          ...cursorHeader('index', response.headers['x-consul-index']),
+        };
       } catch (error) {
-        throw requestFailure(error, location, signal.aborted ? agent.timeoutMs : undefined);
+        throw requestFailure(error, location, signal.aborted ? timeoutMs : undefined);
       }
     },
   };
+}
+
+/** A blocking-query header goes back into a query string: only a plain token is kept (Consul's are hex or decimal). */
+const cursorSchema = z.string().check(z.regex(/^[0-9A-Za-z_-]{1,128}$/));
+
+function cursorHeader<K extends 'contentHash' | 'index'>(key: K, value: string | string[] | undefined): Partial<Record<K, string>> {
+  const parsed = cursorSchema.safeParse(Array.isArray(value) ? value[0] : value);
+  // Without a usable header the next query simply does not block: a poll at the watch's pace, never a wrong answer.
+  return parsed.success ? ({ [key]: parsed.data } as Partial<Record<K, string>>) : {};
 }
 
 /** Turns what node:http threw into the error that says what happened and what to do. */

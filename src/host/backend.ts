@@ -2,6 +2,7 @@ import type { Dialect } from '../core/dialect.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import type { Family } from '../core/values.ts';
 import { CliError } from '../errors.ts';
+import type { ChangeFeed } from './monitor.ts';
 import type { CommandRunner } from './runner.ts';
 
 // The seam between the commands and the firewall: a backend is a set of tables, each written in one atomic
@@ -60,6 +61,12 @@ export interface BackendProvider {
   dryRun(config: RedirectConfig, version: string): string;
   /** What a cleanup would write, when the tables cannot be read. Runs nothing. */
   dryRunRemoval(): string;
+  /**
+   * Starts hearing changes to `backend`'s tables as the kernel commits them, calling `onChange` for each.
+   * Undefined when this provider does not serve `backend`, or cannot hear it (iptables-legacy produces no
+   * events; nor does anything without nft installed): such tables are only polled.
+   */
+  listen(access: TableAccess, backend: BackendName, onChange: (event: string) => void): Promise<ChangeFeed | undefined>;
 }
 
 /**

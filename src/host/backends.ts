@@ -9,9 +9,10 @@ const PROVIDERS: readonly BackendProvider[] = [iptablesProvider, nftablesProvide
 
 /** The backends installed here; their programs run through `runner`, and `notify` hears what they wait for. */
 export const installedBackends = (runner: (netns?: string) => CommandRunner, notify: (message: string) => void): Backends => ({
-  async survey(netns) {
+  async survey(netns, kinds) {
     const access = { runner: runner(netns), inNetns: netns !== undefined, notify };
-    return (await Promise.all(PROVIDERS.map((provider) => provider.survey(access)))).flat();
+    const providers = kinds === undefined ? PROVIDERS : PROVIDERS.filter((provider) => kinds.includes(provider.kind));
+    return (await Promise.all(providers.map((provider) => provider.survey(access)))).flat();
   },
   systemDefault: systemDefaultVariant,
   dryRunProvider(host) {
@@ -21,5 +22,13 @@ export const installedBackends = (runner: (netns?: string) => CommandRunner, not
   },
   dryRunRemovals(host) {
     return PROVIDERS.filter((provider) => host.backend === 'auto' || provider.kind === host.backend);
+  },
+  async listen(netns, backend, onChange) {
+    const access = { runner: runner(netns), inNetns: netns !== undefined, notify };
+    for (const provider of PROVIDERS) {
+      const feed = await provider.listen(access, backend, onChange);
+      if (feed) return feed;
+    }
+    return undefined;
   },
 });

@@ -3,6 +3,7 @@ import { EMPTY_STATE, iptablesDialect, jumpsMatch, listedJumps, renderTransactio
 import { OWNED_CHAINS, redirectedFamilies } from '../core/ruleset.ts';
 import type { Family } from '../core/values.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
+import { nftMonitor } from './monitor.ts';
 import { findProgram, type CommandRunner } from './runner.ts';
 
 // The iptables backend, in both its variants: one nat table per family, each written with one
@@ -221,4 +222,13 @@ export const iptablesProvider: BackendProvider = {
   },
   dryRunRemoval: () =>
     `# iptables-restore --noflush input, for each backend and family holding the chains\n${renderTransaction({ ...EMPTY_STATE, chains: OWNED_CHAINS }, EMPTY_STATE)}`,
+  /**
+   * iptables-nft's nat tables are nf_tables tables (`ip nat`, `ip6 nat`): `nft monitor` reports their
+   * changes, when nft is installed. iptables-legacy's changes are reported nowhere: polled only.
+   */
+  async listen({ runner }, backend, onChange) {
+    const nft = findProgram('nft');
+    if (backend !== 'iptables-nft' || nft === undefined) return undefined;
+    return nftMonitor(runner, nft, ['ip nat', 'ip6 nat'], onChange);
+  },
 };

@@ -1,5 +1,6 @@
 import { NFT_FAMILY, NFT_TABLE, nftablesDialect, type NftState } from '../core/nftables.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
+import { nftMonitor } from './monitor.ts';
 import { findProgram, type CommandRunner } from './runner.ts';
 
 // The native nftables backend: one `inet consul_tproxy` table for both families, read with `nft -j` and
@@ -66,4 +67,9 @@ export const nftablesProvider: BackendProvider = {
     );
   },
   dryRunRemoval: () => `# nft -f input\n${nftablesDialect.transaction(nftablesDialect.wanted(undefined), nftablesDialect.wanted(undefined))}`,
+  async listen({ runner }, backend, onChange) {
+    const nft = findProgram('nft');
+    if (backend !== 'nftables' || nft === undefined) return undefined;
+    return nftMonitor(runner, nft, [TABLE], onChange);
+  },
 };

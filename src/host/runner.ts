@@ -5,11 +5,25 @@ import { SystemCommandError, MissingProgramError, TemporaryError } from '../erro
 /** The one way this tool runs other programs; tests substitute fakes. */
 export interface CommandRunner {
   run(program: string, args: readonly string[], options?: RunOptions): Promise<CommandResult>;
+  /**
+   * Starts a long-running program (`nft monitor`) and hands each line of its output to `onLine` as it
+   * comes. It runs until `stop()` or until it exits by itself; `exited` says how it ended.
+   */
+  spawnLines(program: string, args: readonly string[], onLine: (line: string) => void): Promise<LineProcess>;
 }
 
 export interface RunOptions {
   input?: string;
   timeoutMs?: number;
+  /** Added to the child's minimal environment (PATH and LC_ALL only), e.g. NOTIFY_SOCKET for systemd-notify. */
+  env?: Record<string, string>;
+}
+
+export interface LineProcess {
+  /** Ends the program (SIGTERM); `exited` then resolves. Calling it again does nothing. */
+  stop(): void;
+  /** How it ended: its exit status or signal, the last of its stderr, or why it could not start. */
+  exited: Promise<{ exitCode: number | null; signal: NodeJS.Signals | null; stderr: string; error?: string }>;
 }
 
 export interface CommandResult {
@@ -59,10 +73,11 @@ export function namespaceEntry(netns: string | undefined): (program: string, arg
  * and per-call cost measured ~20 ms of an apply that should be close to the cost of the commands alone.
  */
 export function createRunner(options: { netns?: string | undefined } = {}): CommandRunner {
-  const inNamespace = namespaceEntry(options.netns);
+  // nsenter execs the program (no --fork): the child's PID is the program's, and stopping it stops the program.
+  const command = namespaceEntry(options.netns);
   return {
     async run(program, args, runOptions = {}) {
-      const [file, argv] = inNamespace(program, args);
+      const [file, argv] = command(program, args);
       const timeout = runOptions.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
       // Loaded on first use: a dry run starts no process and should not pay for node:child_process.
       const { execFile } = await import('node:child_process');
@@ -75,8 +90,7 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
             killSignal: 'SIGKILL',
             maxBuffer: MAX_OUTPUT_BYTES,
             encoding: 'utf8',
-            // A minimal environment: children never see CONSUL_HTTP_TOKEN or anything else of ours.
-            env: { PATH: process.env['PATH'] ?? SYSTEM_DIRS.join(delimiter), LC_ALL: 'C' },
+            env: { ...childEnv(), ...runOptions.env },
           },
           (error, stdout, stderr) => resolve({ error: error as ExecFileError | null, stdout, stderr }),
         );
@@ -94,8 +108,38 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
       const reason = error.code === 'ENOENT' ? 'not found' : error.message;
       throw new SystemCommandError(`could not run ${file}: ${reason}`);
     },
+
+    async spawnLines(program, args, onLine) {
+      const [file, argv] = command(program, args);
+      const { spawn } = await import('node:child_process');
+      const child = spawn(file, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: childEnv() });
+      let stderr = '';
+      let pending = '';
+      child.stdout.setEncoding('utf8');
+      child.stdout.on('data', (chunk: string) => {
+        const lines = (pending + chunk).split('\n');
+        pending = lines.pop() ?? '';
+        for (const line of lines) onLine(line);
+      });
+      child.stderr.setEncoding('utf8');
+      // Only the end matters, for the message when it stops unexpectedly.
+      child.stderr.on('data', (chunk: string) => (stderr = (stderr + chunk).slice(-2000)));
+      const exited = new Promise<Awaited<LineProcess['exited']>>((resolve) => {
+        child.once('error', (error) => resolve({ exitCode: null, signal: null, stderr, error: error.message }));
+        child.once('close', (exitCode, signal) => resolve({ exitCode, signal, stderr }));
+      });
+      return {
+        stop: () => {
+          if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+        },
+        exited,
+      };
+    },
   };
 }
+
+/** A minimal environment: children never see CONSUL_HTTP_TOKEN or anything else of ours. */
+const childEnv = (): Record<string, string> => ({ PATH: process.env['PATH'] ?? SYSTEM_DIRS.join(delimiter), LC_ALL: 'C' });
 
 /** What execFile hands its callback: `code` is the exit status, or an errno string when it never ran. */
 type ExecFileError = Error & { code?: number | string | null; killed?: boolean; signal?: NodeJS.Signals | null };

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { execa } from 'execa';
 import { portRanges } from './fakes.ts';
 import { afterEach } from 'vitest';
@@ -47,6 +48,14 @@ export interface FakeAgent {
   address: string;
   requests: FakeRequest[];
   tls?: FakeTls;
+  /**
+   * Replaces a path's answer, as a registration change would, and answers the blocking queries held on it.
+   * Blocking queries: a request with `hash=<X-Consul-ContentHash>` (or `index=<X-Consul-Index>`) and
+   * `wait=<N>s` that matches the current answer is held until `set` changes it or the wait passes.
+   */
+  set(path: string, route: FakeRoute | FakeRoute[]): void;
+  /** How many requests are being held right now. */
+  held(): number;
   close(): Promise<void>;
 }
 
@@ -157,6 +166,13 @@ export async function startFakeAgent(options: FakeAgentOptions): Promise<FakeAge
   const served = new Map<string, number>();
   const timers = new Set<NodeJS.Timeout>();
 
+  const routes: Record<string, FakeRoute | FakeRoute[]> = { ...options.routes };
+  /** Per path: how many times it was changed by `set` (its X-Consul-Index), and the requests held on it. */
+  const versions = new Map<string, number>();
+  const waiting = new Map<string, Set<() => void>>();
+  const bodyOf = (route: FakeRoute) => route.rawBody ?? (route.body === undefined ? '' : JSON.stringify(route.body));
+  const hashOf = (body: string) => createHash('sha256').update(body).digest('hex').slice(0, 16);
+
   const handle = (request: http.IncomingMessage, response: http.ServerResponse) => {
     const rawUrl = request.url ?? '/';
     const queryStart = rawUrl.indexOf('?');
@@ -165,15 +181,49 @@ export async function startFakeAgent(options: FakeAgentOptions): Promise<FakeAge
     requests.push({ method: request.method ?? '', path, query, headers: { ...request.headers } });
 
     const key = decodedPath(path);
-    const configured = options.routes[key];
+    const configured = routes[key];
     const answers = configured === undefined ? [] : Array.isArray(configured) ? configured : [configured];
     const count = served.get(key) ?? 0;
     served.set(key, count + 1);
     const route = answers[Math.min(count, answers.length - 1)] ?? { status: 404, rawBody: `no route for ${key}` };
     if (route.hang) return;
+    const index = String((versions.get(key) ?? 0) + 1);
+    const hash = hashOf(bodyOf(route));
+    const wait = /^(\d+)s$/.exec(query.get('wait') ?? '')?.[1];
+    if (wait !== undefined && (query.get('hash') === hash || query.get('index') === index)) {
+      // A blocking query on the current answer: held until the path changes or the wait passes.
+      const held = waiting.get(key) ?? new Set<() => void>();
+      waiting.set(key, held);
+      const release = () => {
+        clearTimeout(timer);
+        timers.delete(timer);
+        held.delete(release);
+        const now = routes[key];
+        const current = (Array.isArray(now) ? now.at(-1) : now) ?? { status: 404, rawBody: `no route for ${key}` };
+        const currentIndex = String((versions.get(key) ?? 0) + 1);
+        response
+          .writeHead(current.status ?? 200, {
+            'Content-Type': 'application/json',
+            'X-Consul-ContentHash': hashOf(bodyOf(current)),
+            'X-Consul-Index': currentIndex,
+          })
+          .end(bodyOf(current));
+      };
+      const timer = setTimeout(release, Number(wait) * 1000);
+      timers.add(timer);
+      held.add(release);
+      response.on('close', () => {
+        clearTimeout(timer);
+        timers.delete(timer);
+        held.delete(release);
+      });
+      return;
+    }
     const answer = () => {
-      const body = route.rawBody ?? (route.body === undefined ? '' : JSON.stringify(route.body));
-      response.writeHead(route.status ?? 200, { 'Content-Type': 'application/json' }).end(body);
+      const body = bodyOf(route);
+      response
+        .writeHead(route.status ?? 200, { 'Content-Type': 'application/json', 'X-Consul-ContentHash': hash, 'X-Consul-Index': index })
+        .end(body);
     };
     if (route.delayMs === undefined) return answer();
     const timer = setTimeout(() => {
@@ -213,6 +263,13 @@ export async function startFakeAgent(options: FakeAgentOptions): Promise<FakeAge
     address,
     requests,
     ...(tls === undefined ? {} : { tls }),
+    set(path, route) {
+      routes[path] = route;
+      served.set(path, 0);
+      versions.set(path, (versions.get(path) ?? 0) + 1);
+      for (const release of [...(waiting.get(path) ?? [])]) release();
+    },
+    held: () => [...waiting.values()].reduce((sum, held) => sum + held.size, 0),
     async close() {
       for (const timer of timers) clearTimeout(timer);
       server.closeAllConnections();

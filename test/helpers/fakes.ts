@@ -106,6 +106,13 @@ export function fakeRunner(handler: CallHandler = () => undefined): FakeRunner {
         unexpected.push(call);
         return { exitCode: 127, stdout: '', stderr: `fake runner: ${program} is not allowed in this test\n` };
       },
+      // No long-running program is allowed in these tests: it is recorded, and "fails to start".
+      async spawnLines(program, args) {
+        const call = { netns, program, args: [...args], input: undefined };
+        calls.push(call);
+        unexpected.push(call);
+        return { stop: () => undefined, exited: Promise.resolve({ exitCode: null, signal: null, stderr: '', error: 'not allowed in this test' }) };
+      },
     }),
   };
 }

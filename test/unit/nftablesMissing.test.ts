@@ -36,7 +36,13 @@ function fakeBackends(surveys: TableSurvey[]): Backends {
   const unused = (): BackendProvider => {
     throw new Error('fake backends: no dry run in this test');
   };
-  return { survey: async () => surveys, systemDefault: () => 'iptables-nft', dryRunProvider: unused, dryRunRemovals: () => [] };
+  return {
+    survey: async () => surveys,
+    systemDefault: () => 'iptables-nft',
+    dryRunProvider: unused,
+    dryRunRemovals: () => [],
+    listen: async () => undefined,
+  };
 }
 
 async function runWith(argv: string[], surveys: TableSurvey[]) {
