@@ -3,7 +3,7 @@
 // interleaved runs; how many child processes one apply starts; and what the installed rules cost each new
 // connection, per backend. Everything happens inside a network namespace this script creates and deletes; the
 // host's own namespace is never touched. Usage: node bench/run.mjs [--runs 15] [--per-rule-runs-10k 3]
-// [--conn-trials 7] [--conn-count 20000] [--conn-seconds 10] [--inherit-env]
+// [--no-per-rule] [--conn-trials 7] [--conn-count 20000] [--conn-seconds 10] [--inherit-env]
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
@@ -19,6 +19,7 @@ const { values: cli } = parseArgs({
   options: {
     runs: { type: 'string', default: '15' },
     'per-rule-runs-10k': { type: 'string', default: '3' },
+    'no-per-rule': { type: 'boolean', default: false },
     'conn-trials': { type: 'string', default: '7' },
     'conn-count': { type: 'string', default: '20000' },
     'conn-seconds': { type: 'string', default: '10' },
@@ -27,9 +28,11 @@ const { values: cli } = parseArgs({
   },
 });
 if (cli.help) {
-  console.log(`usage: node bench/run.mjs [--runs N] [--per-rule-runs-10k N] [--inherit-env]
+  console.log(`usage: node bench/run.mjs [--runs N] [--per-rule-runs-10k N] [--no-per-rule] [--conn-trials N]
+                         [--conn-count N] [--conn-seconds S] [--inherit-env]
   --runs N               timed runs per method and size (default 15)
   --per-rule-runs-10k N  Consul's per-rule method takes ~40 s per run at 10,000 CIDRs; time it this often (default 3)
+  --no-per-rule          skip Consul's per-rule method (on a loaded machine it takes many minutes at 10,000)
   --conn-trials N        interleaved rounds of the per-connection benchmark (default 7; 0 skips it)
   --conn-count N         connections per trial at most (default 20000)
   --conn-seconds S       seconds per trial at most (default 10)
@@ -38,6 +41,7 @@ if (cli.help) {
 }
 const RUNS = positiveInteger('--runs', cli.runs);
 const PER_RULE_RUNS_10K = positiveInteger('--per-rule-runs-10k', cli['per-rule-runs-10k']);
+const PER_RULE = !cli['no-per-rule'];
 const CONN_TRIALS = cli['conn-trials'] === '0' ? 0 : positiveInteger('--conn-trials', cli['conn-trials']);
 const CONN_COUNT = positiveInteger('--conn-count', cli['conn-count']);
 const CONN_SECONDS = positiveInteger('--conn-seconds', cli['conn-seconds']);
@@ -233,10 +237,13 @@ function methodsFor(setup, configDir) {
       resetNatTable();
       const summary = run([TOOL, ...flags]).trim();
       const toolTable = natTableRules();
-      resetNatTable();
-      for (const argv of perRule) run(argv);
-      const consulTable = natTableRules();
-      for (const [name, table] of [['redirect-traffic', toolTable], ['Consul per-rule', consulTable]]) {
+      const tables = [['redirect-traffic', toolTable]];
+      if (PER_RULE) {
+        resetNatTable();
+        for (const argv of perRule) run(argv);
+        tables.push(['Consul per-rule', natTableRules()]);
+      }
+      for (const [name, table] of tables) {
         const at = table.findIndex((line, i) => line !== floorTable[i]);
         if (at !== -1 || table.length !== floorTable.length) {
           console.warn(`! ${setup.label}: ${name} left a different nat table than the --dry-run ruleset ` +
@@ -487,12 +494,12 @@ function machineFacts() {
     `iptables  ${run(['iptables', '--version']).trim()}`,
     `nft       ${run(['nft', '--version']).trim()}`,
     `env       ${cli['inherit-env'] ? 'inherited from the caller' : `PATH only, as under systemd`}`,
-    `runs      ${RUNS} per method (Consul per-rule at 10,000 CIDRs: ${Math.min(RUNS, PER_RULE_RUNS_10K)}); ` +
+    `runs      ${RUNS} per method (Consul per-rule ${PER_RULE ? `at 10,000 CIDRs: ${Math.min(RUNS, PER_RULE_RUNS_10K)}` : 'skipped: --no-per-rule'}); ` +
       `connections: ${CONN_TRIALS} rounds of ${CONN_COUNT.toLocaleString('en-US')} connections or ${CONN_SECONDS} s per trial`,
   ];
 }
 
-const ms = (value) => (value === undefined ? '—' : `${value.toFixed(1)} ms`);
+const ms = (value) => (value === undefined || Number.isNaN(value) ? '—' : `${value.toFixed(1)} ms`);
 const ratio = (value) => (value === undefined || !Number.isFinite(value) ? '—' : `${value.toFixed(2)}×`);
 
 function printRows(header, rows) {
@@ -559,7 +566,10 @@ function printTargets([typical, thousand, tenThousand], [nftTypical, nftTenThous
       : []),
   ];
   console.log('');
-  for (const [name, value, met] of targets) console.log(`${met(value) ? 'PASS' : 'FAIL'}  ${name}: ${ratio(value)}`);
+  for (const [name, value, met] of targets) {
+    const verdict = value === undefined || Number.isNaN(value) ? 'SKIP' : met(value) ? 'PASS' : 'FAIL';
+    console.log(`${verdict}  ${name}: ${ratio(value)}`);
+  }
 }
 
 // --- main ------------------------------------------------------------------------------------------------
@@ -576,7 +586,7 @@ function measure(setup, configDir) {
     const rotated = [...order.slice(index % order.length), ...order.slice(0, index % order.length)];
     const round = {};
     for (const method of rotated) {
-      if (method === 'perRule' && index >= perRuleRuns) continue;
+      if (method === 'perRule' && (!PER_RULE || index >= perRuleRuns)) continue;
       methods[method](round);
     }
     rounds.push(round);
