@@ -1,8 +1,10 @@
-// `npm run bench` (as root): how long redirect-traffic takes next to the least any iptables-restore based tool
-// can take (the floor) and next to Consul's one-iptables-process-per-rule method, medians of interleaved runs.
-// Everything iptables happens inside a network namespace this script creates and deletes; the host's own
-// namespace is never touched. Usage: node bench/run.mjs [--runs 15] [--per-rule-runs-10k 3] [--inherit-env]
-import { spawnSync } from 'node:child_process';
+// `npm run bench` (as root): how long redirect-traffic takes next to the least any iptables-restore (or nft -f)
+// based tool can take (the floor) and next to Consul's one-iptables-process-per-rule method, medians of
+// interleaved runs; how many child processes one apply starts; and what the installed rules cost each new
+// connection, per backend. Everything happens inside a network namespace this script creates and deletes; the
+// host's own namespace is never touched. Usage: node bench/run.mjs [--runs 15] [--per-rule-runs-10k 3]
+// [--no-per-rule] [--conn-trials 7] [--conn-count 20000] [--conn-seconds 10] [--inherit-env]
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -17,19 +19,32 @@ const { values: cli } = parseArgs({
   options: {
     runs: { type: 'string', default: '15' },
     'per-rule-runs-10k': { type: 'string', default: '3' },
+    'no-per-rule': { type: 'boolean', default: false },
+    'conn-trials': { type: 'string', default: '7' },
+    'conn-count': { type: 'string', default: '20000' },
+    'conn-seconds': { type: 'string', default: '10' },
     'inherit-env': { type: 'boolean', default: false },
     help: { type: 'boolean', default: false },
   },
 });
 if (cli.help) {
-  console.log(`usage: node bench/run.mjs [--runs N] [--per-rule-runs-10k N] [--inherit-env]
+  console.log(`usage: node bench/run.mjs [--runs N] [--per-rule-runs-10k N] [--no-per-rule] [--conn-trials N]
+                         [--conn-count N] [--conn-seconds S] [--inherit-env]
   --runs N               timed runs per method and size (default 15)
   --per-rule-runs-10k N  Consul's per-rule method takes ~40 s per run at 10,000 CIDRs; time it this often (default 3)
+  --no-per-rule          skip Consul's per-rule method (on a loaded machine it takes many minutes at 10,000)
+  --conn-trials N        interleaved rounds of the per-connection benchmark (default 7; 0 skips it)
+  --conn-count N         connections per trial at most (default 20000)
+  --conn-seconds S       seconds per trial at most (default 10)
   --inherit-env          give children this shell's environment instead of systemd's (PATH only)`);
   process.exit(0);
 }
 const RUNS = positiveInteger('--runs', cli.runs);
 const PER_RULE_RUNS_10K = positiveInteger('--per-rule-runs-10k', cli['per-rule-runs-10k']);
+const PER_RULE = !cli['no-per-rule'];
+const CONN_TRIALS = cli['conn-trials'] === '0' ? 0 : positiveInteger('--conn-trials', cli['conn-trials']);
+const CONN_COUNT = positiveInteger('--conn-count', cli['conn-count']);
+const CONN_SECONDS = positiveInteger('--conn-seconds', cli['conn-seconds']);
 
 function positiveInteger(flag, text) {
   const value = Number(text);
@@ -84,10 +99,23 @@ const NAMESPACE = `rt-bench-${process.pid}`;
 const NAMESPACE_PATH = `/var/run/netns/${NAMESPACE}`;
 const inNamespace = (...argv) => ['nsenter', `--net=${NAMESPACE_PATH}`, '--', ...argv];
 
-/** Back to an empty nat table (our own namespace, so flushing everything is safe). Untimed. */
+const NFT_TABLE = ['inet', 'consul_tproxy'];
+
+/**
+ * Back to an empty nat table and no `inet consul_tproxy` table (our own namespace, so flushing everything is
+ * safe). Untimed. Both, for every method of both backends: an apply surveys both backends and would otherwise
+ * spend time sweeping the other one's rules.
+ */
 function resetNatTable() {
   run(inNamespace('iptables', '-t', 'nat', '-F'));
   run(inNamespace('iptables', '-t', 'nat', '-X'));
+  // `add` then `delete`: works whether the table exists or not (nft 1.0.6 has no `destroy`).
+  run(inNamespace('nft', '-f', '-'), `add table ${NFT_TABLE.join(' ')}\ndelete table ${NFT_TABLE.join(' ')}\n`);
+}
+
+/** Our nftables table as `nft -s list` prints it. */
+function nftTableText() {
+  return run(inNamespace('nft', '-s', 'list', 'table', ...NFT_TABLE)).split('\n').filter(Boolean);
 }
 
 /** The nat table as `-S` lines, chains sorted by name so creation order does not matter, rule order does. */
@@ -103,9 +131,10 @@ function natTableRules() {
 // --- what is installed -----------------------------------------------------------------------------------
 
 /** A typical VM sidecar: Envoy's UID and port, root (the Consul agent) and SSH excluded, some CIDRs. */
-function scenario(label, cidrs) {
+function scenario(label, cidrs, backend = 'iptables') {
   return {
     label,
+    backend,
     proxyUid: '101',
     inboundPort: '20000',
     outboundPort: '15001',
@@ -124,6 +153,8 @@ function benchmarkCidrs(count) {
 /** redirect-traffic's flags for a scenario; long exclusion lists go through -config, as operators would. */
 function toolFlags(setup, configDir) {
   const flags = [
+    // The iptables rows predate -backend and keep its default (which picks iptables-nft here).
+    ...(setup.backend === 'nftables' ? ['-backend=nftables'] : []),
     '-netns', NAMESPACE_PATH,
     `-proxy-uid=${setup.proxyUid}`,
     `-proxy-inbound-port=${setup.inboundPort}`,
@@ -168,11 +199,13 @@ function consulPerRuleCommands(setup) {
 
 /** Each method records its time(s) in this round's record; every install starts from an empty nat table. */
 function methodsFor(setup, configDir) {
+  if (setup.backend === 'nftables') return nftMethodsFor(setup, configDir);
   const flags = toolFlags(setup, configDir);
   const ruleset = run([TOOL, '--dry-run', ...flags]);
   const perRule = consulPerRuleCommands(setup);
   return {
-    ruleCount: ruleset.split('\n').filter((line) => line.startsWith('-A ')).length,
+    order: ['floor', 'apply', 'perRule', 'dryRun'],
+    ruleCount: ruleset.split('\n').filter((line) => line.startsWith('-A ')).length.toLocaleString('en-US'),
     /** node -e 0 + iptables-save + iptables-restore: what any restore-based tool must at least spend. */
     floor(round) {
       resetNatTable();
@@ -204,10 +237,13 @@ function methodsFor(setup, configDir) {
       resetNatTable();
       const summary = run([TOOL, ...flags]).trim();
       const toolTable = natTableRules();
-      resetNatTable();
-      for (const argv of perRule) run(argv);
-      const consulTable = natTableRules();
-      for (const [name, table] of [['redirect-traffic', toolTable], ['Consul per-rule', consulTable]]) {
+      const tables = [['redirect-traffic', toolTable]];
+      if (PER_RULE) {
+        resetNatTable();
+        for (const argv of perRule) run(argv);
+        tables.push(['Consul per-rule', natTableRules()]);
+      }
+      for (const [name, table] of tables) {
         const at = table.findIndex((line, i) => line !== floorTable[i]);
         if (at !== -1 || table.length !== floorTable.length) {
           console.warn(`! ${setup.label}: ${name} left a different nat table than the --dry-run ruleset ` +
@@ -219,6 +255,234 @@ function methodsFor(setup, configDir) {
   };
 }
 
+/** Rules and set elements in an `nft -f` script, as `12 + 10,002 el.`. */
+function nftSize(script) {
+  let block;
+  let rules = 0;
+  let elements = 0;
+  for (const line of script.split('\n')) {
+    const opening = /^\t(chain|set) \S+ \{$/.exec(line);
+    if (opening) block = opening[1];
+    else if (line === '\t}') block = undefined;
+    else if (block === 'chain' && /^\t\t\S/.test(line) && !line.startsWith('\t\ttype ')) rules++;
+    else if (block === 'set' && /^\t\t\t\S/.test(line)) elements++;
+  }
+  return `${rules} + ${elements.toLocaleString('en-US')} el.`;
+}
+
+/**
+ * The nftables backend: the floor is `node -e 0` plus `nft -f` of the very script the tool feeds nft (its
+ * --dry-run output), the least any Node tool writing that table can spend. Every run starts without our table.
+ */
+function nftMethodsFor(setup, configDir) {
+  const flags = toolFlags(setup, configDir);
+  const script = run([TOOL, '--dry-run', ...flags]);
+  return {
+    order: ['floor', 'apply', 'dryRun'],
+    ruleCount: nftSize(script),
+    floor(round) {
+      resetNatTable();
+      const node = time([process.execPath, '-e', '0']);
+      const load = time(inNamespace('nft', '-f', '-'), script);
+      round.floor = node + load;
+    },
+    apply(round) {
+      resetNatTable();
+      round.apply = time([TOOL, ...flags]);
+    },
+    dryRun(round) {
+      round.node = time([process.execPath, '-e', '0']);
+      round.dryRun = time([TOOL, '--dry-run', ...flags]);
+    },
+    /** Untimed: the tool must leave exactly the table its dry-run script makes. */
+    checkSameResult() {
+      resetNatTable();
+      run(inNamespace('nft', '-f', '-'), script);
+      const floorTable = nftTableText();
+      resetNatTable();
+      const summary = run([TOOL, ...flags]).trim();
+      const toolTable = nftTableText();
+      const at = toolTable.findIndex((line, i) => line !== floorTable[i]);
+      if (at !== -1 || toolTable.length !== floorTable.length) {
+        console.warn(`! ${setup.label}: redirect-traffic left a different table than nft -f of its --dry-run script ` +
+          `(first difference at line ${at}: ${toolTable[at]} vs ${floorTable[at]})`);
+      }
+      return summary;
+    },
+  };
+}
+
+// --- child processes per apply ----------------------------------------------------------------------------
+
+/**
+ * Runs one apply (on a namespace without our rules) under `strace -f -e trace=execve` and lists the processes
+ * it started: every process but the tool's own, each named by the program it ended up running (`nsenter ->
+ * nft -f -`). Untimed; strace slows everything it traces.
+ */
+function childProcesses(setup, configDir) {
+  const traceFile = join(configDir, 'strace.txt');
+  resetNatTable();
+  run(['strace', '-f', '-qq', '-s', '64', '-e', 'trace=execve', '-e', 'signal=none', '-o', traceFile, TOOL, ...toolFlags(setup, configDir)]);
+  const byPid = new Map();
+  for (const line of readFileSync(traceFile, 'utf8').split('\n')) {
+    const match = /^(\d+)\s+execve\("([^"]*)", \[(.*?)\]/.exec(line);
+    if (!match) continue;
+    const argv = [...match[3].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]);
+    const execs = byPid.get(match[1]) ?? [];
+    // nsenter and env look the program up on PATH: only the last execve of a process is what it runs.
+    execs.push({ program: match[2].split('/').pop(), argv });
+    byPid.set(match[1], execs);
+  }
+  const [, ...children] = [...byPid.values()];
+  return children.map((execs) => {
+    const first = execs[0];
+    const last = execs.at(-1);
+    const what = [last.program, ...last.argv.slice(1).filter((arg) => !arg.startsWith('--net='))].join(' ');
+    return first.program === last.program ? what : `${first.program} -> ${what}`;
+  });
+}
+
+// --- new connections per second through the redirect -----------------------------------------------------
+
+const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+/** The client's UID and GID: an ordinary user, neither the proxy's (101) nor excluded (0); no passwd entry needed. */
+const CLIENT_ID = '42001';
+/** Where the client connects: TEST-NET-2, outside every excluded CIDR, assigned to lo inside the namespace. */
+const CONN_ADDRESS = '198.51.100.1';
+/** Nothing listens here: a connection only succeeds through the redirect, so every trial proves it happened. */
+const CONN_REDIRECTED_PORT = '80';
+
+/** Accepts and closes connections on the outbound port, any address, until its stdin closes or 30 min pass. */
+const LISTENER_PY = `
+import os, socket, sys, threading
+def watch():
+    sys.stdin.buffer.read()
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+threading.Timer(1800, lambda: os._exit(0)).start()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(4096)
+while True:
+    c, _ = s.accept()
+    c.close()
+`;
+
+/**
+ * N sequential connect/close (RST on close, so no TIME_WAIT piles up), stopping at COUNT connections or SECONDS;
+ * prints "connections seconds". Any failure (refused: the redirect is missing) ends it with exit 1.
+ */
+const CLIENT_PY = `
+import signal, socket, struct, sys, time
+host, port, count, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+signal.alarm(int(seconds) + 10)
+linger = struct.pack("ii", 1, 0)
+n = 0
+start = time.perf_counter()
+deadline = start + seconds
+while n < count:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+    try:
+        s.connect((host, port))
+    except OSError as error:
+        sys.exit(f"connection {n + 1} to {host}:{port} failed: {error}")
+    s.close()
+    n += 1
+    if n & 255 == 0 and time.perf_counter() > deadline:
+        break
+print(n, time.perf_counter() - start)
+`;
+
+/** Connections per second from the ordinary UID, one trial. */
+function connectionRate(port, count = CONN_COUNT, seconds = CONN_SECONDS) {
+  const argv = inNamespace('setpriv', `--reuid=${CLIENT_ID}`, `--regid=${CLIENT_ID}`, '--clear-groups',
+    PYTHON, '-I', '-S', '-c', CLIENT_PY, CONN_ADDRESS, port, String(count), String(seconds));
+  const result = spawnSync(argv[0], argv.slice(1), { env: childEnv, encoding: 'utf8', timeout: (seconds + 30) * 1000, killSignal: 'SIGKILL' });
+  if (result.status !== 0) throw new Error(`connection client failed: ${result.error?.message ?? result.stderr.trim()}`);
+  const [connections, elapsed] = result.stdout.trim().split(' ').map(Number);
+  return connections / elapsed;
+}
+
+function startListener(port) {
+  const child = spawn('nsenter', [`--net=${NAMESPACE_PATH}`, '--', PYTHON, '-I', '-S', '-c', LISTENER_PY, port], {
+    env: childEnv,
+    stdio: ['pipe', 'ignore', 'inherit'],
+  });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      connectionRate(port, 1, 1);
+      return child;
+    } catch (error) {
+      if (attempt === 50) {
+        child.kill('SIGKILL');
+        throw error;
+      }
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 100);
+    }
+  }
+}
+
+/**
+ * Typical and 10,000 excluded CIDRs (none covering the destination), on each backend, and a namespace with no
+ * rules at all; interleaved round by round in a rotating order, each configuration installed afresh (untimed)
+ * right before its trial.
+ */
+function measureConnections(configDir, typical, tenThousand) {
+  const outboundPort = typical.outboundPort;
+  const configs = [
+    { key: 'none', port: outboundPort },
+    ...['iptables', 'nftables'].flatMap((backend) => [
+      { key: `${backend} typical`, backend, setup: typical, port: CONN_REDIRECTED_PORT },
+      { key: `${backend} 10k`, backend, setup: tenThousand, port: CONN_REDIRECTED_PORT },
+    ]),
+  ];
+  const install = (config) => {
+    // Nothing in the namespace but what this configuration installs: no leftover table, no conntrack hooks.
+    run(inNamespace('nft', 'flush', 'ruleset'));
+    if (!config.backend) return undefined;
+    const flags = toolFlags({ ...config.setup, backend: 'none' }, configDir);
+    return run([TOOL, `-backend=${config.backend}`, ...flags]).trim();
+  };
+  run(inNamespace('ip', 'link', 'set', 'lo', 'up'));
+  run(inNamespace('ip', 'address', 'add', `${CONN_ADDRESS}/32`, 'dev', 'lo'));
+  install(configs[0]);
+  const listener = startListener(outboundPort);
+  try {
+    for (const config of configs) {
+      const summary = install(config);
+      if (summary) console.error(`connections, ${config.key}: ${summary}`);
+      connectionRate(config.port, 2_000, 2); // warm-up, and proof the redirect works
+    }
+    const rounds = [];
+    for (let index = 0; index < CONN_TRIALS; index++) {
+      const shift = index % configs.length;
+      const round = {};
+      for (const config of [...configs.slice(shift), ...configs.slice(0, shift)]) {
+        install(config);
+        round[config.key] = connectionRate(config.port);
+      }
+      rounds.push(round);
+      if (process.stderr.isTTY) process.stderr.write(`  connections round ${index + 1}/${CONN_TRIALS}\r`);
+    }
+    if (process.stderr.isTTY) process.stderr.write('\x1b[K');
+    run(inNamespace('nft', 'flush', 'ruleset'));
+    const medianOf = (pick) => median(rounds.map(pick));
+    return {
+      rate: Object.fromEntries(configs.map(({ key }) => [key, medianOf((r) => r[key])])),
+      ratio: Object.fromEntries(['iptables', 'nftables'].map((backend) => [backend, {
+        typicalToNone: medianOf((r) => r[`${backend} typical`] / r.none),
+        tenThousandToNone: medianOf((r) => r[`${backend} 10k`] / r.none),
+        tenThousandToTypical: medianOf((r) => r[`${backend} 10k`] / r[`${backend} typical`]),
+      }])),
+    };
+  } finally {
+    listener.stdin.end();
+    listener.kill('SIGKILL');
+  }
+}
+
 // --- report ----------------------------------------------------------------------------------------------
 
 function machineFacts() {
@@ -228,43 +492,84 @@ function machineFacts() {
     `kernel    ${release()}`,
     `node      ${process.version}`,
     `iptables  ${run(['iptables', '--version']).trim()}`,
+    `nft       ${run(['nft', '--version']).trim()}`,
     `env       ${cli['inherit-env'] ? 'inherited from the caller' : `PATH only, as under systemd`}`,
-    `runs      ${RUNS} per method (Consul per-rule at 10,000 CIDRs: ${Math.min(RUNS, PER_RULE_RUNS_10K)})`,
+    `runs      ${RUNS} per method (Consul per-rule ${PER_RULE ? `at 10,000 CIDRs: ${Math.min(RUNS, PER_RULE_RUNS_10K)}` : 'skipped: --no-per-rule'}); ` +
+      `connections: ${CONN_TRIALS} rounds of ${CONN_COUNT.toLocaleString('en-US')} connections or ${CONN_SECONDS} s per trial`,
   ];
 }
 
-const ms = (value) => (value === undefined ? '—' : `${value.toFixed(1)} ms`);
+const ms = (value) => (value === undefined || Number.isNaN(value) ? '—' : `${value.toFixed(1)} ms`);
 const ratio = (value) => (value === undefined || !Number.isFinite(value) ? '—' : `${value.toFixed(2)}×`);
 
-function printTable(results) {
-  const header = ['', ...results.map((r) => r.label)];
-  const rows = [
-    ['rules in the nat table', ...results.map((r) => String(r.ruleCount))],
-    ['node -e 0', ...results.map((r) => ms(r.median.node))],
-    ['floor: node + save + restore', ...results.map((r) => ms(r.median.floor))],
-    ['redirect-traffic (apply)', ...results.map((r) => ms(r.median.apply))],
-    ['Consul, one iptables per rule', ...results.map((r) => ms(r.median.perRule))],
-    ['redirect-traffic --dry-run', ...results.map((r) => ms(r.median.dryRun))],
-    ['apply / floor', ...results.map((r) => ratio(r.ratio.applyToFloor))],
-    ['dry-run / node -e 0', ...results.map((r) => ratio(r.ratio.dryRunToNode))],
-    ['per-rule / apply (speed-up)', ...results.map((r) => ratio(r.ratio.perRuleToApply))],
-  ];
+function printRows(header, rows) {
   const widths = header.map((_, column) => Math.max(...[header, ...rows].map((row) => row[column].length)));
   const format = (row) => row.map((cell, column) => (column === 0 ? cell.padEnd(widths[0]) : cell.padStart(widths[column]))).join('  ');
   console.log(format(header));
   for (const row of rows) console.log(format(row));
-  console.log('(times: medians over the runs; ratios: medians of the ratios within each interleaved round)');
 }
 
-function printTargets([typical, thousand, tenThousand]) {
+function printTable(results, backend) {
+  const iptables = backend === 'iptables';
+  const cells = (pick) => results.map(pick);
+  const rows = [
+    [iptables ? 'rules in the nat table' : 'rules + set elements', ...cells((r) => r.ruleCount)],
+    ['node -e 0', ...cells((r) => ms(r.median.node))],
+    [iptables ? 'floor: node + save + restore' : 'floor: node + nft -f', ...cells((r) => ms(r.median.floor))],
+    ['redirect-traffic (apply)', ...cells((r) => ms(r.median.apply))],
+    ...(iptables ? [['Consul, one iptables per rule', ...cells((r) => ms(r.median.perRule))]] : []),
+    ['redirect-traffic --dry-run', ...cells((r) => ms(r.median.dryRun))],
+    ['apply / floor', ...cells((r) => ratio(r.ratio.applyToFloor))],
+    ['dry-run / node -e 0', ...cells((r) => ratio(r.ratio.dryRunToNode))],
+    ...(iptables ? [['per-rule / apply (speed-up)', ...cells((r) => ratio(r.ratio.perRuleToApply))]] : []),
+  ];
+  printRows([`${backend}`, ...cells((r) => r.label)], rows);
+}
+
+function printChildren(children) {
+  console.log('\nchild processes per apply (on a namespace without our rules; strace -f -e trace=execve):');
+  for (const { label, programs } of children) {
+    console.log(`  ${label}: ${programs.length}`);
+    for (const program of programs) console.log(`    ${program}`);
+  }
+}
+
+function printConnections(connections) {
+  if (!connections) return;
+  const rate = (value) => `${Math.round(value).toLocaleString('en-US')}/s`;
+  console.log(`\nnew TCP connections per second, UID ${CLIENT_ID} to ${CONN_ADDRESS}:${CONN_REDIRECTED_PORT} redirected to a ` +
+    `local listener (no rules: straight to it), medians; ratios: medians of the ratios within each round`);
+  console.log(`  no rules: ${rate(connections.rate.none)}`);
+  printRows(
+    ['', 'typical', '10,000 CIDRs', 'typical / no rules', '10k / no rules', '10k / typical'],
+    ['iptables', 'nftables'].map((backend) => [
+      `  ${backend}`,
+      rate(connections.rate[`${backend} typical`]),
+      rate(connections.rate[`${backend} 10k`]),
+      ratio(connections.ratio[backend].typicalToNone),
+      ratio(connections.ratio[backend].tenThousandToNone),
+      ratio(connections.ratio[backend].tenThousandToTypical),
+    ]),
+  );
+}
+
+function printTargets([typical, thousand, tenThousand], [nftTypical, nftTenThousand], connections) {
   const targets = [
     ['apply within 1.3× the floor (typical)', typical.ratio.applyToFloor, (x) => x <= 1.3],
     ['dry-run within 1.25× node -e 0 (typical)', typical.ratio.dryRunToNode, (x) => x <= 1.25],
     ['at 1,000 CIDRs at least 5× faster than per-rule', thousand.ratio.perRuleToApply, (x) => x >= 5],
     ['at 10,000 CIDRs apply within 1.5× the floor', tenThousand.ratio.applyToFloor, (x) => x <= 1.5],
+    ['nftables: apply within 1.4× the floor (typical)', nftTypical.ratio.applyToFloor, (x) => x <= 1.4],
+    ['nftables: at 10,000 CIDRs apply within 1.5× the floor', nftTenThousand.ratio.applyToFloor, (x) => x <= 1.5],
+    ...(connections
+      ? [['nftables: connection rate at 10,000 CIDRs at least 0.9× typical', connections.ratio.nftables.tenThousandToTypical, (x) => x >= 0.9]]
+      : []),
   ];
   console.log('');
-  for (const [name, value, met] of targets) console.log(`${met(value) ? 'PASS' : 'FAIL'}  ${name}: ${ratio(value)}`);
+  for (const [name, value, met] of targets) {
+    const verdict = value === undefined || Number.isNaN(value) ? 'SKIP' : met(value) ? 'PASS' : 'FAIL';
+    console.log(`${verdict}  ${name}: ${ratio(value)}`);
+  }
 }
 
 // --- main ------------------------------------------------------------------------------------------------
@@ -275,13 +580,13 @@ function measure(setup, configDir) {
   const rounds = [];
   const summary = methods.checkSameResult(); // doubles as the warm-up
   console.error(`${setup.label}: ${summary}`);
-  const order = ['floor', 'apply', 'perRule', 'dryRun'];
+  const { order } = methods;
   for (let index = 0; index < RUNS; index++) {
     // Rotate the order each round so no method always runs right after the same one.
     const rotated = [...order.slice(index % order.length), ...order.slice(0, index % order.length)];
     const round = {};
     for (const method of rotated) {
-      if (method === 'perRule' && index >= perRuleRuns) continue;
+      if (method === 'perRule' && (!PER_RULE || index >= perRuleRuns)) continue;
       methods[method](round);
     }
     rounds.push(round);
@@ -320,16 +625,37 @@ function main() {
     });
   }
   try {
-    const loadBefore = loadavg()[0];
+    const load = [loadavg()[0]];
+    const typicalCidrs = ['198.18.0.0/24', '198.19.0.0/24'];
+    const tenThousandCidrs = benchmarkCidrs(10_000);
     const results = [
-      scenario('typical (2 CIDRs)', ['198.18.0.0/24', '198.19.0.0/24']),
+      scenario('typical (2 CIDRs)', typicalCidrs),
       scenario('1,000 CIDRs', benchmarkCidrs(1_000)),
-      scenario('10,000 CIDRs', benchmarkCidrs(10_000)),
+      scenario('10,000 CIDRs', tenThousandCidrs),
     ].map((setup) => measure(setup, configDir));
+    const nftScenarios = [scenario('typical (2 CIDRs)', typicalCidrs, 'nftables'), scenario('10,000 CIDRs', tenThousandCidrs, 'nftables')];
+    const nftResults = nftScenarios.map((setup) => measure(setup, configDir));
+    load.push(loadavg()[0]);
+    const hasStrace = spawnSync('strace', ['-V']).status === 0;
+    const counted = [scenario('typical (2 CIDRs)', typicalCidrs), scenario('10,000 CIDRs', tenThousandCidrs), ...nftScenarios];
+    const children = hasStrace
+      ? counted.map((setup) => ({
+          label: `${setup.backend === 'nftables' ? 'nftables' : 'iptables (iptables-nft here)'}, ${setup.label}`,
+          programs: childProcesses(setup, configDir),
+        }))
+      : [];
+    const connections = CONN_TRIALS > 0 ? measureConnections(configDir, scenario('typical', typicalCidrs), scenario('10,000 CIDRs', tenThousandCidrs)) : undefined;
+    load.push(loadavg()[0]);
     console.log(machineFacts().join('\n'));
-    console.log(`load avg  ${loadBefore.toFixed(2)} at start, ${loadavg()[0].toFixed(2)} at end (1 min)\n`);
-    printTable(results);
-    printTargets(results);
+    console.log(`load avg  ${load.map((value) => value.toFixed(2)).join(', ')} (1 min: at start, after the apply timings, at end)\n`);
+    printTable(results, 'iptables');
+    console.log('');
+    printTable(nftResults, 'nftables');
+    console.log('(times: medians over the runs; ratios: medians of the ratios within each interleaved round)');
+    if (hasStrace) printChildren(children);
+    else console.log('\n(child processes not counted: strace is not installed)');
+    printConnections(connections);
+    printTargets(results, nftResults, connections);
   } finally {
     removeNamespaceAndFiles();
   }

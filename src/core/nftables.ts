@@ -57,6 +57,13 @@ export type NftState = NftTable | undefined;
 
 // ---- values: every set element and address is turned into numbers and printed back from them ----
 
+/**
+ * A value of a domain: a plain number for the 16- and 32-bit ones (IPv4, ports, UIDs: exact up to 2^53), a
+ * BigInt for IPv6 only. Sets hold thousands of IPv4 elements, and with a BigInt each the allocations and their
+ * garbage collection cost more than everything else done with them. A domain never mixes the two.
+ */
+type Value = number | bigint;
+
 /** What a set of one nft type holds, as unsigned integers of `bits` bits. */
 interface Domain {
   bits: number;
@@ -64,8 +71,12 @@ interface Domain {
   address: boolean;
   /** Whether our sets of this type need `flags interval`: for prefixes and port ranges, not for single UIDs. */
   interval: boolean;
-  parse(text: string): bigint | undefined;
-  format(value: bigint): string;
+  parse(text: string): Value | undefined;
+  format(value: Value): string;
+  /** The interval `address/length` covers, or undefined when `address` has host bits set. */
+  prefix(address: Value, length: number): Interval | undefined;
+  /** The prefix length an interval is exactly, if it is one. */
+  prefixLength(interval: Interval): number | undefined;
 }
 
 /** Throws: a value that validation should have stopped, or a state this module did not build. A bug, not input. */
@@ -79,27 +90,43 @@ function parseDecimal(text: string, max: number): number | undefined {
   return DECIMAL.test(text) && text.length <= 10 && Number(text) <= max ? Number(text) : undefined;
 }
 
-// IPv4 in plain numbers, one BigInt at the end: sets hold thousands of these.
-function parseIpv4(text: string): bigint | undefined {
-  const octets = text.split('.');
-  if (octets.length !== 4) return undefined;
+/**
+ * Dotted quad to a number, one character at a time: sets hold thousands of these, and splitting each into
+ * strings and testing each with a regular expression cost most of building a 10,000-element set.
+ */
+function parseIpv4(text: string): number | undefined {
   let value = 0;
-  for (const octet of octets) {
-    const number = parseDecimal(octet, 255);
-    if (number === undefined) return undefined;
-    value = value * 256 + number;
+  let octet = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code === 46 /* . */) {
+      if (digits === 0 || dots === 3) return undefined;
+      value = value * 256 + octet;
+      octet = 0;
+      digits = 0;
+      dots++;
+    } else if (code >= 48 && code <= 57) {
+      // No leading zero (`010`), as in parseDecimal: nft never prints one, validation never lets one through.
+      if (digits === 1 && octet === 0) return undefined;
+      octet = octet * 10 + (code - 48);
+      if (octet > 255) return undefined;
+      digits++;
+    } else {
+      return undefined;
+    }
   }
-  return BigInt(value);
+  return dots === 3 && digits > 0 ? value * 256 + octet : undefined;
 }
 
-function formatIpv4(value: bigint): string {
+function formatIpv4(value: Value): string {
   const n = Number(value);
   return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
 }
 
 const parseNumber = (max: number) => (text: string) => {
-  const value = parseDecimal(text, max);
-  return value === undefined ? undefined : BigInt(value);
+  return parseDecimal(text, max);
 };
 
 function parseIpv6Groups(text: string): bigint[] | undefined {
@@ -109,7 +136,7 @@ function parseIpv6Groups(text: string): bigint[] | undefined {
   for (const [index, part] of parts.entries()) {
     // A dotted IPv4 tail (::ffff:192.0.2.1) is two groups; nft prints some addresses that way.
     const tail = index === parts.length - 1 && part.includes('.') ? parseIpv4(part) : undefined;
-    if (tail !== undefined) groups.push(tail >> 16n, tail & 0xffffn);
+    if (tail !== undefined) groups.push(BigInt(Math.floor(tail / 65536)), BigInt(tail % 65536));
     else if (/^[0-9a-fA-F]{1,4}$/.test(part)) groups.push(BigInt(`0x${part}`));
     else return undefined;
   }
@@ -128,8 +155,8 @@ function parseIpv6(text: string): bigint | undefined {
 }
 
 /** RFC 5952, as inet_ntop prints it: the first longest run of two or more zero groups becomes `::`. */
-function formatIpv6(value: bigint): string {
-  const groups = [112n, 96n, 80n, 64n, 48n, 32n, 16n, 0n].map((shift) => (value >> shift) & 0xffffn);
+function formatIpv6(value: Value): string {
+  const groups = [112n, 96n, 80n, 64n, 48n, 32n, 16n, 0n].map((shift) => (BigInt(value) >> shift) & 0xffffn);
   let best = { start: -1, length: 1 };
   for (let start = 0; start < 8; start++) {
     let length = 0;
@@ -140,20 +167,54 @@ function formatIpv6(value: bigint): string {
   return best.start < 0 ? hex(0, 8) : `${hex(0, best.start)}::${hex(best.start + best.length, 8)}`;
 }
 
+// Prefix arithmetic in plain numbers, for domains of up to 32 bits (2^32 is still exact in a double).
+const numberPrefix = (bits: number) => (address: Value, length: number): Interval | undefined => {
+  const size = 2 ** (bits - length);
+  const low = Number(address) - (Number(address) % size);
+  return low === address ? { low, high: low + size - 1 } : undefined;
+};
+
+function numberPrefixLength(bits: number) {
+  return ({ low, high }: Interval): number | undefined => {
+    const size = Number(high) - Number(low) + 1;
+    const log = Math.log2(size);
+    return Number.isInteger(log) && Number(low) % size === 0 ? bits - log : undefined;
+  };
+}
+
+// The same in BigInt, for IPv6.
+function bigintPrefix(address: Value, length: number): Interval | undefined {
+  const hostBits = BigInt(128 - length);
+  const value = BigInt(address);
+  const low = (value >> hostBits) << hostBits;
+  // Host bits set (10.0.0.1/8) is not a canonical prefix: nft would never print it, config never holds it.
+  return low === value ? { low, high: low | ((1n << hostBits) - 1n) } : undefined;
+}
+
+function bigintPrefixLength({ low, high }: Interval): number | undefined {
+  const size = BigInt(high) - BigInt(low) + 1n;
+  if ((size & (size - 1n)) !== 0n || BigInt(low) % size !== 0n) return undefined;
+  // A power of two converts to a double exactly, even 2^128.
+  return 128 - Math.log2(Number(size));
+}
+
 const DOMAINS: Readonly<Record<string, Domain>> = {
-  ipv4_addr: { bits: 32, address: true, interval: true, parse: parseIpv4, format: formatIpv4 },
-  ipv6_addr: { bits: 128, address: true, interval: true, parse: parseIpv6, format: formatIpv6 },
-  inet_service: { bits: 16, address: false, interval: true, parse: parseNumber(65535), format: String },
+  ipv4_addr: { bits: 32, address: true, interval: true, parse: parseIpv4, format: formatIpv4, prefix: numberPrefix(32), prefixLength: numberPrefixLength(32) },
+  ipv6_addr: { bits: 128, address: true, interval: true, parse: parseIpv6, format: formatIpv6, prefix: bigintPrefix, prefixLength: bigintPrefixLength },
+  inet_service: { bits: 16, address: false, interval: true, parse: parseNumber(65535), format: String, prefix: numberPrefix(16), prefixLength: numberPrefixLength(16) },
   // A hash set: UIDs are single values, and duplicates in one definition are folded by nft 1.0.6 as well.
-  uid: { bits: 32, address: false, interval: false, parse: parseNumber(2 ** 32 - 1), format: String },
+  uid: { bits: 32, address: false, interval: false, parse: parseNumber(2 ** 32 - 1), format: String, prefix: numberPrefix(32), prefixLength: numberPrefixLength(32) },
 };
 
 const domain = (type: string): Domain => DOMAINS[type] ?? refuse(`no set type ${type}`);
 
 interface Interval {
-  low: bigint;
-  high: bigint;
+  low: Value;
+  high: Value;
 }
+
+/** The value after `value`, in its own representation. */
+const next = (value: Value): Value => (typeof value === 'bigint' ? value + 1n : value + 1);
 
 /** `a/len`, `a-b` or `a` in a domain, or undefined. */
 function parseInterval(d: Domain, text: string): Interval | undefined {
@@ -162,10 +223,8 @@ function parseInterval(d: Domain, text: string): Interval | undefined {
     const address = d.address ? d.parse(text.slice(0, slash)) : undefined;
     const length = parseDecimal(text.slice(slash + 1), d.bits);
     if (address === undefined || length === undefined) return undefined;
-    const hostBits = BigInt(d.bits - length);
-    const low = (address >> hostBits) << hostBits;
     // Host bits set (10.0.0.1/8) is not a canonical prefix: nft would never print it, config never holds it.
-    return low === address ? { low, high: low | ((1n << hostBits) - 1n) } : undefined;
+    return d.prefix(address, length);
   }
   const dash = text.indexOf('-');
   const low = d.parse(dash < 0 ? text : text.slice(0, dash));
@@ -173,19 +232,11 @@ function parseInterval(d: Domain, text: string): Interval | undefined {
   return low === undefined || high === undefined || low > high ? undefined : { low, high };
 }
 
-/** The prefix length an interval is exactly, if it is one. */
-function prefixLength(d: Domain, { low, high }: Interval): number | undefined {
-  const size = high - low + 1n;
-  if ((size & (size - 1n)) !== 0n || low % size !== 0n) return undefined;
-  // A power of two converts to a double exactly, even 2^128.
-  return d.bits - Math.log2(Number(size));
-}
-
 /** As nft prints an element: a prefix (a host as a bare address) where the interval is one, else `a-b`. */
 function formatInterval(d: Domain, interval: Interval): string {
   const { low, high } = interval;
   if (low === high) return d.format(low);
-  const length = d.address ? prefixLength(d, interval) : undefined;
+  const length = d.address ? d.prefixLength(interval) : undefined;
   return length === undefined ? `${d.format(low)}-${d.format(high)}` : `${d.format(low)}/${length}`;
 }
 
@@ -200,10 +251,9 @@ function formatInterval(d: Domain, interval: Interval): string {
 function merged(intervals: readonly Interval[], adjacent: boolean): Interval[] {
   const sorted = [...intervals].sort((a, b) => (a.low < b.low ? -1 : a.low > b.low ? 1 : 0));
   const result: Interval[] = [];
-  const reach = adjacent ? 1n : 0n;
   for (const interval of sorted) {
     const last = result.at(-1);
-    if (last && interval.low <= last.high + reach) last.high = interval.high > last.high ? interval.high : last.high;
+    if (last && interval.low <= (adjacent ? next(last.high) : last.high)) last.high = interval.high > last.high ? interval.high : last.high;
     else result.push({ ...interval });
   }
   return result;
@@ -262,11 +312,11 @@ function cidrInterval(cidr: Cidr): Interval {
 }
 
 const portInterval = ({ low, high }: PortRange): Interval => ({
-  low: BigInt(integer(low, 1, 65535)),
-  high: BigInt(integer(high, low, 65535)),
+  low: integer(low, 1, 65535),
+  high: integer(high, low, 65535),
 });
 
-const uidInterval = (uid: number): Interval => ({ low: BigInt(integer(uid, 0, 2 ** 32 - 1)), high: BigInt(uid) });
+const uidInterval = (uid: number): Interval => ({ low: integer(uid, 0, 2 ** 32 - 1), high: uid });
 
 /** A single value's text (a rule's own `ip daddr`, `tcp dport`, `meta skuid`), as nft prints it. */
 const valueText = (type: string, interval: Interval) => formatInterval(domain(type), interval);
