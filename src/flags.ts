@@ -219,7 +219,8 @@ export const FLAGS = {
   interval: {
     arity: 'single', placeholder: '<duration>', group: RUN, commands: ['watch'],
     schema: durationSchema.check(z.refine((ms) => ms >= 100, { error: 'must be at least 100ms' })),
-    description: 'how often to compare the rules where the kernel does not report changes (iptables-legacy), and as a safety net (default: 5s)',
+    description:
+      'how often to compare the rules where the kernel does not report changes (iptables-legacy); where it does, a safety-net check runs every 60s, or this if longer (default: 5s)',
   },
   'metrics-file': {
     arity: 'single', placeholder: '<path>', group: RUN, commands: ['watch', 'status'], schema: pathText,
