@@ -46,7 +46,8 @@ const { metafile, outputFiles } = await build({
 });
 
 // V8 checks a code cache against its source by length only; a cache left from another build could crash
-// it. The bundle's first line names its content, and the shim uses a cache only if it names the same.
+// it. The bundle's first line names its content, and the shim uses a cache only if it names the same bundle
+// and the same Node binary (version, V8 build, architecture, size: see bin/redirect-traffic).
 const bundle = outputFiles[0].text;
 const buildId = createHash('sha256').update(bundle).digest('hex').slice(0, 32);
 await mkdir('dist', { recursive: true });

@@ -15,6 +15,17 @@ const EXEC_LINE = /^(Exec[A-Za-z]+=)([-+!@:|]*)(\/\S+)/gm;
 /** The installed binary path every unit uses (README tells /usr/local users to change it in one place). */
 const INSTALLED_BINARY = '/usr/bin/redirect-traffic';
 
+/** Exposure `systemd-analyze security` may rate each unit at most (0 = locked down, 10 = UNSAFE). */
+const MAX_EXPOSURE: Record<string, number> = {
+  // Only the redirection runs in it: the tighter sandbox.
+  'redirect-traffic@.service': 3.5,
+  // Shared with Envoy (the main process), which some settings would break; rated 3.6 when written.
+  'envoy-sidecar@.service': 4.0,
+};
+/** Consul's inbound ports every agent listens on (Serf LAN), plus SSH: never sent to Envoy by default. */
+const DEFAULT_EXCLUSIONS = '-exclude-uid=consul -exclude-inbound-port=22,8301';
+const README = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+
 const analyzerFound = spawnSync('systemd-analyze', ['--version']).status === 0;
 const unitNames = readdirSync(UNIT_DIR).filter((name) => UNIT_FILE.test(name));
 
@@ -45,6 +56,43 @@ describe('systemd units', () => {
       }
     }
   });
+
+  const redirectUnits = ['envoy-sidecar@.service', 'redirect-traffic@.service'];
+  const unitText = (unit: string) => readFileSync(join(UNIT_DIR, unit), 'utf8');
+  /** The default a unit gives a variable: `Environment="NAME=value"` or `Environment=NAME=value`. */
+  const defaultOf = (unit: string, name: string) =>
+    new RegExp(`^Environment="?${name}=(.*?)"?$`, 'm').exec(unitText(unit))?.[1];
+
+  it.each(redirectUnits)("%s: excludes SSH, the agent's UID and Serf LAN (8301) by default, as the README says", (unit) => {
+    expect(defaultOf(unit, 'REDIRECT_TRAFFIC_EXCLUDE')).toBe(DEFAULT_EXCLUSIONS);
+    // The README states the same default and the server ports, in words an operator copies.
+    expect(README).toContain(`| \`REDIRECT_TRAFFIC_EXCLUDE\` | \`${DEFAULT_EXCLUSIONS}\` |`);
+    expect(README).toContain('REDIRECT_TRAFFIC_EXCLUDE=-exclude-uid=consul -exclude-inbound-port=22,8300,8301,8302');
+  });
+
+  it("documents the server's ports (8300, 8302) in the environment example", () => {
+    const example = readFileSync(join(UNIT_DIR, 'redirect-traffic.env.example'), 'utf8');
+    expect(example).toContain(`#REDIRECT_TRAFFIC_EXCLUDE=${DEFAULT_EXCLUSIONS}\n`);
+    expect(example).toMatch(/^#REDIRECT_TRAFFIC_EXCLUDE=-exclude-uid=consul -exclude-inbound-port=22,8300,8301,8302$/m);
+  });
+
+  it.each(redirectUnits)('%s: apply and cleanup get the same variables, so cleanup finds what apply wrote', (unit) => {
+    const text = unitText(unit);
+    const apply = /^Exec(?:Start|StartPre)=\W*\/usr\/bin\/redirect-traffic (.*)$/m.exec(text)?.[1] ?? '';
+    const cleanup = /^Exec(?:Stop|StopPost)=\W*\/usr\/bin\/redirect-traffic cleanup(.*)$/m.exec(text)?.[1] ?? '';
+    expect(apply).toBe('-proxy-uid=envoy $REDIRECT_TRAFFIC_PROXY $REDIRECT_TRAFFIC_EXCLUDE $REDIRECT_TRAFFIC_HOST');
+    expect(cleanup.trim()).toBe('$REDIRECT_TRAFFIC_HOST');
+    expect(defaultOf(unit, 'REDIRECT_TRAFFIC_PROXY')).toBe('-proxy-id=%i-sidecar-proxy -wait=60s');
+    expect(defaultOf(unit, 'REDIRECT_TRAFFIC_HOST')).toBe('');
+    // The file may replace the defaults only if it is read after them.
+    expect(text.indexOf('EnvironmentFile=')).toBeGreaterThan(text.indexOf('Environment="REDIRECT_TRAFFIC_EXCLUDE='));
+  });
+
+  it.each(redirectUnits)('%s: the redirect-traffic hooks never run outside the sandbox ("+")', (unit) => {
+    const prefixes = [...unitText(unit).matchAll(EXEC_LINE)].filter((m) => m[3] === INSTALLED_BINARY).map((m) => m[2]);
+    expect(prefixes.length).toBeGreaterThan(0);
+    for (const prefix of prefixes) expect(prefix, unit).not.toContain('+');
+  });
 });
 
 describe.skipIf(!analyzerFound)('systemd-analyze verify', () => {
@@ -72,6 +120,22 @@ describe.skipIf(!analyzerFound)('systemd-analyze verify', () => {
     writeFileSync(join(workDir, unit), text);
     return join(workDir, instanceName(unit));
   }
+
+  it.each(Object.keys(MAX_EXPOSURE))('%s: systemd-analyze security rates it within its limit', (unit) => {
+    const limit = MAX_EXPOSURE[unit] ?? 0;
+    const target = stageUnit(unit);
+    // --threshold is in tenths: the command itself fails above the limit, and the figure is checked too.
+    const result = spawnSync(
+      'systemd-analyze',
+      ['security', '--offline=true', `--threshold=${Math.round(limit * 10)}`, '--no-pager', target],
+      { cwd: workDir, encoding: 'utf8' },
+    );
+    const report = `exit ${result.status}\nstdout:\n${result.stdout}\nstderr:\n${result.stderr}`;
+    const exposure = /Overall exposure level for \S+: (\d+\.\d)/.exec(result.stdout)?.[1];
+    expect(exposure, report).toBeDefined();
+    expect(Number(exposure), report).toBeLessThanOrEqual(limit);
+    expect(result.status, report).toBe(0);
+  });
 
   it.each(unitNames)('%s: no errors, no warnings', (unit) => {
     const target = stageUnit(unit);
