@@ -1,11 +1,15 @@
-import { statSync } from 'node:fs';
+import { mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Server } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { TemporaryError } from '../errors.ts';
+import { CannotWriteError, TemporaryError } from '../errors.ts';
 
-// One writer per network namespace at a time. The lock is an abstract unix socket bound under a name
-// derived from the namespace: the kernel frees it the instant its holder dies, however it dies, so no
-// stale lock file can outlive a crash, and no file system (a read-only one under a sandbox) is involved.
+// One writer per network namespace at a time. The lock is a unix socket a run listens on, in a directory
+// only root may write (/run/redirect-traffic/locks, 0700): no other user can take it or squat on it, as
+// anyone could on a name in the abstract namespace. The kernel closes it the instant its holder dies,
+// however it dies; the socket file then left behind refuses connections, and the next run replaces it.
+
+export const LOCK_DIR = '/run/redirect-traffic/locks';
 
 /** The identity of a network namespace: the nsfs inode its path (or this process's) names. */
 export function namespaceKey(netns: string | undefined): string {
@@ -17,25 +21,33 @@ export interface NamespaceLock {
   release(): void;
 }
 
-/** Who holds the lock: the holder answers with its PID. Undefined when it does not answer in time. */
-async function holderPid(name: string): Promise<number | undefined> {
+/** The socket a lock is held on. */
+export const lockPath = (netns: string | undefined, purpose: LockPurpose) => join(LOCK_DIR, `${namespaceKey(netns)}.${purpose}`);
+
+export type LockPurpose = 'write' | 'watch';
+
+/**
+ * Who holds the lock: the holder answers with its PID. `undefined` when nobody answers: nobody holds it
+ * (the socket file of a holder that died refuses at once), or the holder did not answer in time.
+ */
+async function holderPid(path: string): Promise<{ pid: number | undefined; refused: boolean }> {
   const { connect } = await import('node:net');
   return new Promise((resolve) => {
-    const socket = connect({ path: name });
+    const socket = connect({ path });
     let text = '';
-    const done = (pid: number | undefined) => {
+    const done = (pid: number | undefined, refused = false) => {
       socket.destroy();
-      resolve(pid);
+      resolve({ pid, refused });
     };
     socket.setTimeout(200, () => done(undefined));
     socket.on('data', (chunk) => (text += chunk.toString()));
     socket.on('end', () => done(/^\d+$/.test(text.trim()) ? Number(text.trim()) : undefined));
-    socket.on('error', () => done(undefined));
+    socket.on('error', (error: NodeJS.ErrnoException) => done(undefined, error.code === 'ECONNREFUSED' || error.code === 'ENOENT'));
   });
 }
 
 // node:net is loaded on first use: a dry run takes no lock and should not pay for it.
-async function tryListen(name: string): Promise<Server | undefined> {
+async function listenAt(path: string): Promise<Server | undefined> {
   const { createServer } = await import('node:net');
   return new Promise((resolve, reject) => {
     const server = createServer((socket) => {
@@ -44,12 +56,44 @@ async function tryListen(name: string): Promise<Server | undefined> {
       socket.end(`${process.pid}\n`);
     });
     server.once('error', (error: NodeJS.ErrnoException) => (error.code === 'EADDRINUSE' ? resolve(undefined) : reject(error)));
-    server.listen({ path: name, exclusive: true }, () => {
+    server.listen({ path, exclusive: true }, () => {
       // The lock must never keep this process alive by itself.
       server.unref();
       resolve(server);
     });
   });
+}
+
+/** The lock taken, or undefined while a live holder has it. A socket file left by a dead holder is replaced. */
+async function tryLock(path: string): Promise<NamespaceLock | undefined> {
+  let server = await listenAt(path);
+  if (server === undefined) {
+    if (!(await holderPid(path)).refused) return undefined;
+    // Replaced in one step (rename), never removed first: a run finding the path empty would take it too.
+    const temporary = `${path}.${process.pid}`;
+    rmSync(temporary, { force: true });
+    server = await listenAt(temporary);
+    if (server === undefined) return undefined;
+    renameSync(temporary, path);
+    // Two runs finding the same dead socket each put theirs in place; only the last one's is there now.
+    if ((await holderPid(path)).pid !== process.pid) {
+      server.close();
+      return undefined;
+    }
+  }
+  const held = server;
+  const { ino } = statSync(path);
+  return {
+    release() {
+      held.close();
+      // Ours is still the one in place (close() removes only the path it was bound to): remove it.
+      try {
+        if (statSync(path).ino === ino) rmSync(path);
+      } catch {
+        // already gone
+      }
+    },
+  };
 }
 
 /** A wait shorter than this goes unmentioned: runs queued behind each other's fast writes are normal. */
@@ -62,20 +106,25 @@ const QUIET_WAIT_MS = 750;
  */
 export async function lockNamespace(
   netns: string | undefined,
-  purpose: 'write' | 'watch',
+  purpose: LockPurpose,
   options: { waitMs: number; onWait?: (holder: string) => void },
 ): Promise<NamespaceLock> {
-  const name = `\0redirect-traffic/${namespaceKey(netns)}/${purpose}`;
+  try {
+    mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
+  } catch (error) {
+    throw new CannotWriteError(`cannot create the lock directory ${LOCK_DIR}: ${(error as NodeJS.ErrnoException).code ?? 'failed'}`);
+  }
+  const path = lockPath(netns, purpose);
   const start = Date.now();
   const deadline = start + options.waitMs;
   let holder: string | undefined;
   let told = false;
   for (;;) {
-    const server = await tryListen(name);
-    if (server) return { release: () => server.close() };
+    const lock = await tryLock(path);
+    if (lock) return lock;
     const waited = Date.now() - start;
     if (holder === undefined || (!told && waited >= QUIET_WAIT_MS)) {
-      const pid = await holderPid(name);
+      const { pid } = await holderPid(path);
       holder = pid === undefined ? 'another redirect-traffic run' : `redirect-traffic (pid ${pid})`;
     }
     if (!told && waited >= QUIET_WAIT_MS && options.waitMs > 0) {

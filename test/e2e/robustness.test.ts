@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { expect, it, onTestFinished } from 'vitest';
-import { namespaceKey } from '../../src/host/exclusive.ts';
+import { LOCK_DIR, lockPath, namespaceKey } from '../../src/host/exclusive.ts';
 import { RECORD_DIR } from '../../src/host/record.ts';
 import {
   applyArgs,
@@ -28,8 +28,8 @@ const TEMP_FAIL = 75;
 const FLAGS: RedirectFlags = { proxyUid: 901, inboundPort: 20000 };
 const CIDRS = (n: number) => Array.from({ length: n }, (_, i) => `198.19.${i >> 8}.${i & 255}/32`);
 
-/** The namespace lock a run takes (src/host/exclusive.ts): an abstract socket, in this process's network namespace. */
-const lockName = (ns: Netns) => `\0redirect-traffic/${namespaceKey(ns.path)}/write`;
+/** The namespace lock a run takes (src/host/exclusive.ts): a unix socket in a root-only directory. */
+const lockName = (ns: Netns) => lockPath(ns.path, 'write');
 
 /** The pid the namespace lock's holder answers with, or undefined when nobody holds it. */
 function lockHolder(ns: Netns): Promise<number | undefined> {
@@ -262,7 +262,8 @@ describeE2E(
 
     it('defect 5: a run kept waiting 2 s on the namespace lock says who holds it, then succeeds', async () => {
       const ns = await recordedNamespace();
-      // Hold the lock as a run does: the abstract socket, answering with our pid.
+      // Hold the lock as a run does: listening on the lock socket, answering with our pid.
+      mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
       const server = createServer((socket) => socket.end(`${process.pid}\n`));
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
