@@ -1,8 +1,8 @@
-import { ExitCode, ConfigError } from '../errors.ts';
+import { CliError, ConfigError, ExitCode } from '../errors.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import type { Family, PortRange } from '../core/values.ts';
 import { reconcile } from '../host/reconcile.ts';
-import { RECORD_DIR } from '../host/record.ts';
+import { RECORD_DIR, type ApplyRecord } from '../host/record.ts';
 import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
 import type { TableSurvey } from '../host/backend.ts';
 import type { ApplyOptions, HostOptions } from '../options.ts';
@@ -123,7 +123,7 @@ export async function converge(
  */
 async function recorded<T>(host: HostOptions, config: RedirectConfig, context: CommandContext, writes: () => Promise<T>): Promise<T> {
   const { netns } = host;
-  const previous = context.records.read(netns);
+  const previous = readablePrevious(netns, context);
   const flags = flagsOf(config, host);
   // The same settings, already recorded as finished: nothing to write (watch compares every few seconds).
   if (previous?.finished && JSON.stringify(previous.flags) === JSON.stringify(flags)) return writes();
@@ -137,6 +137,17 @@ async function recorded<T>(host: HostOptions, config: RedirectConfig, context: C
     if (previous) context.records.write(netns, previous);
     else context.records.remove(netns);
     throw error;
+  }
+}
+
+/** The previous record; a damaged one is only a warning here: the record this run writes replaces it. */
+function readablePrevious(netns: string | undefined, context: CommandContext): ApplyRecord | undefined {
+  try {
+    return context.records.read(netns);
+  } catch (error) {
+    if (!(error instanceof CliError)) throw error;
+    context.log.warn(`${error.message.replace(/: remove it, or run an apply$/, '')}: replacing it`);
+    return undefined;
   }
 }
 

@@ -55,6 +55,10 @@ const FULL_SURVEY_EVERY = 12;
  */
 const SAFETY_NET_MS = 60_000;
 
+/** A check that failed (a lock held, a table unreadable) is tried again after 1 s, doubling up to 30 s. */
+const RETRY_MIN_MS = 1_000;
+const RETRY_MAX_MS = 30_000;
+
 /** At most this many differences per table in a repair's log line; the rest are counted. */
 const LOGGED_DIFFERENCES = 5;
 
@@ -112,7 +116,10 @@ export async function watch(options: WatchOptions, context: CommandContext, tuni
       plan: applied.plan,
     });
     const signal = await watcher.run(stop.stopped, () => context.notifyReady());
-    context.log.info(`received ${signal}: stopped watching ${where}; the rules stay in place (cleanup removes them)`);
+    const left = watcher.lastCheckInSync()
+      ? 'the rules stay in place (cleanup removes them)'
+      : 'the rules were not as wanted at the last check, and are left as they are';
+    context.log.info(`received ${signal}: stopped watching ${where}; ${left}`);
     return ExitCode.ok;
   } finally {
     stop.dispose();
@@ -148,6 +155,9 @@ export class Watcher {
   private feed: ChangeFeed | undefined;
   private readonly stopping = new AbortController();
   private failCheck: string | undefined;
+  /** After a failed check: the next try, and the delay before the one after. */
+  private retry: NodeJS.Timeout | undefined;
+  private retryMs = RETRY_MIN_MS;
   private failMetrics: string | undefined;
   private fatal: (error: unknown) => void = () => undefined;
 
@@ -165,6 +175,11 @@ export class Watcher {
     this.host = start.host;
     this.tables = tablesAfter(start.plan);
     this.agentUp = options.rules.proxyId !== undefined && options.agent !== undefined ? true : undefined;
+  }
+
+  /** Whether the last check found (or left) the rules as wanted. */
+  lastCheckInSync(): boolean {
+    return this.inSync;
   }
 
   /** Repairs made so far. */
@@ -195,6 +210,7 @@ export class Watcher {
     } finally {
       this.stopping.abort();
       clearTimeout(this.debounce);
+      clearTimeout(this.retry);
       clearInterval(this.poll);
       this.feed?.stop();
       // A check or repair under way finishes first: a write is never cut off.
@@ -310,8 +326,13 @@ export class Watcher {
     } catch (error) {
       if (!(error instanceof CliError)) throw error;
       this.inSync = false;
+      // Tried again soon, backing off, whatever the poll period: with events, that may be a minute.
+      const retryMs = this.retryMs;
+      this.retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+      clearTimeout(this.retry);
+      this.retry = setTimeout(() => this.runCheck(), retryMs);
       if (this.failCheck !== error.message) {
-        context.log.warn(`checking the rules failed, trying again on the next change or in ${seconds(this.options.intervalMs)}: ${error.message}`);
+        context.log.warn(`checking the rules failed, trying again in ${seconds(retryMs)} (and on the next change): ${error.message}`);
       }
       this.failCheck = error.message;
       this.publish(Date.now());
@@ -322,6 +343,8 @@ export class Watcher {
   private settled(plan: ApplyPlan): void {
     if (this.failCheck !== undefined) this.context.log.info('checking the rules works again');
     this.failCheck = undefined;
+    this.retryMs = RETRY_MIN_MS;
+    clearTimeout(this.retry);
     this.inSync = true;
     this.tables = tablesAfter(plan);
     this.publish(Date.now());

@@ -26,6 +26,8 @@ export const lockPath = (netns: string | undefined, purpose: LockPurpose) => joi
 
 export type LockPurpose = 'write' | 'watch';
 
+const MAX_ANSWER = 16;
+
 /**
  * Who holds the lock: the holder answers with its PID. `undefined` when nobody answers: nobody holds it
  * (the socket file of a holder that died refuses at once), or the holder did not answer in time.
@@ -36,11 +38,16 @@ async function holderPid(path: string): Promise<{ pid: number | undefined; refus
     const socket = connect({ path });
     let text = '';
     const done = (pid: number | undefined, refused = false) => {
+      clearTimeout(deadline);
       socket.destroy();
       resolve({ pid, refused });
     };
-    socket.setTimeout(200, () => done(undefined));
-    socket.on('data', (chunk) => (text += chunk.toString()));
+    // A whole answer within 200 ms, and no more than a PID's worth of it.
+    const deadline = setTimeout(() => done(undefined), 200);
+    socket.on('data', (chunk) => {
+      text += chunk.toString();
+      if (text.length > MAX_ANSWER) done(undefined);
+    });
     socket.on('end', () => done(/^\d+$/.test(text.trim()) ? Number(text.trim()) : undefined));
     socket.on('error', (error: NodeJS.ErrnoException) => done(undefined, error.code === 'ECONNREFUSED' || error.code === 'ENOENT'));
   });

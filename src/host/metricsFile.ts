@@ -1,11 +1,12 @@
-import { closeSync, constants, fchmodSync, lstatSync, openSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, constants, fchmodSync, lstatSync, openSync, realpathSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { CannotWriteError, UsageError } from '../errors.ts';
 
 // -metrics-file: written for node_exporter's textfile collector, which may read it at any moment. The text
 // goes to a temporary file in the same directory (same file system), which is then renamed over the path:
 // a reader sees the old file or the new one, never half of one. The path is the user's: the file there is
-// replaced, never written through, and anything but a regular file there is refused.
+// replaced, never written through, anything but a regular file there is refused, and so is a directory
+// reached through a symbolic link.
 
 /** What is at `path`, when it is something a metrics file must not replace. */
 function refusal(path: string): string | undefined {
@@ -21,16 +22,23 @@ function refusal(path: string): string | undefined {
   }
 }
 
-/** Refuses, before anything runs, a path whose directory does not exist or that names something other than a regular file. */
-export function checkMetricsPath(path: string): void {
-  const directory = dirname(resolve(path));
-  let isDirectory = false;
+/**
+ * What is wrong with the directory the file goes in: missing, or reached through a symbolic link (whoever
+ * owns the link would choose where root writes).
+ */
+function directoryRefusal(directory: string): string | undefined {
   try {
-    isDirectory = statSync(directory).isDirectory();
+    if (!statSync(directory).isDirectory()) return `${directory} is not a directory`;
+    if (realpathSync(directory) !== directory) return `its directory ${directory} is reached through a symbolic link; name the real one (${realpathSync(directory)})`;
+    return undefined;
   } catch {
-    // reported below
+    return `its directory ${directory} does not exist`;
   }
-  const problem = !isDirectory ? `its directory ${directory} does not exist` : refusal(path);
+}
+
+/** Refuses, before anything runs, a path whose directory is missing or linked, or that names something other than a regular file. */
+export function checkMetricsPath(path: string): void {
+  const problem = directoryRefusal(dirname(resolve(path))) ?? refusal(path);
   if (problem !== undefined) throw new UsageError(`invalid value ${JSON.stringify(path)} for -metrics-file: ${problem}`);
 }
 
@@ -39,7 +47,7 @@ export function writeMetricsFile(path: string, text: string): void {
   const target = resolve(path);
   const temporary = join(dirname(target), `.${basename(target)}.${process.pid}.tmp`);
   const failure = (reason: string) => new CannotWriteError(`cannot write the metrics file ${path}: ${reason}`);
-  const problem = refusal(target);
+  const problem = directoryRefusal(dirname(target)) ?? refusal(target);
   if (problem !== undefined) throw failure(problem);
   const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
   let fd: number;

@@ -155,4 +155,15 @@ describe('the metrics file', () => {
       expect((error as { exitCode: number }).exitCode).toBe(ExitCode.usage);
     }
   });
+
+  it('refuses a directory reached through a symbolic link: its owner would choose where root writes', () => {
+    const elsewhere = join(scratch.dir, 'root-only');
+    mkdirSync(elsewhere);
+    const linkedDirectory = join(scratch.dir, 'users-link');
+    symlinkSync(elsewhere, linkedDirectory);
+    const path = join(linkedDirectory, 'redirect_traffic.prom');
+    expect(() => checkMetricsPath(path)).toThrow(/reached through a symbolic link; name the real one/);
+    expect(() => writeMetricsFile(path, 'x 1\n')).toThrow(expect.objectContaining({ exitCode: ExitCode.cantCreate }));
+    expect(readdirSync(elsewhere)).toEqual([]);
+  });
 });

@@ -5,7 +5,7 @@ import { changedPorts, repairText, watch, type WatchTuning } from '../../src/com
 import type { Dialect } from '../../src/core/dialect.ts';
 import type { ProxyPorts } from '../../src/core/registration.ts';
 import type { RedirectConfig } from '../../src/core/ruleset.ts';
-import { CliError, ExitCode } from '../../src/errors.ts';
+import { CliError, ExitCode, TemporaryError } from '../../src/errors.ts';
 import type { FirewallTable, TableSurvey } from '../../src/host/backend.ts';
 import { TransientAgentError } from '../../src/consul/retry.ts';
 import type { WatchOptions } from '../../src/options.ts';
@@ -225,6 +225,30 @@ describe('watch loop', () => {
     fw.kernel.ours = [];
     await until(() => fw.kernel.ours.length === 2, 'the repair by polling');
     expect(run.captured.stderr()).toMatch(/repaired nftables inet toy: missing ours inbound 20000, missing ours outbound 15001/);
+    await run.stop();
+  });
+
+  it('tries a failed check again within about a second, without waiting for the next poll or event', async () => {
+    const fw = toyFirewall();
+    let refusals = 0;
+    let applied = false;
+    const run = startWatch(fw, options({ intervalMs: 600_000 }), {
+      lockNamespace: async () => {
+        // The first apply gets the lock; the first repair's check finds it held once.
+        if (applied && refusals === 0) {
+          refusals += 1;
+          throw new TemporaryError('redirect-traffic (pid 7) is changing the rules of this network namespace');
+        }
+        applied = true;
+        return { release: () => undefined };
+      },
+    });
+    await until(() => run.readyCount() === 1 && fw.listening(), 'ready');
+    await settle();
+    fw.change(() => (fw.kernel.ours = []));
+    await until(() => fw.kernel.ours.length === 2, 'the repair on the retry');
+    expect(refusals).toBe(1);
+    expect(run.captured.stderr()).toMatch(/checking the rules failed, trying again in 1s \(and on the next change\): redirect-traffic \(pid 7\)/);
     await run.stop();
   });
 
