@@ -17,9 +17,9 @@ const INSTALLED_BINARY = '/usr/bin/redirect-traffic';
 
 /** Exposure `systemd-analyze security` may rate each unit at most (0 = locked down, 10 = UNSAFE). */
 const MAX_EXPOSURE: Record<string, number> = {
-  // Only the redirection runs in it: the tighter sandbox.
+  // Only the redirection runs in it: the tighter sandbox (1.9 as a oneshot, 2.1 with NotifyAccess=all for watch).
   'redirect-traffic@.service': 3.5,
-  // Shared with Envoy (the main process), which some settings would break; rated 3.6 when written.
+  // Shared with Envoy (the main process), which some settings would break; 3.6 when written, 3.7 with verify's CAP_SETUID/CAP_SETGID.
   'envoy-sidecar@.service': 4.0,
 };
 /** Consul's inbound ports every agent listens on (Serf LAN), plus SSH: never sent to Envoy by default. */
@@ -44,7 +44,7 @@ if (!analyzerFound) {
 }
 
 describe('systemd units', () => {
-  it('ships the sidecar template and the oneshot template', () => {
+  it('ships the sidecar template and the watch template', () => {
     expect(unitNames).toEqual(expect.arrayContaining(['envoy-sidecar@.service', 'redirect-traffic@.service']));
   });
 
@@ -76,16 +76,60 @@ describe('systemd units', () => {
     expect(example).toMatch(/^#REDIRECT_TRAFFIC_EXCLUDE=-exclude-uid=consul -exclude-inbound-port=22,8300,8301,8302$/m);
   });
 
-  it.each(redirectUnits)('%s: apply and cleanup get the same variables, so cleanup finds what apply wrote', (unit) => {
+  const FLAGS = '-proxy-uid=envoy $REDIRECT_TRAFFIC_PROXY $REDIRECT_TRAFFIC_EXCLUDE $REDIRECT_TRAFFIC_HOST';
+  /** The value of every `Key=` line of a unit, in order. */
+  const valuesOf = (unit: string, key: string) =>
+    [...unitText(unit).matchAll(new RegExp(`^${key}=(.*)$`, 'gm'))].map((m) => m[1] ?? '');
+
+  it.each(redirectUnits)('%s: both units default the three variables alike, so one environment file serves both', (unit) => {
     const text = unitText(unit);
-    const apply = /^Exec(?:Start|StartPre)=\W*\/usr\/bin\/redirect-traffic (.*)$/m.exec(text)?.[1] ?? '';
-    const cleanup = /^Exec(?:Stop|StopPost)=\W*\/usr\/bin\/redirect-traffic cleanup(.*)$/m.exec(text)?.[1] ?? '';
-    expect(apply).toBe('-proxy-uid=envoy $REDIRECT_TRAFFIC_PROXY $REDIRECT_TRAFFIC_EXCLUDE $REDIRECT_TRAFFIC_HOST');
-    expect(cleanup.trim()).toBe('$REDIRECT_TRAFFIC_HOST');
     expect(defaultOf(unit, 'REDIRECT_TRAFFIC_PROXY')).toBe('-proxy-id=%i-sidecar-proxy -wait=60s');
     expect(defaultOf(unit, 'REDIRECT_TRAFFIC_HOST')).toBe('');
     // The file may replace the defaults only if it is read after them.
     expect(text.indexOf('EnvironmentFile=')).toBeGreaterThan(text.indexOf('Environment="REDIRECT_TRAFFIC_EXCLUDE='));
+    expect(valuesOf(unit, 'EnvironmentFile')).toEqual(['-/etc/consul.d/redirect-traffic.env']);
+  });
+
+  it('redirect-traffic@.service: a long-running watch, ready once applied; cleanup after it has stopped, with the same variables', () => {
+    const unit = 'redirect-traffic@.service';
+    expect(valuesOf(unit, 'Type')).toEqual(['notify']);
+    // READY=1 comes from systemd-notify, a child of watch.
+    expect(valuesOf(unit, 'NotifyAccess')).toEqual(['all']);
+    expect(valuesOf(unit, 'RemainAfterExit')).toEqual([]);
+    expect(valuesOf(unit, 'ExecStart')).toEqual([`/usr/bin/redirect-traffic watch ${FLAGS}`]);
+    // Not ExecStop=: that runs while watch lives, and watch would put the rules back as a repair.
+    expect(valuesOf(unit, 'ExecStop')).toEqual([]);
+    expect(valuesOf(unit, 'ExecStopPost')).toEqual(['-/usr/bin/redirect-traffic cleanup $REDIRECT_TRAFFIC_HOST']);
+    expect(valuesOf(unit, 'Restart')).toEqual(['on-failure']);
+    expect(valuesOf(unit, 'RestartSec')).toEqual(['5']);
+    // A bad flag (64) and another watch on the namespace (78) do not get better by retrying.
+    expect(valuesOf(unit, 'RestartPreventExitStatus')).toEqual(['64 78']);
+    // -wait=60s + 20 s namespace lock + 30 s of writes fit before systemd gives up on READY=1.
+    expect(valuesOf(unit, 'TimeoutStartSec')).toEqual(['120']);
+    expect(valuesOf(unit, 'TimeoutStopSec')).toEqual(['60']);
+  });
+
+  it('envoy-sidecar@.service: pulls in the watch, verifies before Envoy starts, leaves the rules to the watch unit', () => {
+    const unit = 'envoy-sidecar@.service';
+    expect(valuesOf(unit, 'Requires')).toEqual(['redirect-traffic@%i.service']);
+    expect(valuesOf(unit, 'After')).toContain('redirect-traffic@%i.service');
+    expect(valuesOf(unit, 'PropagatesStopTo')).toEqual(['redirect-traffic@%i.service']);
+    // Root ("!") inside the sandbox, the same flags as the watch's apply.
+    expect(valuesOf(unit, 'ExecStartPre')).toEqual([`!/usr/bin/redirect-traffic verify ${FLAGS}`]);
+    // No apply or cleanup of its own: the watch unit owns the rules.
+    const hooks = [...valuesOf(unit, 'ExecStartPre'), ...valuesOf(unit, 'ExecStartPost'), ...valuesOf(unit, 'ExecStop'), ...valuesOf(unit, 'ExecStopPost')];
+    expect(hooks.filter((line) => /redirect-traffic (?!verify)/.test(line))).toEqual([]);
+    // verify's client half switches to an ordinary UID (setgroups/setgid/setuid) as root.
+    expect(valuesOf(unit, 'CapabilityBoundingSet').join(' ').split(' ')).toEqual(expect.arrayContaining(['CAP_SETUID', 'CAP_SETGID', 'CAP_NET_ADMIN']));
+  });
+
+  it('documents the same metrics drop-in in the README and the environment example', () => {
+    const example = readFileSync(join(UNIT_DIR, 'redirect-traffic.env.example'), 'utf8');
+    const execStart = `ExecStart=/usr/bin/redirect-traffic watch -proxy-uid=envoy -metrics-file=/var/lib/prometheus/node-exporter/redirect_traffic.prom $REDIRECT_TRAFFIC_PROXY $REDIRECT_TRAFFIC_EXCLUDE $REDIRECT_TRAFFIC_HOST`;
+    for (const line of [execStart, 'ReadWritePaths=/var/lib/prometheus/node-exporter']) {
+      expect(README).toContain(`\n${line}\n`);
+      expect(example).toContain(`#   ${line}\n`);
+    }
   });
 
   it.each(redirectUnits)('%s: the redirect-traffic hooks never run outside the sandbox ("+")', (unit) => {
