@@ -1,6 +1,6 @@
 import { CliError, ConfigError, ExitCode } from '../errors.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
-import type { Family, PortRange } from '../core/values.ts';
+import { familyLabel, type Family, type PortRange } from '../core/values.ts';
 import { reconcile } from '../host/reconcile.ts';
 import { RECORD_DIR, type ApplyRecord } from '../host/record.ts';
 import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
@@ -211,7 +211,7 @@ async function rollBack(touched: readonly TableStep[], context: CommandContext) 
   }
 }
 
-const familyText = (families: readonly Family[]) => families.map((f) => (f === 4 ? 'IPv4' : 'IPv6')).join('+');
+const familyText = (families: readonly Family[]) => families.map(familyLabel).join('+');
 
 export function summary(config: RedirectConfig, plan: ApplyPlan, netns: string | undefined, changed: boolean) {
   const exclusions =

@@ -1,8 +1,8 @@
 import { MissingProgramError } from '../errors.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import { redirectedFamilies } from '../core/ruleset.ts';
+import { familyLabel } from '../core/values.ts';
 import type { BackendKind, BackendName, TableSurvey } from '../host/backend.ts';
-import { familyLabel } from '../host/iptables.ts';
 import { notFound } from '../host/runner.ts';
 import type { HostOptions } from '../options.ts';
 

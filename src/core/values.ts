@@ -7,6 +7,8 @@ import { invalidValue } from '../errors.ts';
 
 export type Family = 4 | 6;
 
+export const familyLabel = (family: Family) => (family === 4 ? 'IPv4' : 'IPv6');
+
 /** A canonical network (`10.0.0.0/8`, `2001:db8::/32`) and its address family. */
 export interface Cidr {
   family: Family;

@@ -1,7 +1,7 @@
 import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { EMPTY_STATE, iptablesDialect, jumpsMatch, listedJumps, renderTransaction, HOOK_CHAINS, type OwnedState } from '../core/natTable.ts';
 import { OWNED_CHAINS, redirectedFamilies } from '../core/ruleset.ts';
-import type { Family } from '../core/values.ts';
+import { familyLabel, type Family } from '../core/values.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
 import { findProgram, type CommandRunner } from './runner.ts';
@@ -19,7 +19,6 @@ export const XTABLES_LOCK_WAIT_SECONDS = 10;
 /** Up to this many rules the whole table is read back to check a write; beyond it, the hook chains only. */
 const FULL_CHECK_MAX_RULES = 500;
 
-export const familyLabel = (family: Family) => (family === 4 ? 'IPv4' : 'IPv6');
 const toolPrefix = (family: Family) => (family === 4 ? 'iptables' : 'ip6tables');
 
 /** Which variant a multi-call binary is, judged by the file a plain `iptables-save` links to. */
