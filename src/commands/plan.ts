@@ -35,7 +35,7 @@ export const kindOf = (backend: BackendName): BackendKind => (backend === 'nftab
 
 const PACKAGE_HINT: Record<BackendKind, string> = {
   iptables: "install the 'iptables' package (on RHEL, 'iptables-legacy' for the legacy variant)",
-  nftables: "install the 'nftables' package",
+  nftables: "install the 'nftables' package, or use -backend=iptables",
 };
 
 /** Nothing to read and nothing to write with: neither backend's programs are installed. */
@@ -93,9 +93,12 @@ export function planApply(surveys: readonly TableSurvey[], config: RedirectConfi
   const chosen = surveys.filter((s) => s.table.backend === choice.backend);
   for (const family of redirectedFamilies(config)) {
     if (!chosen.some((s) => s.table.families.includes(family))) {
-      const programs =
-        kindOf(choice.backend) === 'nftables' ? 'nft is' : `the ${familyLabel(family)} programs of ${choice.backend} (iptables, -save, -restore) are`;
-      throw new MissingProgramError(`${programs} not installed: ${PACKAGE_HINT[kindOf(choice.backend)]}`);
+      // No nftables survey: nft is missing, or the kernel has no nf_tables (see the nftables provider).
+      const missing =
+        kindOf(choice.backend) === 'nftables'
+          ? 'nftables is not usable here: nft is not installed or the kernel has no nf_tables'
+          : `the ${familyLabel(family)} programs of ${choice.backend} (iptables, -save, -restore) are not installed`;
+      throw new MissingProgramError(`${missing}: ${PACKAGE_HINT[kindOf(choice.backend)]}`);
     }
   }
   return {

@@ -121,7 +121,7 @@ function renderReport(report: StatusReport): string {
   }
   for (const table of report.installed) {
     const chains = Object.entries(table.chains).map(([chain, count]) => `${chain} (${count})`).join(', ');
-    lines.push(`  ${table.backend} ${table.family}: ${chains}`);
+    lines.push(`  ${table.backend} ${table.family}: ${table.unreadable === undefined ? chains : `could not be read (${table.unreadable})`}`);
     if (table.sets) {
       const sets = Object.entries(table.sets).map(([set, count]) => `${set} (${count})`).join(', ');
       if (sets !== '') lines.push(`    sets: ${sets}`);

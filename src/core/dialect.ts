@@ -12,6 +12,8 @@ export interface TableSummary {
   hooks: string[];
   /** Named sets and how many elements each holds (nftables only). */
   sets?: Record<string, number>;
+  /** Why the table holding ours could not be read (nftables only): then nothing else of it is known. */
+  unreadable?: string;
 }
 
 export interface Dialect<State> {
@@ -26,7 +28,10 @@ export interface Dialect<State> {
   differences(installed: State, wanted: State): string[];
   /** One atomic transaction, in the backend's input language, that turns `installed` into `wanted`. */
   transaction(installed: State, wanted: State): string;
-  /** Rules of someone else's that the transaction deletes (they would block removing ours), spelled for a message. */
+  /**
+   * What of someone else's the transaction deletes, spelled for a message: in iptables, rules that jump into
+   * chains that must go (they would block removing them); in nftables, whatever else our table held.
+   */
   foreignRulesRemoved(installed: State, wanted: State): string[];
   describe(state: State): TableSummary;
 }

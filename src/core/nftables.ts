@@ -1,6 +1,5 @@
-import { SystemCommandError } from '../errors.ts';
 import type { Dialect, TableSummary } from './dialect.ts';
-import { buildInetRuleset, isValueSet, OWNED_CHAINS, type Hook, type RedirectConfig, type Rule, type Target, type ValueSet } from './ruleset.ts';
+import { buildInetRuleset, isValueSet, OWNED_CHAINS, SET_NAMES, type Hook, type RedirectConfig, type Rule, type Target, type ValueSet } from './ruleset.ts';
 import type { Cidr, PortRange, Uid } from './values.ts';
 
 // The native nftables backend's language, as pure functions: Consul's `inet consul_tproxy` table (reference
@@ -50,6 +49,10 @@ export interface NftTable {
   sets: readonly NftSet[];
   /** Whatever else the table holds (maps, named counters, set flags we never use...), one line each. */
   foreign: readonly string[];
+  /** The table's own attributes beyond family, name and handle (`flags dormant`), one line each: we set none. */
+  attributes: readonly string[];
+  /** Why the dump could not be read, when it could not: the table is ours, but nothing else is known of it. */
+  unreadable?: string;
 }
 
 /** Table `inet consul_tproxy`, or `undefined` when it does not exist. */
@@ -350,9 +353,10 @@ function uidMatch(uidOwner: Uid | ValueSet<Uid>, sets: NftSet[]): string {
   return `meta skuid @${name(uidOwner.set)}`;
 }
 
-// POSIX portable user names; nft reads them unquoted (a trailing `$` would start a variable: refused).
+// POSIX portable user names, written quoted: unquoted, a name that is an nft keyword (`accept`, `counter`) is a
+// syntax error. Quoted, nft still resolves the name on the host that loads the script.
 const USER_NAME = /^[A-Za-z_][A-Za-z0-9_.-]*$/;
-const userName = (text: string) => (USER_NAME.test(text) ? text : refuse(`user name ${JSON.stringify(text)} cannot be written for nft`));
+const userName = (text: string) => (USER_NAME.test(text) ? `"${text}"` : refuse(`user name ${JSON.stringify(text)} cannot be written for nft`));
 
 function targetText(target: Target): string {
   switch (target.kind) {
@@ -411,7 +415,7 @@ function wantedTable(config: RedirectConfig): NftTable {
     const base = baseOf.get(chainName);
     return base ? { name: chainName, base, rules: chainRules } : { name: chainName, rules: chainRules };
   });
-  return { chains, sets, foreign: [] };
+  return { chains, sets, foreign: [], attributes: [] };
 }
 
 // ---- reading `nft -j list table inet consul_tproxy` ----
@@ -550,14 +554,37 @@ function parsedChain(chain: JsonObject, foreign: string[]): NftChain {
 
 const isOurs = (object: JsonObject, nameKey: string) => object['family'] === NFT_FAMILY && object[nameKey] === NFT_TABLE;
 
+/**
+ * The table's own keys beyond family, name and handle. `flags dormant` stops every rule in the table; nft 1.0.6
+ * lists a dormant table's flags wrongly (as the table's name, or cut off), so any flag may mean the same.
+ */
+function tableAttributes(table: JsonObject): string[] {
+  return Object.entries(table)
+    .filter(([key]) => !['family', 'name', 'handle'].includes(key))
+    .map(([key, value]) => (key === 'flags' ? `flags ${(Array.isArray(value) ? value : [value]).map(String).join(',')}` : `${key}=${JSON.stringify(value)}`));
+}
+
+/** What an attribute of the table means for us, as a difference. */
+function attributeDifference(attribute: string): string {
+  if (!attribute.startsWith('flags ')) return `table ${attribute}: we set no such attribute`;
+  return `table ${attribute}: ${/\bdormant\b/.test(attribute) ? 'our rules do not run' : 'our rules may not run (a dormant table runs none)'}`;
+}
+
+/** Our table whose dump could not be read: it holds ours, differs from every wanted state, and is replaced. */
+const unreadableTable = (reason: string): NftTable => ({ chains: [], sets: [], foreign: [], attributes: [], unreadable: reason });
+
 function parseTable(dump: string): NftState {
+  // `nft -j list table` succeeded, so the table exists even when its dump cannot be read: nft 1.0.6 prints a
+  // dormant table's flags as broken JSON. Reading it as absent, or failing, would leave it for good.
   let document: Json;
   try {
     document = JSON.parse(dump) as Json;
   } catch (error) {
-    throw new SystemCommandError(`nft -j printed something that is not JSON: ${String(error)}`);
+    return unreadableTable(`nft -j printed something that is not JSON: ${(error as Error).message}`);
   }
-  const objects = isObject(document) && Array.isArray(document['nftables']) ? document['nftables'] : [];
+  if (!isObject(document) || !Array.isArray(document['nftables'])) return unreadableTable('nft -j printed no "nftables" list');
+  const objects = document['nftables'];
+  let attributes: string[] = [];
   const chains: NftChain[] = [];
   const sets: NftSet[] = [];
   const foreign: string[] = [];
@@ -566,7 +593,10 @@ function parseTable(dump: string): NftState {
   for (const object of objects) {
     const [kind, body] = single(object) ?? [];
     if (kind === 'metainfo') continue;
-    if (kind === 'table' && isObject(body) && isOurs(body, 'name')) present = true;
+    if (kind === 'table' && isObject(body) && isOurs(body, 'name')) {
+      present = true;
+      attributes = tableAttributes(body);
+    }
     else if (kind === 'chain' && isObject(body) && isOurs(body, 'table')) chains.push(parsedChain(body, foreign));
     else if (kind === 'set' && isObject(body) && isOurs(body, 'table')) sets.push(parsedSet(body, foreign));
     else if (kind === 'rule' && isObject(body) && isOurs(body, 'table')) rules.push([String(body['chain']), ruleOf(body)]);
@@ -579,7 +609,7 @@ function parseTable(dump: string): NftState {
     if (chainRules) chainRules.push(rule);
     else foreign.push(`rule in unlisted chain ${chain}: ${rule}`);
   }
-  return { chains, sets, foreign };
+  return { chains, sets, foreign, attributes };
 }
 
 // ---- comparing ----
@@ -661,11 +691,16 @@ function pairDifferences<T extends { name: string }>(
   ];
 }
 
+const ruleCount = (chain: NftChain) => `${chain.rules.length} rule${chain.rules.length === 1 ? '' : 's'}`;
+
 function differences(installed: NftState, wanted: NftState): string[] {
   if (!installed) return wanted ? [`table ${TABLE} is missing`] : [];
+  if (installed.unreadable !== undefined) {
+    return [`table ${TABLE} could not be read (${installed.unreadable}): it is ${wanted ? 'replaced' : 'deleted'}`];
+  }
   if (!wanted) return [`table ${TABLE} is present`];
-  const ruleCount = (chain: NftChain) => `${chain.rules.length} rule${chain.rules.length === 1 ? '' : 's'}`;
   return [
+    ...multisetMinus(installed.attributes, wanted.attributes).map(attributeDifference),
     ...pairDifferences('chain', installed.chains, wanted.chains, ruleCount, chainDifferences),
     ...pairDifferences('set', installed.sets, wanted.sets, (set) => elementCount(set.elements.length), setDifferences),
     ...sample(multisetMinus(installed.foreign, wanted.foreign).map((line) => `unexpected ${line}`)),
@@ -674,10 +709,11 @@ function differences(installed: NftState, wanted: NftState): string[] {
 
 // ---- writing `nft -f -` ----
 
-// What may reach the script besides names: nft keywords, numbers, addresses, `@set`, `[::1]:53`. No quote, `;`,
-// `#`, brace or newline, so no value can end its statement or open another.
-const RULE_TEXT = /^[A-Za-z0-9_ .:/@\[\]-]+$/;
-const ELEMENT_TEXT = /^([0-9a-f.:/-]+|[A-Za-z_][A-Za-z0-9_.-]*)$/;
+// What may reach the script besides names: nft keywords, numbers, addresses, `@set`, `[::1]:53`, and a quoted
+// user name after `meta skuid` or as a set element. No other quote, no `;`, `#`, brace or newline, so no value
+// can end its statement or open another.
+const RULE_TEXT = /^(?:[A-Za-z0-9_ .:/@\[\]-]|(?<=meta skuid )"[A-Za-z_][A-Za-z0-9_.-]*")+$/;
+const ELEMENT_TEXT = /^([0-9a-f.:/-]+|"[A-Za-z_][A-Za-z0-9_.-]*")$/;
 const safe = (text: string, pattern: RegExp) => (pattern.test(text) ? text : refuse(`refusing to render ${JSON.stringify(text)}`));
 
 function setBlock(set: NftSet): string[] {
@@ -716,7 +752,34 @@ function transaction(_installed: NftState, wanted: NftState): string {
   return `${lines.join('\n')}\n`;
 }
 
+// What any config of ours creates, so what is not ours whichever config wrote the table.
+const OUR_CHAINS: ReadonlySet<string> = new Set([...OWNED_CHAINS, ...Object.values(BASE_CHAINS)]);
+const OUR_SETS: ReadonlySet<string> = new Set(Object.values(SET_NAMES));
+// The shape of every rule ruleText writes. A rule of another shape (a counter, a comment, a verdict such as
+// drop, a log) is someone else's; one shaped like ours cannot be told from a rule of an earlier config of ours.
+const OUR_RULE =
+  /^(meta nfproto ipv[46] )?((ip|ip6) daddr \S+ )?((tcp|udp) dport \S+ |meta l4proto (tcp|udp) )?(meta skuid \S+ )?(jump [A-Z_]+|return|redirect to :\d+|dnat (ip|ip6) to \S+)$/;
+
+/**
+ * What replacing the table deletes that is not ours, one line each: chains and sets no config of ours
+ * creates, rules of another shape in our chains, anything else we do not model, and the table's attributes.
+ * A chain of someone else's goes with its rules: named once, with how many.
+ */
+function foreignRemoved(installed: NftState): string[] {
+  if (!installed) return [];
+  return [
+    ...installed.attributes.map((attribute) => `table ${attribute}`),
+    ...installed.chains.filter((chain) => !OUR_CHAINS.has(chain.name)).map((chain) => `chain ${chain.name} (${baseText(chain.base)}, ${ruleCount(chain)})`),
+    ...installed.chains
+      .filter((chain) => OUR_CHAINS.has(chain.name))
+      .flatMap((chain) => chain.rules.filter((rule) => !OUR_RULE.test(rule)).map((rule) => `rule in chain ${chain.name}: ${rule}`)),
+    ...installed.sets.filter((set) => !OUR_SETS.has(set.name)).map((set) => `set ${set.name} (type ${set.type}, ${elementCount(set.elements.length)})`),
+    ...installed.foreign,
+  ];
+}
+
 function describe(state: NftState): TableSummary {
+  if (state?.unreadable !== undefined) return { chains: {}, hooks: [], sets: {}, unreadable: state.unreadable };
   const chains = Object.fromEntries((state?.chains ?? []).map((chain) => [chain.name, chain.rules.length]));
   const hooks = (state?.chains ?? []).filter((chain) => chain.base).flatMap((chain) => chain.rules.map((rule) => `${chain.name} ${rule}`));
   const sets = Object.fromEntries((state?.sets ?? []).map((set) => [set.name, set.elements.length]));
@@ -730,7 +793,7 @@ export const nftablesDialect: Dialect<NftState> = {
   same: (installed, wanted) => differences(installed, wanted).length === 0,
   differences,
   transaction,
-  // Nothing outside the table can jump into it (nft jumps stay within a table), and the table is ours.
-  foreignRulesRemoved: () => [],
+  // Nothing outside the table can jump into it (nft jumps stay within a table), but someone may add to it.
+  foreignRulesRemoved: foreignRemoved,
   describe,
 };

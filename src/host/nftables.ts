@@ -1,7 +1,7 @@
 import { NFT_FAMILY, NFT_TABLE, nftablesDialect, type NftState } from '../core/nftables.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
-import { findProgram, type CommandRunner } from './runner.ts';
+import { findProgram, type CommandResult, type CommandRunner } from './runner.ts';
 
 // The native nftables backend: one `inet consul_tproxy` table for both families, read with `nft -j` and
 // replaced whole by one `nft -f -` transaction.
@@ -25,19 +25,23 @@ function nftError(action: string, stderr: string, exitCode: number): FirewallErr
   return new FirewallError(`nft ${action} failed (exit ${exitCode}): ${stderrExcerpt(stderr) || 'no output'}`, busy ? 'busy' : 'hard');
 }
 
+const listTable = (runner: CommandRunner, nft: string) => runner.run(nft, ['-j', 'list', 'table', NFT_FAMILY, NFT_TABLE]);
+
+/** The table's dump from `nft -j list table`; empty when there is no table. */
+function dumpOf(result: CommandResult): string {
+  if (result.exitCode === 0) return result.stdout;
+  // The one answer that means "no such table": nothing of ours is installed.
+  if (/No such file or directory/.test(result.stderr)) return '';
+  throw nftError('list', result.stderr, result.exitCode);
+}
+
 function openTable(runner: CommandRunner, nft: string): FirewallTable<NftState> {
   return {
     backend: 'nftables',
     families: [4, 6],
     label: LABEL,
     dialect: nftablesDialect,
-    async read() {
-      const result = await runner.run(nft, ['-j', 'list', 'table', NFT_FAMILY, NFT_TABLE]);
-      if (result.exitCode === 0) return result.stdout;
-      // The one answer that means "no such table": nothing of ours is installed.
-      if (/No such file or directory/.test(result.stderr)) return '';
-      throw nftError('list', result.stderr, result.exitCode);
-    },
+    read: async () => dumpOf(await listTable(runner, nft)),
     async write(transaction) {
       const result = await runner.run(nft, ['-f', '-'], { input: transaction });
       if (result.exitCode !== 0) throw nftError('-f', result.stderr, result.exitCode);
@@ -54,8 +58,12 @@ export const nftablesProvider: BackendProvider = {
   async survey({ runner }) {
     const nft = findProgram('nft');
     if (nft === undefined) return [];
+    const listed = await listTable(runner, nft);
+    // A kernel without nf_tables leaves the backend as unusable as a missing nft: no table to read or write,
+    // and nothing stopping iptables (legacy) from serving instead.
+    if (listed.exitCode !== 0 && NO_NF_TABLES.test(listed.stderr)) return [];
     const table = openTable(runner, nft);
-    const dump = await table.read();
+    const dump = dumpOf(listed);
     const state = nftablesDialect.parse(dump);
     const survey: TableSurvey<NftState> = { table, dump, state, holdsOurs: !nftablesDialect.isEmpty(state), holdsRules: dump !== '' };
     return [survey];

@@ -220,6 +220,55 @@ describeE2E(
       await cli(['cleanup', '-netns', ns.path]);
       expect(await nftRuleset(ns)).toBe(prior);
     });
+
+    it('a dormant table (none of its rules run) is drift: apply replaces it with a working one, cleanup deletes it', async () => {
+      const ns = await testNamespace();
+      const dormant = () => ns.must('nft', 'add', 'table', 'inet', 'consul_tproxy', '{ flags dormant; }');
+      // A dormant table with nothing in it: ours, and nothing like what an apply wants.
+      await dormant();
+      await cli(statusArgs(ns, A), 3);
+      await cli(applyArgs(ns, A, '-backend=nftables'));
+      // Deleting and redefining the table in one transaction leaves it without the flag.
+      expect(await nftTable(ns)).not.toContain('dormant');
+      await cli(statusArgs(ns, A), 0);
+
+      // Our table made dormant: status names the flag (nft 1.0.6 misprints it, newer nft says `dormant`).
+      await dormant();
+      expect(await nftTable(ns)).toContain('flags dormant');
+      const drifted = await runCli(statusArgs(ns, A));
+      expect(drifted.exitCode, describeRun(statusArgs(ns, A), drifted)).toBe(3);
+      expect(drifted.stdout).toMatch(/! nftables inet consul_tproxy: table flags \S+: our rules (do|may) not run/);
+      const repaired = await cli(applyArgs(ns, A, '-backend=nftables'));
+      expect(repaired.stdout).toMatch(/^applied .*\(nftables/);
+      expect(await nftTable(ns)).not.toContain('dormant');
+      await cli(statusArgs(ns, A), 0);
+
+      await dormant();
+      await cli(['cleanup', '-netns', ns.path]);
+      expect(await nftTable(ns)).toBeUndefined();
+    });
+
+    it("an operator's chain in our table: status names it, apply and cleanup remove it and say so", async () => {
+      const ns = await testNamespace();
+      const addOperatorChain = () =>
+        ns.must('nft', 'add', 'chain', 'inet', 'consul_tproxy', 'OPERATOR_CHAIN', '{ type filter hook output priority 0; policy drop; }');
+      const removed =
+        "redirect-traffic: warning: removed something of someone else's from our table (nftables inet consul_tproxy): " +
+        'chain OPERATOR_CHAIN (type filter hook output priority 0; policy drop;, 0 rules)';
+      await cli(applyArgs(ns, A, '-backend=nftables'));
+      await addOperatorChain();
+      expect((await runCli(statusArgs(ns, A))).stdout).toContain('unexpected chain OPERATOR_CHAIN (0 rules)');
+
+      const applied = await cli(applyArgs(ns, A, '-backend=nftables'));
+      expect(applied.stderrLines).toEqual([removed]);
+      expect(await nftTable(ns)).not.toContain('OPERATOR_CHAIN');
+      await cli(statusArgs(ns, A), 0);
+
+      await addOperatorChain();
+      const cleaned = await cli(['cleanup', '-netns', ns.path]);
+      expect(cleaned.stderrLines).toEqual([removed]);
+      expect(await nftTable(ns)).toBeUndefined();
+    });
   },
   { requires: ['nft', 'iptables-nft', 'iptables-legacy', 'ip6tables-legacy'] },
 );

@@ -215,7 +215,7 @@ describe('run: --dry-run', () => {
         allow: fakeNss({}),
       });
       expect(result.code).toBe(0);
-      expect(result.stdout).toContain(backend === 'iptables' ? '--uid-owner envoy-elsewhere -j RETURN' : 'meta skuid envoy-elsewhere return');
+      expect(result.stdout).toContain(backend === 'iptables' ? '--uid-owner envoy-elsewhere -j RETURN' : 'meta skuid "envoy-elsewhere" return');
       expect(result.stdout).toContain('consul-elsewhere');
       expect(result.stderrLines).toEqual([
         expect.stringMatching(/warning: -proxy-uid: there is no user "envoy-elsewhere" on this host/),

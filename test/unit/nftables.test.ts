@@ -253,8 +253,32 @@ describe('parse against real nft 1.0.6 listings', () => {
     expect(nft.isEmpty(nft.parse(fixture('basic')))).toBe(false);
   });
 
-  it('refuses a dump that is not JSON', () => {
-    expect(() => nft.parse('table inet consul_tproxy {')).toThrow(/not JSON/);
+  // nft 1.0.6 lists a dormant table's flags as garbage: as the table's name, or cut off right after `"flags": `.
+  const TRUNCATED = '{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", "name": "consul_tproxy", "handle": 1, "flags": ';
+
+  it('reads a dump that is not JSON as our table, unreadable: replaced by an apply, deleted by a cleanup', () => {
+    const installed = nft.parse(TRUNCATED);
+    const wanted = nft.wanted(VARIANTS['basic']);
+    expect(nft.isEmpty(installed)).toBe(false);
+    expect(nft.same(installed, wanted)).toBe(false);
+    expect(nft.same(installed, undefined)).toBe(false);
+    expect(nft.differences(installed, wanted)).toEqual([
+      expect.stringMatching(/^table inet consul_tproxy could not be read \(nft -j printed something that is not JSON: .+\): it is replaced$/),
+    ]);
+    expect(nft.differences(installed, undefined)).toEqual([expect.stringMatching(/could not be read .*: it is deleted$/)]);
+    expect(nft.describe(installed)).toEqual({ chains: {}, hooks: [], sets: {}, unreadable: expect.stringContaining('not JSON') });
+    // The replacing transaction does not depend on what was installed.
+    expect(nft.transaction(installed, wanted)).toBe(nft.transaction(undefined, wanted));
+  });
+
+  it.each([
+    ['newer nft', 'dormant', 'table flags dormant: our rules do not run'],
+    ['newer nft, as a list', ['dormant'], 'table flags dormant: our rules do not run'],
+    ["nft 1.0.6's misprint", 'consul_tproxy', 'table flags consul_tproxy: our rules may not run (a dormant table runs none)'],
+  ])('reports flags on the table (%s) as a difference: a dormant table runs none of our rules', (_, flags, line) => {
+    const installed = nft.parse(edited((objects) => Object.assign(body(objects, 'table', NFT_TABLE), { flags })));
+    expect(nft.same(installed, nft.wanted(VARIANTS['basic']))).toBe(false);
+    expect(nft.differences(installed, nft.wanted(VARIANTS['basic']))).toEqual([line]);
   });
 });
 
@@ -443,5 +467,59 @@ describe('describe', () => {
       sets: { excluded_uids: 3, excluded_v6: 2, excluded_v4: 2, excluded_outbound_ports: 2, excluded_inbound_ports: 2 },
     });
     expect(nft.describe(undefined)).toEqual({ chains: {}, hooks: [], sets: {} });
+  });
+});
+
+describe('foreignRulesRemoved', () => {
+  const wanted = nft.wanted(VARIANTS['basic']);
+
+  it('is empty for a table of ours, whatever config wrote it, and for no table', () => {
+    expect(nft.foreignRulesRemoved(nft.parse(fixture('basic')), wanted)).toEqual([]);
+    expect(nft.foreignRulesRemoved(nft.parse(fixture('exclusions')), wanted)).toEqual([]);
+    expect(nft.foreignRulesRemoved(undefined, wanted)).toEqual([]);
+  });
+
+  it("names each chain, set, rule, object and flag of someone else's that replacing the table deletes", () => {
+    const dump = edited((objects) => {
+      Object.assign(body(objects, 'table', NFT_TABLE), { flags: 'dormant' });
+      const ours = { family: 'inet', table: NFT_TABLE };
+      objects.push(
+        { chain: { ...ours, name: 'OPERATOR_CHAIN', handle: 90, type: 'filter', hook: 'output', prio: 0, policy: 'drop' } },
+        { rule: { ...ours, chain: 'OPERATOR_CHAIN', handle: 91, expr: [{ accept: null }] } },
+        { rule: { ...ours, chain: 'CONSUL_PROXY_OUTPUT', handle: 92, expr: [{ counter: { packets: 0, bytes: 0 } }, { drop: null }] } },
+        // Shaped like ours: a rule of an earlier config, replaced without a word.
+        { rule: { ...ours, chain: 'CONSUL_PROXY_OUTPUT', handle: 93, expr: [{ match: { op: '==', left: { payload: { protocol: 'tcp', field: 'dport' } }, right: 22 } }, { return: null }] } },
+        { set: { ...ours, name: 'operator_hosts', handle: 94, type: 'ipv4_addr', elem: ['192.0.2.1'] } },
+        { counter: { ...ours, name: 'operator_counter', handle: 95, packets: 0, bytes: 0 } },
+      );
+    });
+    expect(nft.foreignRulesRemoved(nft.parse(dump), wanted)).toEqual([
+      'table flags dormant',
+      'chain OPERATOR_CHAIN (type filter hook output priority 0; policy drop;, 1 rule)',
+      'rule in chain CONSUL_PROXY_OUTPUT: counter packets 0 bytes 0 drop',
+      'set operator_hosts (type ipv4_addr, 1 element)',
+      expect.stringContaining('"operator_counter"'),
+    ]);
+    // Cleanup deletes the same.
+    expect(nft.foreignRulesRemoved(nft.parse(dump), undefined)).toHaveLength(5);
+  });
+});
+
+describe('user names (a dry run previewing another host)', () => {
+  it('are quoted, so a name that is an nft keyword still parses; numeric UIDs stay bare', () => {
+    const script = nft.transaction(undefined, nft.wanted({ ...BASE, proxyUid: 'accept', excludeUids: [1000, 'counter', 'daemon'] }));
+    expect(script).toContain('\t\tmeta skuid "accept" return\n');
+    expect(script).toContain('\t\tmeta skuid @excluded_uids return\n');
+    expect(script).toContain('\t\t\t1000,\n\t\t\t"counter",\n\t\t\t"daemon"\n');
+    expect(nft.transaction(undefined, nft.wanted({ ...BASE, proxyUid: 101 }))).toContain('meta skuid 101 return');
+  });
+
+  it('are refused where they are not user names', () => {
+    expect(() => nft.wanted({ ...BASE, excludeUids: ['a"b'] })).toThrow(/cannot be written for nft/);
+    const table = wantedTable(BASE);
+    // A quote is let through only around a user name after `meta skuid`, or as a set element.
+    expect(() => nft.transaction(undefined, { ...table, chains: [{ name: 'CONSUL_PROXY_OUTPUT', rules: ['ip daddr "x" return'] }] })).toThrow(/refusing/);
+    const uids: NftSet = { name: 'excluded_uids', type: 'uid', flags: [], elements: ['"a b"'] };
+    expect(() => nft.transaction(undefined, { ...table, sets: [uids] })).toThrow(/refusing/);
   });
 });

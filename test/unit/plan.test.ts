@@ -139,7 +139,9 @@ describe('planApply', () => {
 
   it("nftables chosen but nft missing: exit 72, naming the 'nftables' package", () => {
     const attempt = () => planApply([survey('iptables-nft', 4)], CONFIG, { backend: 'nftables', reason: 'set by -backend' });
-    expect(attempt).toThrow("nft is not installed: install the 'nftables' package");
+    expect(attempt).toThrow(
+      "nftables is not usable here: nft is not installed or the kernel has no nf_tables: install the 'nftables' package, or use -backend=iptables",
+    );
     try {
       attempt();
     } catch (error) {
