@@ -37,8 +37,15 @@ export interface ProbePlan {
   dns: DnsProbePlan | undefined;
 }
 
-/** What the unprivileged client saw. `timeout`: no answer within waitMs. Otherwise an errno code. */
-export type ClientOutcome = { outcome: 'connected' | 'sent' | 'answered' | 'timeout' } | { outcome: 'error'; code: string };
+/**
+ * What the unprivileged client saw. `timeout`: no answer within waitMs. Otherwise an errno code. A handshake
+ * with someone else's listener also gives the client's own end of the connection (`local`), so that the
+ * listener half can look for the other end.
+ */
+export type ClientOutcome =
+  | { outcome: 'connected'; local?: Endpoint }
+  | { outcome: 'sent' | 'answered' | 'timeout' }
+  | { outcome: 'error'; code: string };
 
 /** What the probe saw for one check; facts only, judged by `judge`. */
 export interface Observation {
@@ -52,6 +59,14 @@ export interface Observation {
   listenError?: string;
   /** DNS `port` mode with the port occupied: whether something also serves ADDR:53 itself. */
   nativeServed?: boolean;
+  /**
+   * Outbound, `occupied`, the client connected: the local end of the socket in this namespace whose peer is the
+   * client's end (from /proc/net/tcp and tcp6), i.e. where the connection was accepted; null when there is none
+   * (what answered is not on this host). Absent when the probe could not look.
+   */
+  acceptedOn?: Endpoint | null;
+  /** Outbound, `occupied`: the UIDs owning the sockets that listen on the outbound port (from /proc/net/tcp*). */
+  holderUids?: number[];
   elapsedMs: number;
 }
 
@@ -144,7 +159,8 @@ export function chooseAddress(config: RedirectConfig): string | undefined {
 const LOOPBACK = '127.0.0.1';
 
 export type Planned =
-  | { plan: ProbePlan; address: string | null; notes: { outbound?: CheckResult; dns?: CheckResult } }
+  /** proxyUid is for judging only (who holds the outbound port); the probe is not told. */
+  | { plan: ProbePlan; address: string | null; proxyUid: number | undefined; notes: { outbound?: CheckResult; dns?: CheckResult } }
   | { unusable: string };
 
 /** Works out the probe, or the checks that cannot even be tried (and why). */
@@ -185,7 +201,7 @@ export function planProbe(
     dns = { mode: 'ip', send: { host: address ?? TEST_NETS[0], port: 53 }, expect: { host: ip.address, port: 53 } };
   }
   const plan: ProbePlan = { ...user, waitMs: CLIENT_WAIT_MS, limitMs: killAfterMs - 200, killAfterMs, outbound, dns };
-  return { plan, address: address ?? null, notes };
+  return { plan, address: address ?? null, proxyUid: typeof config.proxyUid === 'number' ? config.proxyUid : undefined, notes };
 }
 
 export const endpointText = (e: Endpoint) => (e.host.includes(':') ? `[${e.host}]:${e.port}` : `${e.host}:${e.port}`);
@@ -207,8 +223,18 @@ function clientProblem(client: ClientOutcome, waitMs: number): string {
   return known[client.code] ?? client.code;
 }
 
-/** The outbound check's verdict. */
-export function judgeOutbound(plan: ProbePlan, seen: Observation | undefined, uid: number): CheckResult {
+/** Who holds the outbound port, as far as the listening sockets' owners tell: the proxy only if its UID does. */
+function holderText(port: number, uids: readonly number[] | undefined, proxyUid: number | undefined): string {
+  const owners = [...new Set(uids ?? [])].sort((a, b) => a - b);
+  if (owners.length === 0) return `port ${port} is in use; no socket listening on it was found to say by whom`;
+  const who = `uid ${owners.join(' and uid ')}`;
+  if (proxyUid === undefined) return `port ${port} is held by ${who}`;
+  if (owners.length === 1 && owners[0] === proxyUid) return `port ${port} is held by ${who}, the proxy's`;
+  return `port ${port} is held by ${who}, ${owners.includes(proxyUid) ? 'not only' : 'not'} the proxy's (uid ${proxyUid})`;
+}
+
+/** The outbound check's verdict. `proxyUid` only words who holds the port when the probe could not listen. */
+export function judgeOutbound(plan: ProbePlan, seen: Observation | undefined, uid: number, proxyUid?: number): CheckResult {
   const target = plan.outbound;
   if (target === undefined) return { status: 'failed', detail: 'not probed' };
   const sent = endpointText(target.send);
@@ -231,15 +257,30 @@ export function judgeOutbound(plan: ProbePlan, seen: Observation | undefined, ui
       detail: `a connection from uid ${uid} to ${sent} did not arrive on port ${port}: ${clientProblem(seen.client, plan.waitMs)}`,
     };
   }
-  // Something (Envoy) holds the port: a handshake with a documentation address can only have been local.
+  // Something (Envoy, or not) holds the port, so we cannot see our nonce arrive. A completed handshake alone
+  // proves nothing: whatever the default route leads to may answer any port of 192.0.2.1 (a gateway, a
+  // transparent proxy, a captive portal). It counts only if the probe found the other end of this very
+  // connection in this namespace, accepted on the outbound port.
+  const holder = holderText(port, seen.holderUids, proxyUid);
   if (seen.client.outcome === 'connected') {
-    return {
-      ...base,
-      status: 'ok',
-      method: 'handshake',
-      elapsedMs,
-      detail: `a connection from uid ${uid} to ${sent} was accepted locally within ${seconds(plan.waitMs)} (port ${port} is in use, by the proxy presumably)`,
-    };
+    const accepted = seen.acceptedOn;
+    if (accepted !== undefined && accepted !== null && accepted.port === port) {
+      return {
+        ...base,
+        status: 'ok',
+        method: 'handshake',
+        elapsedMs,
+        detail: `a connection from uid ${uid} to ${sent} was accepted locally on port ${port} within ${seconds(plan.waitMs)} (${holder})`,
+      };
+    }
+    const completed = `a connection from uid ${uid} to ${sent} completed`;
+    const detail =
+      accepted === undefined
+        ? `${completed}, but the probe could not tell where (no socket table, or the client did not say its own end), so it does not count`
+        : accepted === null
+          ? `${completed}, but not to port ${port}: something on the network answered; the rules do not redirect it`
+          : `${completed}, but not to port ${port}: it was accepted on ${endpointText(accepted)} of this host instead`;
+    return { ...base, status: 'failed', method: 'handshake', elapsedMs, detail };
   }
   const problem =
     seen.client.outcome === 'error' && seen.client.code === 'ECONNREFUSED'
@@ -250,7 +291,7 @@ export function judgeOutbound(plan: ProbePlan, seen: Observation | undefined, ui
     status: 'failed',
     method: 'handshake',
     elapsedMs,
-    detail: `a connection from uid ${uid} to ${sent} was not accepted by what listens on port ${port}: ${problem}`,
+    detail: `a connection from uid ${uid} to ${sent} was not accepted by what listens on port ${port}: ${problem} (${holder})`,
   };
 }
 
@@ -313,7 +354,7 @@ export function judge(
   netns: string | undefined,
 ): VerifyResult {
   const { plan, notes } = planned;
-  const outbound = notes.outbound ?? judgeOutbound(plan, report.outbound, plan.uid);
+  const outbound = notes.outbound ?? judgeOutbound(plan, report.outbound, plan.uid, planned.proxyUid);
   const dns = notes.dns ?? judgeDns(plan, report.dns);
   return {
     redirected: outbound.status !== 'failed' && dns.status !== 'failed',

@@ -12,6 +12,10 @@ export type ProbeOutcome = { report: ProbeReport } | { incomplete: string };
  * Runs the probe (src/host/probeScript.ts) with this Node binary: its listener half and its client half,
  * started at once so their start-ups overlap, both inside the namespace (nsenter --net) with -netns. Both
  * start as root; the client drops to the plan's UID itself. Everything is killed after plan.killAfterMs.
+ *
+ * The relay: the probe's first line (the client's plan) goes to the client's stdin, left open; the client's
+ * first line (what it saw) goes to the probe's stdin; the probe's second line is the report. Then the client's
+ * stdin is closed: a connection it holds open for the probe to find is reset, and it exits.
  */
 export async function runProbe(netns: string | undefined, plan: ProbePlan): Promise<ProbeOutcome> {
   const inNamespace = namespaceEntry(netns);
@@ -33,10 +37,16 @@ export async function runProbe(netns: string | undefined, plan: ProbePlan): Prom
     const finish = (outcome: ProbeOutcome | Error) => {
       if (settled) return;
       settled = true;
-      clearTimeout(timer);
-      killAll();
-      if (outcome instanceof Error) reject(outcome);
-      else resolve(outcome);
+      const end = () => {
+        clearTimeout(timer);
+        killAll();
+        if (outcome instanceof Error) reject(outcome);
+        else resolve(outcome);
+      };
+      // With a report, let the client reset what it holds (it exits at once); the kill timer still bounds this.
+      if (outcome instanceof Error || !('report' in outcome) || client.exitCode !== null || client.signalCode !== null) return end();
+      client.once('close', end);
+      client.stdin.end();
     };
     const timer = setTimeout(
       () => finish({ incomplete: `the probe did not finish within ${(plan.killAfterMs / 1000).toFixed(1)} s and was stopped` }),
@@ -77,20 +87,31 @@ export async function runProbe(netns: string | undefined, plan: ProbePlan): Prom
           return /did not finish/.test(message.error) ? finish({ incomplete: message.error }) : failed(message.error);
         }
         lines += 1;
-        if (lines === 1) client.stdin.end(JSON.stringify(message.client));
+        if (lines === 1) client.stdin.write(`${JSON.stringify(message.client)}\n`);
         else return finish({ report: message });
       }
     });
     probe.on('close', (code, signal) => {
       if (!settled) failed(probeStderr() || `the probe exited with ${signal ?? `status ${code}`} without a report`);
     });
+    // The client's one line goes to the probe as soon as it is complete (the client may still be holding a
+    // connection open); a client that ends without one is reported as failed.
     let clientOut = '';
+    let relayed = false;
+    const relay = (line: string) => {
+      if (relayed) return;
+      relayed = true;
+      probe.stdin.end(`${line}\n`);
+    };
     client.stdout.setEncoding('utf8');
-    client.stdout.on('data', (chunk: string) => (clientOut += chunk));
+    client.stdout.on('data', (chunk: string) => {
+      clientOut += chunk;
+      const end = clientOut.indexOf('\n');
+      if (end >= 0) relay(clientOut.slice(0, end));
+    });
     client.on('close', (code, signal) => {
       const line = clientOut.trim().split('\n').pop() ?? '';
-      const result = line !== '' ? line : JSON.stringify({ error: `the client failed: ${clientStderr() || (signal ?? `status ${code}`)}` });
-      probe.stdin.end(`${result}\n`);
+      relay(line !== '' ? line : JSON.stringify({ error: `the client failed: ${clientStderr() || (signal ?? `status ${code}`)}` }));
     });
   });
 }

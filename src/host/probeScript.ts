@@ -6,10 +6,14 @@
 //   node -e <PROBE_SOURCE> -- probe '<ProbePlan JSON>'
 //       Binds the listeners it can (the outbound port on every address, the DNS endpoint over UDP) and prints
 //       the client's plan as one JSON line {"client": ...}. Then reads the client's result on stdin, waits for
-//       what is still on its way, and prints one JSON line: a ProbeReport, or {"error": ...}.
-//   node -e <PROBE_SOURCE> -- client        (the client plan on stdin)
+//       what is still on its way, and prints one JSON line: a ProbeReport, or {"error": ...}. When the outbound
+//       port was taken, it also looks in this namespace's socket tables (/proc/net/tcp, tcp6) for who listens
+//       there and for the other end of the client's connection: where it was accepted, if on this host at all.
+//   node -e <PROBE_SOURCE> -- client        (the client plan as the first line on stdin)
 //       Drops to the plan's UID/GID (no supplementary groups) before opening any socket, so the kernel's
-//       owner match sees that UID; connects / sends, prints one JSON line with what it saw.
+//       owner match sees that UID; connects / sends, prints one JSON line with what it saw. A handshake with
+//       someone else's listener is held open (the probe looks for its other end meanwhile) until stdin ends,
+//       then reset.
 
 /* eslint-disable @typescript-eslint/no-require-imports */
 export function probeMain(): void {
@@ -17,9 +21,10 @@ export function probeMain(): void {
   const dgram = require('node:dgram') as typeof import('node:dgram');
   const { randomBytes } = require('node:crypto') as typeof import('node:crypto');
   const { readFileSync } = require('node:fs') as typeof import('node:fs');
+  const { endianness } = require('node:os') as typeof import('node:os');
 
   type Endpoint = { host: string; port: number };
-  type Client = { outcome: string; code?: string };
+  type Client = { outcome: string; code?: string; local?: Endpoint };
   const write = (value: unknown) => process.stdout.write(`${JSON.stringify(value)}\n`);
   const errno = (error: unknown) => String((error as NodeJS.ErrnoException)?.code ?? (error as Error)?.message ?? error);
   const mode = process.argv[1];
@@ -33,10 +38,30 @@ export function probeMain(): void {
 
   if (mode === 'client') {
     let input = '';
+    let planSeen = false;
+    // The connection held for the probe to find, and whether the CLI has let go of it (stdin ended).
+    let held: import('node:net').Socket | undefined;
+    let released = false;
+    let reported = false;
+    const resetAndExit = () => {
+      held?.resetAndDestroy();
+      process.exit(0);
+    };
     process.stdin.setEncoding('utf8');
-    process.stdin.on('data', (chunk) => (input += chunk));
+    process.stdin.on('data', (chunk) => {
+      input += chunk;
+      const end = input.indexOf('\n');
+      if (planSeen || end < 0) return;
+      planSeen = true;
+      run(input.slice(0, end));
+    });
     process.stdin.on('end', () => {
-      const plan = JSON.parse(input) as {
+      released = true;
+      if (!planSeen) process.exit(1);
+      if (reported) resetAndExit();
+    });
+    const run = (line: string) => {
+      const plan = JSON.parse(line) as {
         uid: number;
         gid: number;
         waitMs: number;
@@ -58,7 +83,8 @@ export function probeMain(): void {
       const tcp = new Promise<Client | undefined>((resolve) => {
         const target = plan.outbound;
         if (!target) return resolve(undefined);
-        const socket = net.connect({ host: target.send.host, port: target.send.port });
+        // Half-open allowed: a listener that closes at once gets no FIN back, the connection stays findable.
+        const socket = net.connect({ host: target.send.host, port: target.send.port, allowHalfOpen: true });
         const timer = setTimeout(() => {
           socket.destroy();
           resolve({ outcome: 'timeout' });
@@ -70,9 +96,13 @@ export function probeMain(): void {
         socket.on('error', (error) => done({ outcome: 'error', code: errno(error) }));
         socket.on('connect', () => {
           if (target.handshakeOnly) {
-            // Someone else's listener (Envoy): reset at once, before it makes anything of the connection.
-            socket.resetAndDestroy();
-            return done({ outcome: 'connected' });
+            // Someone else's listener (Envoy), or whatever answers for 192.0.2.1: the handshake alone does not
+            // say which. Keep the connection while the probe looks for its other end (a few milliseconds),
+            // then reset it, before Envoy makes much of it.
+            held = socket;
+            socket.on('error', () => undefined);
+            const { localAddress: host, localPort: port } = socket;
+            return done({ outcome: 'connected', ...(host !== undefined && port !== undefined ? { local: { host, port } } : {}) });
           }
           // Our own listener acknowledges the nonce; the parent also sees it arrive.
           socket.write(`${plan.nonce}\n`);
@@ -118,9 +148,10 @@ export function probeMain(): void {
       });
       void Promise.all([tcp, udp]).then(([outbound, dns]) => {
         write({ outbound, dns, elapsedMs: Date.now() - started });
-        process.exit(0);
+        reported = true;
+        if (held === undefined || released) resetAndExit();
       });
-    });
+    };
     return;
   }
 
@@ -166,6 +197,49 @@ export function probeMain(): void {
     }
   };
 
+  /**
+   * This namespace's TCP sockets, IPv4 and IPv6, from /proc/net (the reader's namespace; changes nothing).
+   * Addresses are printed as 32-bit words in host byte order; IPv4-mapped IPv6 ones are given as IPv4.
+   * Undefined when neither table can be read.
+   */
+  const tcpSockets = () => {
+    const wordBytes = (word: string) => {
+      const bytes = [0, 2, 4, 6].map((i) => parseInt(word.slice(i, i + 2), 16));
+      return endianness() === 'LE' ? bytes.reverse() : bytes;
+    };
+    const endpoint = (text: string): Endpoint => {
+      const [hex = '', port = '0'] = text.split(':');
+      const bytes: number[] = [];
+      for (let i = 0; i < hex.length; i += 8) bytes.push(...wordBytes(hex.slice(i, i + 8)));
+      const mapped = bytes.length === 16 && bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 255 && bytes[11] === 255;
+      const host =
+        bytes.length === 4 || mapped
+          ? bytes.slice(-4).join('.')
+          : Array.from({ length: 8 }, (_, i) => ((bytes[2 * i]! << 8) | bytes[2 * i + 1]!).toString(16)).join(':');
+      return { host, port: parseInt(port, 16) };
+    };
+    let readable = false;
+    const sockets: { local: Endpoint; remote: Endpoint; listening: boolean; uid: number }[] = [];
+    for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch {
+        continue;
+      }
+      readable = true;
+      for (const line of text.split('\n').slice(1)) {
+        // sl local_address rem_address st tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        const fields = line.trim().split(/\s+/);
+        if (fields.length < 10) continue;
+        sockets.push({ local: endpoint(fields[1]!), remote: endpoint(fields[2]!), listening: fields[3] === '0A', uid: Number(fields[7]) });
+      }
+    }
+    return readable ? sockets : undefined;
+  };
+  /** Plain IPv4 for an IPv4-mapped IPv6 address, as the socket tables are read. */
+  const plainHost = (host: string) => host.replace(/^::ffff:(\d+\.\d+\.\d+\.\d+)$/i, '$1');
+
   const listenTcp = (at: Endpoint) =>
     new Promise<{ server?: import('node:net').Server; error?: string }>((resolve) => {
       const server = net.createServer((connection) => {
@@ -207,7 +281,8 @@ export function probeMain(): void {
   const method = (error: string | undefined) => (error === undefined ? 'listener' : error === 'EADDRNOTAVAIL' ? 'remote' : 'occupied');
 
   void (async () => {
-    // The outbound port on every IPv4 address: where a REDIRECT delivers. Taken (by Envoy): a handshake counts.
+    // The outbound port on every IPv4 address: where a REDIRECT delivers. Taken (by Envoy, or anything else): a
+    // handshake counts only if its other end is then found on that port (below), not merely because it completed.
     const tcp = plan.outbound ? await listenTcp({ host: '0.0.0.0', port: plan.outbound.expect.port }) : undefined;
     const udp = plan.dns ? await bindUdp(plan.dns.expect) : undefined;
     const tcpMethod = tcp && method(tcp.error);
@@ -260,6 +335,23 @@ export function probeMain(): void {
         };
       });
     }
+    // The outbound port taken: who listens there, and where the client's handshake was accepted, if on this
+    // host. The socket whose peer is the client's end is the other end of that very connection: still there,
+    // since the client holds it open until this report is out.
+    const tcpFacts: { acceptedOn?: Endpoint | null; holderUids?: number[] } = {};
+    if (plan.outbound && tcpMethod === 'occupied') {
+      const sockets = tcpSockets();
+      const port = plan.outbound.expect.port;
+      if (sockets !== undefined) {
+        tcpFacts.holderUids = sockets.filter((s) => s.listening && s.local.port === port).map((s) => s.uid);
+        const local = seen.outbound?.outcome === 'connected' ? seen.outbound.local : undefined;
+        if (local !== undefined && typeof local.host === 'string' && typeof local.port === 'number') {
+          const peer = { host: plainHost(local.host), port: local.port };
+          const other = sockets.find((s) => !s.listening && s.remote.port === peer.port && s.remote.host === peer.host);
+          tcpFacts.acceptedOn = other ? other.local : null;
+        }
+      }
+    }
     const elapsedMs = Date.now() - started;
     const observation = (
       listenMethod: string | undefined,
@@ -276,7 +368,7 @@ export function probeMain(): void {
       elapsedMs,
     });
     write({
-      ...(plan.outbound ? { outbound: observation(tcpMethod, tcpListenError, arrivals.outbound, seen.outbound, {}) } : {}),
+      ...(plan.outbound ? { outbound: observation(tcpMethod, tcpListenError, arrivals.outbound, seen.outbound, tcpFacts) } : {}),
       ...(plan.dns
         ? {
             dns: observation(udpMethod, udpListenError, arrivals.dns, seen.dns, nativeServed === undefined ? {} : { nativeServed }),

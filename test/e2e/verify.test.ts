@@ -7,7 +7,8 @@ import { PYTHON, UID } from '../helpers/traffic.ts';
 
 // `verify` against real rules of both backends, in a VM namespace whose default route leads to a PEER
 // namespace that forwards nothing: as on a real VM, a SYN to 192.0.2.1 that is not redirected goes out and
-// is never answered. The host's own tables are never touched.
+// is never answered; and (the regression) a PEER that answers every TCP port, where a completed handshake alone
+// would prove nothing. The host's own tables are never touched: only the rt-e2e-* namespaces made here.
 
 const FLAGS: RedirectFlags = { proxyUid: UID.proxy, inboundPort: 20000, excludeUids: [UID.excluded] };
 /** The issue's bound, and the time end-to-end runs on a loaded two-core machine get on top of it. */
@@ -21,6 +22,28 @@ async function vmWithDefaultRoute(): Promise<Netns> {
   return vm;
 }
 
+/** The port the gateway's catch-all listener takes every TCP connection on. */
+const GATEWAY_PORT = 9999;
+
+/**
+ * A VM whose default route leads to a gateway that accepts a TCP connection to any address and port (as a
+ * transparent proxy or captive portal does): PEER redirects every SYN it gets to a local listener, with the
+ * backend's own tool, in PEER only.
+ */
+async function vmBehindAnsweringGateway(backend: 'iptables' | 'nftables'): Promise<Netns> {
+  const { vm, peer } = await testTopology();
+  await vm.ip('route', 'add', 'default', 'via', ADDR.peer4);
+  if (backend === 'iptables') {
+    await peer.must('iptables', '-w', '-t', 'nat', '-A', 'PREROUTING', '-i', 'eth0', '-p', 'tcp', '-j', 'REDIRECT', '--to-ports', String(GATEWAY_PORT));
+  } else {
+    await peer.must('nft', 'add', 'table', 'ip', 'rt_e2e_gateway');
+    await peer.must('nft', 'add', 'chain', 'ip', 'rt_e2e_gateway', 'prerouting', '{ type nat hook prerouting priority dstnat; }');
+    await peer.must('nft', 'add', 'rule', 'ip', 'rt_e2e_gateway', 'prerouting', 'iifname', 'eth0', 'meta', 'l4proto', 'tcp', 'redirect', 'to', `:${GATEWAY_PORT}`);
+  }
+  await startStandIn(peer, 0, 'tcp', GATEWAY_PORT, '0.0.0.0');
+  return vm;
+}
+
 async function timedVerify(ns: Netns, backend: string, flags: RedirectFlags, ...extra: string[]) {
   const args = ['verify', ...applyArgs(ns, flags, `-backend=${backend}`, ...extra)];
   const started = performance.now();
@@ -31,10 +54,10 @@ async function timedVerify(ns: Netns, backend: string, flags: RedirectFlags, ...
 }
 
 /** A listener inside `ns` as `uid`, standing in for Envoy (tcp) or Consul DNS (udp, answering every query). */
-async function startStandIn(ns: Netns, uid: number, proto: 'tcp' | 'udp', port: number): Promise<void> {
+async function startStandIn(ns: Netns, uid: number, proto: 'tcp' | 'udp', port: number, host = '127.0.0.1'): Promise<void> {
   const source =
     proto === 'tcp'
-      ? `import socket,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("127.0.0.1", ${port})); s.listen(64)\nprint("READY", flush=True)\nwhile True:\n  c,_=s.accept(); c.close()`
+      ? `import socket,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("${host}", ${port})); s.listen(64)\nprint("READY", flush=True)\nwhile True:\n  c,_=s.accept(); c.close()`
       : `import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", ${port}))\nprint("READY", flush=True)\nwhile True:\n  d,p=s.recvfrom(512); s.sendto(d[:2]+b"\\x85\\x00"+d[4:], p)`;
   const child = spawn('nsenter', [`--net=${ns.path}`, `--setuid=${uid}`, `--setgid=${uid}`, '--', PYTHON, '-I', '-S', '-c', source], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -73,8 +96,42 @@ for (const backend of ['iptables', 'nftables'] as const) {
         await startStandIn(vm, UID.proxy, 'tcp', 15001);
         const result = await timedVerify(vm, backend, FLAGS);
         expect(result.exitCode, result.context).toBe(ExitCode.ok);
-        expect(result.stdout).toMatch(/^redirection works \(netns .*\): a connection from uid 65534 to 192\.0\.2\.1:\d+ was accepted locally/);
+        expect(result.stdout).toMatch(
+          new RegExp(
+            `^redirection works \\(netns .*\\): a connection from uid 65534 to 192\\.0\\.2\\.1:\\d+ was accepted locally on port 15001 within 0\\.9 s \\(port 15001 is held by uid ${UID.proxy}, the proxy's\\)\n$`,
+          ),
+        );
         expect(result.ms).toBeLessThan(LIMIT_MS + SLACK_MS);
+      });
+
+      it('regression: a gateway answering every port is not taken for the proxy; no rules, a stray listener on 15001: exit 5', async () => {
+        const vm = await vmBehindAnsweringGateway(backend);
+        // Not the proxy's UID: the "in use" line must not guess it is the proxy.
+        await startStandIn(vm, UID.ordinary, 'tcp', 15001);
+        const bare = await timedVerify(vm, backend, FLAGS);
+        expect(bare.exitCode, bare.context).toBe(ExitCode.notRedirected);
+        expect(bare.stdout).toBe('');
+        expect(bare.stderrLines).toEqual([
+          expect.stringMatching(
+            /^redirect-traffic: error: not redirected \(netns .*\): a connection from uid 65534 to 192\.0\.2\.1:\d+ completed, but not to port 15001: something on the network answered; the rules do not redirect it$/,
+          ),
+        ]);
+        expect(bare.ms).toBeLessThan(LIMIT_MS + SLACK_MS);
+
+        // The same network with the rules in place: the connection now ends on port 15001, and says whose it is.
+        await cli([...applyArgs(vm, FLAGS, `-backend=${backend}`)]);
+        const applied = await timedVerify(vm, backend, FLAGS, '--json');
+        expect(applied.exitCode, applied.context).toBe(ExitCode.ok);
+        expect(JSON.parse(applied.stdout).checks.outbound).toMatchObject({
+          status: 'ok',
+          method: 'handshake',
+          detail: expect.stringMatching(
+            new RegExp(`accepted locally on port 15001 within 0\\.9 s \\(port 15001 is held by uid ${UID.ordinary}, not the proxy's \\(uid ${UID.proxy}\\)\\)$`),
+          ),
+        });
+        expect(applied.ms).toBeLessThan(LIMIT_MS + SLACK_MS);
+        // The held connection was reset, not left open or lingering, on either side.
+        expect(await vm.must('ss', '-Htan', 'state', 'established', 'sport', '=', ':15001')).toBe('');
       });
 
       it('no rules: exit 5 with one line, within the time limit', async () => {

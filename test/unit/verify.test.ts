@@ -36,6 +36,16 @@ const seen = (overrides: Partial<Observation> = {}): Observation => ({
   elapsedMs: 40,
   ...overrides,
 });
+/** The outbound port held (by the proxy, uid 101, unless said otherwise); the handshake's other end found on it. */
+const envoy = (overrides: Partial<Observation> = {}): Observation =>
+  seen({
+    method: 'occupied',
+    arrived: false,
+    client: { outcome: 'connected', local: { host: '198.18.0.1', port: 40000 } },
+    acceptedOn: { host: '127.0.0.1', port: 15001 },
+    holderUids: [101],
+    ...overrides,
+  });
 
 /** Runs the CLI in-process with a fake probe answering `answer`; returns what it printed and the plans it probed. */
 async function verifyWith(args: readonly string[], answer: (plan: ProbePlan) => ProbeOutcome | Promise<ProbeOutcome>, elapsedMs = 100) {
@@ -114,7 +124,7 @@ describe('judging what the probe saw', () => {
 
   it.each<[string, ProbeReport, boolean, string]>([
     ['our listener got the nonce', { outbound: seen(), dns: seen() }, true, 'arrived on port 15001'],
-    ['Envoy accepted the handshake', { outbound: seen({ method: 'occupied', arrived: false }), dns: seen() }, true, 'accepted locally'],
+    ['Envoy accepted the handshake', { outbound: envoy(), dns: seen() }, true, 'accepted locally on port 15001'],
     ['nothing arrived', { outbound: seen({ arrived: false, client: { outcome: 'timeout' } }), dns: seen() }, false, 'did not arrive on port 15001: no answer within 0.9 s'],
     ['Envoy holds the port but nothing answered', { outbound: seen({ method: 'occupied', arrived: false, client: { outcome: 'timeout' } }), dns: seen() }, false, 'was not accepted'],
     ['no route', { outbound: seen({ arrived: false, client: { outcome: 'error', code: 'ENETUNREACH' } }), dns: seen() }, false, 'network unreachable'],
@@ -124,6 +134,34 @@ describe('judging what the probe saw', () => {
     const result = judge(planned(), report, '/run/netns/web');
     expect(result.redirected).toBe(redirected);
     expect(JSON.stringify(result.checks)).toContain(fragment);
+  });
+
+  it('counts a handshake only if its other end was found accepted on the outbound port', () => {
+    const outbound = (observation: Observation) => judge(planned(redirectConfig({ proxyUid: 101 })), { outbound: observation }, undefined).checks.outbound;
+    // The repro: no rules, a stray listener on 15001, the default route to a gateway that answers every port.
+    const answeredOutside = outbound(envoy({ acceptedOn: null, holderUids: [42001] }));
+    expect(answeredOutside).toMatchObject({ status: 'failed', method: 'handshake' });
+    expect(answeredOutside.detail).toMatch(
+      /^a connection from uid 65534 to 192\.0\.2\.1:49152 completed, but not to port 15001: something on the network answered; the rules do not redirect it$/,
+    );
+    expect(outbound(envoy({ acceptedOn: { host: '127.0.0.1', port: 8080 } }))).toMatchObject({
+      status: 'failed',
+      detail: expect.stringMatching(/completed, but not to port 15001: it was accepted on 127\.0\.0\.1:8080 of this host instead$/),
+    });
+    // The probe could not look (no socket table, or no client address): not counted either.
+    const { acceptedOn: _unknown, ...notLooked } = envoy();
+    expect(outbound(notLooked)).toMatchObject({ status: 'failed', detail: expect.stringContaining('could not tell where') });
+    // Accepted on the port, by IPv4 or a dual-stack listener's IPv4-mapped socket alike.
+    expect(outbound(envoy()).status).toBe('ok');
+  });
+
+  it('names the proxy as the holder of the outbound port only when its UID holds it', () => {
+    const outbound = (observation: Observation) => judge(planned(redirectConfig({ proxyUid: 101 })), { outbound: observation }, undefined).checks.outbound.detail;
+    expect(outbound(envoy())).toMatch(/accepted locally on port 15001 within 0\.9 s \(port 15001 is held by uid 101, the proxy's\)$/);
+    expect(outbound(envoy({ holderUids: [0] }))).toContain("(port 15001 is held by uid 0, not the proxy's (uid 101))");
+    expect(outbound(envoy({ holderUids: [101, 0, 101] }))).toContain("(port 15001 is held by uid 0 and uid 101, not only the proxy's (uid 101))");
+    expect(outbound(envoy({ holderUids: [] }))).toContain('(port 15001 is in use; no socket listening on it was found to say by whom)');
+    expect(outbound(envoy({ holderUids: [0] }))).not.toMatch(/presumably/);
   });
 
   it('does not claim DNS works when a local resolver also serves 127.0.0.1:53, or the DNS address is remote', () => {
@@ -158,7 +196,7 @@ describe('redirect-traffic verify', () => {
 
   it('prints the result object with --json', async () => {
     const result = await verifyWith([...FLAGS, '-consul-dns-port=8600', '--json'], () => ({
-      report: { outbound: seen({ method: 'occupied', arrived: false }), dns: seen({ arrived: false, client: { outcome: 'sent' } }) },
+      report: { outbound: envoy(), dns: seen({ arrived: false, client: { outcome: 'sent' } }) },
     }));
     expect(result.code).toBe(ExitCode.notRedirected);
     const parsed = JSON.parse(result.stdout);
