@@ -8,7 +8,8 @@ import { resolveConfig } from './rulesets.ts';
 /**
  * Proves the redirection with real traffic: resolves the configuration as an apply would, then lets an
  * ordinary UID connect to a documentation address (never local) inside the namespace, and checks that it
- * arrived on the proxy's outbound port (and DNS on Consul DNS). Returns 0 redirected, 5 not.
+ * arrived on the proxy's outbound port (and DNS on Consul DNS). Returns 0 redirected, 5 not, 75 when the
+ * probe could not finish in time to tell.
  */
 export async function verify(options: VerifyOptions, context: CommandContext): Promise<number> {
   // Entering a namespace and switching users needs root; verify has no --dry-run to offer instead.
@@ -21,6 +22,8 @@ export async function verify(options: VerifyOptions, context: CommandContext): P
   const netns = options.host.netns;
   const planned = planProbe(config, readPasswd(), { budgetMs: HARD_LIMIT_MS - spent });
   let result: VerifyResult;
+  // The probe that ran out of time before it could tell anything (a busy machine) proves nothing either way.
+  let inconclusive = false;
   if ('unusable' in planned) {
     result = {
       redirected: false,
@@ -36,9 +39,14 @@ export async function verify(options: VerifyOptions, context: CommandContext): P
     context.log.debug(`probing as uid ${planned.plan.uid}: ${JSON.stringify(planned.plan)}`);
     const outcome = await context.probe(netns, planned.plan);
     result = 'report' in outcome ? judge(planned, outcome.report, netns) : probeFailed(planned, netns, outcome.incomplete);
+    inconclusive = !('report' in outcome);
   }
   if (options.json) context.output.stdout(`${JSON.stringify(result, null, 2)}\n`);
   else if (result.redirected) context.output.stdout(`${renderResult(result)}\n`);
+  if (inconclusive) {
+    context.log.error(`${renderResult(result)}: the machine may be too busy to tell; try again`);
+    return ExitCode.tempFail;
+  }
   if (!result.redirected) context.log.error(renderResult(result));
   return result.redirected ? ExitCode.ok : ExitCode.notRedirected;
 }
