@@ -147,9 +147,9 @@ for (const backend of ['iptables', 'nftables'] as const) {
         expect(result.exitCode, result.context).toBe(ExitCode.notRedirected);
         expect(result.stdout).toBe('');
         expect(result.stderrLines).toHaveLength(1);
-        // Either the SYN went unanswered, or (on a loaded machine) the probe ran out of its time: both are 5.
+        // The SYN went unanswered (a probe that ran out of time instead exits 75 and is tried again).
         expect(result.stderrLines[0]).toMatch(
-          /^redirect-traffic: error: not redirected \(netns .*\): (a connection from uid 65534 to 192\.0\.2\.1:\d+ did not arrive on port 15001: no answer within 0\.9 s|the probe did not finish within [\d.]+ s and was stopped)$/,
+          /^redirect-traffic: error: not redirected \(netns .*\): a connection from uid 65534 to 192\.0\.2\.1:\d+ did not arrive on port 15001: no answer within 0\.9 s$/,
         );
         expect(result.ms).toBeLessThan(5_000);
       });

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import type { CommandContext } from '../../src/commands/context.ts';
-import { DEFAULT_OUTBOUND_PORT, type RedirectConfig } from '../../src/core/ruleset.ts';
+import type { RedirectConfig } from '../../src/core/ruleset.ts';
+import { BASE } from '../fixtures/nft/variants.ts';
 import type { PortRange } from '../../src/core/values.ts';
 import type { CommandResult, CommandRunner } from '../../src/host/runner.ts';
 import type { ApplyRecord } from '../../src/host/record.ts';
@@ -13,18 +14,7 @@ import type { Output } from '../../src/log.ts';
 
 /** A resolved config: Consul's base case (reference §3.2: uid 123, inbound 20000, outbound 15001), overridable. */
 export function redirectConfig(overrides: Partial<RedirectConfig> = {}): RedirectConfig {
-  return {
-    proxyUid: 123,
-    inboundPort: 20000,
-    outboundPort: DEFAULT_OUTBOUND_PORT,
-    excludeInboundPorts: [],
-    excludeOutboundPorts: [],
-    excludeOutboundCidrs: [],
-    excludeUids: [],
-    dns: {},
-    dualStack: false,
-    ...overrides,
-  };
+  return { ...BASE, ...overrides };
 }
 
 /** Ports or ranges as the flags write them (`22`, `8300:8302`), typed. */

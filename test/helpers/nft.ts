@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { RedirectFlags } from './e2e.ts';
 import { runCommand, type Netns } from './netns.ts';
 
 // Native nftables state inside the test namespaces: the whole ruleset, our table, and Consul's own
@@ -48,16 +49,8 @@ export async function addForeignNftRules(ns: Netns): Promise<void> {
   await ns.must('iptables-nft', '-t', 'nat', '-A', 'OUTPUT', '-d', '198.18.7.7/32', '-p', 'tcp', '-j', 'RETURN');
 }
 
-export interface ConsulNftFlags {
-  proxyUid: number;
-  inboundPort: number;
-  outboundPort?: number;
-  excludeInboundPorts?: readonly string[];
-  excludeOutboundPorts?: readonly string[];
-  excludeOutboundCidrs?: readonly string[];
-  excludeUids?: readonly number[];
-  dualStack?: boolean;
-}
+/** The flags Consul's nftables script is written for here: no DNS. */
+export type ConsulNftFlags = Omit<RedirectFlags, 'dnsIp' | 'dnsPort'>;
 
 /**
  * The script `consul connect redirect-traffic` pipes to `nft -f -` in its nftables variant (reference
