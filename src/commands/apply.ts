@@ -152,10 +152,11 @@ function readablePrevious(netns: string | undefined, context: CommandContext): A
 }
 
 /**
- * How long the writes may keep retrying against locks and other writers. With the agent's -wait (60 s in
- * the units), its request timeout and the namespace lock (20 s), a run ends well within the units' start limit.
+ * How long the writes may keep starting new attempts against locks and other writers; the last attempt may
+ * then wait its 10 s for the xtables lock. With the agent's -wait (60 s in the units), its request timeout
+ * (5 s) and the namespace lock (20 s): 60 + 5 + 20 + 20 + 10 = 115 s, within the units' start limit (120 s).
  */
-const WRITE_LIMIT_MS = 30_000;
+const WRITE_LIMIT_MS = 20_000;
 
 /**
  * Writes the chosen backend's tables; if one fails, every table touched so far, the failing one included,
