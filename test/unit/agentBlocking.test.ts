@@ -58,6 +58,7 @@ describe('blocking queries on the registration', () => {
     const start = performance.now();
     const read = await readProxyPorts(agentOptions({ address: agent.address }), PROXY_ID, log(), { since: '0123456789abcdef', waitSeconds: 5 });
     expect(read.ports.inboundPort).toBe(21002);
-    expect(performance.now() - start).toBeLessThan(1_000);
+    // Well under the 5 s a held query would take, with room for a loaded machine.
+    expect(performance.now() - start).toBeLessThan(2_500);
   });
 });

@@ -111,26 +111,28 @@ describe('-backend', () => {
 });
 
 describe('repeated flags (defect 7)', () => {
-  /** Milliseconds to parse `count` repeated list flags into raw values, without running a command. */
-  async function parseTime(count: number): Promise<number> {
-    const argv = Array.from({ length: count }, (_, i) => `-exclude-outbound-cidr=10.${(i >> 8) & 255}.${i & 255}.0/24`);
-    const start = performance.now();
+  // Timing belongs in `npm run bench` (20,000 flags against the same list in -config); here, the cause of the
+  // quadratic cost is checked directly: each value must be appended to the one list, not to a copy of it.
+  it('are collected into one list, appended in place, not copied for each value', () => {
+    const args = normaliseArgv(['--dry-run', '-exclude-outbound-cidr=10.0.0.0/8']);
+    const program: Command = createProgram('0.0.0', async () => undefined, args);
+    const option = program.options.find((candidate) => candidate.long === '--exclude-outbound-cidr');
+    const list = option?.parseArg?.('10.0.0.0/8', undefined as unknown as string[]) as string[];
+    const next = option?.parseArg?.('10.1.0.0/16', list) as string[];
+    expect(next).toBe(list);
+    expect(next).toEqual(['10.0.0.0/8', '10.1.0.0/16']);
+  });
+
+  it('of 20,000 values all arrive, in order', async () => {
+    const argv = Array.from({ length: 20_000 }, (_, i) => `-exclude-outbound-cidr=10.${(i >> 8) & 255}.${i & 255}.0/24`);
     const args = normaliseArgv(['--dry-run', ...argv]);
     let received: RawOptions = {};
     const program: Command = createProgram('0.0.0', async (_, flags) => {
       received = flags;
     }, args);
     await program.parseAsync(args, { from: 'user' });
-    const elapsed = performance.now() - start;
-    expect(received['exclude-outbound-cidr']).toHaveLength(count);
-    return elapsed;
-  }
-
-  it('cost time linear in their number (8x the flags: far from 64x the time)', async () => {
-    await parseTime(2_000); // warm up
-    const small = Math.min(await parseTime(5_000), await parseTime(5_000));
-    const large = Math.min(await parseTime(40_000), await parseTime(40_000));
-    expect(large / small).toBeLessThan(24);
+    expect(received['exclude-outbound-cidr']).toHaveLength(20_000);
+    expect((received['exclude-outbound-cidr'] as string[])[19_999]).toBe('10.78.31.0/24');
   });
 
   it('keep their order, and the last of a single-value flag wins (as with Go flags)', async () => {
