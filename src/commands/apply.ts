@@ -6,7 +6,7 @@ import { RECORD_DIR, type ApplyRecord } from '../host/record.ts';
 import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
 import type { TableSurvey } from '../host/backend.ts';
 import type { ApplyOptions, HostOptions } from '../options.ts';
-import { chooseBackend, planApply, planDifferences, requireSomeBackend, type ApplyPlan, type TableStep } from './plan.ts';
+import { chooseBackend, planApply, planDifferences, planNeedsWrites, requireSomeBackend, type ApplyPlan, type TableStep } from './plan.ts';
 import { reportForeign } from './report.ts';
 import { flagsOf, resolveConfig } from './rulesets.ts';
 import type { CommandContext } from './context.ts';
@@ -30,8 +30,8 @@ export type ApplySettings = Omit<ApplyOptions, 'dryRun'>;
 export interface Applied {
   config: RedirectConfig;
   plan: ApplyPlan;
-  /** What the tables differed in before the write, one line each naming its table; empty when nothing changed. */
-  differences: string[];
+  /** What the tables differed in before the write, one line each naming its table; worked out when asked for. */
+  differences(): string[];
   changed: boolean;
   /** The line an apply prints: what was installed where. */
   summary: string;
@@ -91,7 +91,8 @@ export async function applyOnce(
 
 export interface Converged {
   plan: ApplyPlan;
-  differences: string[];
+  /** What the tables differed in before the write; worked out only when asked (thousands of lines at 10,000 rules). */
+  differences(): string[];
   changed: boolean;
 }
 
@@ -109,11 +110,10 @@ export async function converge(
   const choice = chooseBackend(surveys, host, context.backends.systemDefault());
   context.log.debug(`using ${choice.backend}: ${choice.reason}`);
   const plan = planApply(surveys, config, choice);
-  const differences = planDifferences(plan, { absentAsOneLine: false });
   // Nothing to write: not even a process to start (reconcile would only compare again).
-  const writes = async () => differences.length > 0 && (await execute(plan, context));
+  const writes = async () => planNeedsWrites(plan) && (await execute(plan, context));
   const changed = await context.deferSignals(() => recorded(host, config, context, writes));
-  return { plan, differences, changed };
+  return { plan, differences: () => planDifferences(plan, { absentAsOneLine: false }), changed };
 }
 
 /**

@@ -130,6 +130,10 @@ export function planDifferences(plan: ApplyPlan, options: { absentAsOneLine?: bo
   return differences;
 }
 
+/** Whether carrying out the plan changes anything: a table not as wanted, or another backend to sweep. */
+export const planNeedsWrites = (plan: ApplyPlan): boolean =>
+  plan.sweeps.length > 0 || plan.writes.some(({ survey, wanted }) => !survey.table.dialect.same(survey.state, wanted));
+
 /** Every table holding our rules, in the backends `host` allows, emptied of them. */
 export function planCleanup(surveys: readonly TableSurvey[], host: Pick<HostOptions, 'backend' | 'iptablesMode'>): TableStep[] {
   const allowed = (backend: BackendName) =>

@@ -9,7 +9,7 @@ import { requireNetAdmin } from '../host/system.ts';
 import type { HostOptions, WatchOptions } from '../options.ts';
 import { applyOnce, converge, refuseSshCapture } from './apply.ts';
 import type { CommandContext } from './context.ts';
-import { chooseBackend, kindOf, pinBackend, planApply, planDifferences, type ApplyPlan } from './plan.ts';
+import { chooseBackend, kindOf, pinBackend, planApply, planNeedsWrites, type ApplyPlan } from './plan.ts';
 import { configOf, flagPorts, resolveUids, type ResolvedUids } from './rulesets.ts';
 import { metricsTable } from './status.ts';
 
@@ -306,7 +306,7 @@ export class Watcher {
         const full = this.checks % FULL_SURVEY_EVERY === 0 || this.update !== undefined;
         let surveys = await context.backends.survey(netns, full ? undefined : [kindOf(this.start.plan.choice.backend)]);
         // A repair plans from every backend's tables: it also sweeps our rules from the others.
-        if (!full && planDifferences(planApply(surveys, this.config, chooseBackend(surveys, this.host, context.backends.systemDefault()))).length > 0) {
+        if (!full && planNeedsWrites(planApply(surveys, this.config, chooseBackend(surveys, this.host, context.backends.systemDefault())))) {
           surveys = await context.backends.survey(netns);
         }
         converged = await converge(surveys, this.config, this.host, context);
@@ -320,7 +320,7 @@ export class Watcher {
       } else if (converged.changed) {
         this.repairs += 1;
         this.lastRepairMs = Date.now();
-        context.log.warn(`repaired ${repairText(converged.differences)}`);
+        context.log.warn(`repaired ${repairText(converged.differences())}`);
       }
       this.settled(converged.plan);
     } catch (error) {
@@ -461,7 +461,9 @@ export function repairText(differences: readonly string[]): string {
     const table = split < 0 ? '' : line.slice(0, split);
     // One space wherever status aligns its columns: `missing    -A ...` reads as `missing -A ...` in one line.
     const text = (split < 0 ? line : line.slice(split + 2)).replace(/\s+/g, ' ');
-    byTable.set(table, [...(byTable.get(table) ?? []), text]);
+    const lines = byTable.get(table);
+    if (lines) lines.push(text);
+    else byTable.set(table, [text]);
   }
   return [...byTable]
     .map(([table, lines]) => {
