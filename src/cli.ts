@@ -128,8 +128,8 @@ export function createProgram(version: string, handle: CommandHandler, args: rea
   const program = new Command('redirect-traffic')
     .description(
       "Redirect this host's TCP traffic through its Consul service-mesh sidecar (Envoy). " +
-        'Installs the same iptables NAT rules as `consul connect redirect-traffic`, as one atomic, ' +
-        'idempotent iptables-restore transaction.',
+        'Installs the same NAT rules as `consul connect redirect-traffic`, as one atomic, idempotent ' +
+        'transaction: iptables-restore per table, or one nft -f for both families (-backend=nftables).',
     )
     .version(version, '-v, --version', 'print the version')
     .helpOption('-h, --help', 'show help')

@@ -122,7 +122,7 @@ export const FLAGS = {
   },
   'dual-stack': {
     arity: 'switch', group: RULES, commands: WITH_RULES, rule: true, schema: switchSchema,
-    description: 'also redirect IPv6 with ip6tables',
+    description: 'also redirect IPv6 (ip6tables, or the same nftables table)',
   },
   'http-addr': {
     arity: 'single', placeholder: '<address>', group: AGENT, commands: WITH_RULES, env: 'CONSUL_HTTP_ADDR', schema: plainText,
