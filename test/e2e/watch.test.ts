@@ -5,7 +5,7 @@ import { delimiter, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { CLI, cli, describeE2E, runCli, testNamespace, type RedirectFlags } from '../helpers/e2e.ts';
-import { fakeAgentPerTest } from '../helpers/fakeAgent.ts';
+import { fakeAgentPerTest, sidecarRegistration } from '../helpers/fakeAgent.ts';
 import type { Netns } from '../helpers/netns.ts';
 
 // `watch` for real (issue 11): the built CLI in a test namespace keeps its rules in place while the test
@@ -262,13 +262,7 @@ describeE2E('watch: keeps the rules in place', () => {
   describe('-proxy-id', () => {
     const serve = fakeAgentPerTest();
     const PROXY_ID = 'web-sidecar-proxy';
-    const registration = (port: number) => ({
-      Kind: 'connect-proxy',
-      ID: PROXY_ID,
-      Service: PROXY_ID,
-      Port: port,
-      Proxy: { DestinationServiceName: 'web', Mode: 'transparent' },
-    });
+    const registration = (port: number) => sidecarRegistration(PROXY_ID, port);
 
     it('applies a changed registration without a restart, and keeps the rules when the agent goes away', async () => {
       const ns = await testNamespace('watch-agent');

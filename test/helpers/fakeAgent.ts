@@ -89,6 +89,15 @@ export interface RegistrationCase {
   error?: string;
 }
 
+/** A transparent-proxy sidecar's registration, as `GET /v1/agent/service/<id>` answers it, with this inbound port. */
+export const sidecarRegistration = (proxyId: string, port: number) => ({
+  Kind: 'connect-proxy',
+  ID: proxyId,
+  Service: proxyId,
+  Port: port,
+  Proxy: { DestinationServiceName: 'web', Mode: 'transparent' },
+});
+
 export function registrationCases(): RegistrationCase[] {
   // The fixture writes excluded ports as the flags do ("9102"); the registration gives them typed.
   const cases = consulFixture('registration-cases.json') as (Omit<RegistrationCase, 'expected'> & {

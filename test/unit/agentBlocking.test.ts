@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { readProxyPorts } from '../../src/consul/agent.ts';
 import { createLogger } from '../../src/log.ts';
-import { agentOptions, fakeAgentPerTest } from '../helpers/fakeAgent.ts';
+import { agentOptions, fakeAgentPerTest, sidecarRegistration } from '../helpers/fakeAgent.ts';
 import { captureOutput } from '../helpers/fakes.ts';
 
 // Following a registration with the agent's blocking queries (watch -proxy-id), against the stand-in agent:
@@ -9,13 +9,7 @@ import { captureOutput } from '../helpers/fakes.ts';
 
 const PROXY_ID = 'web-sidecar-proxy';
 const PATH = `/v1/agent/service/${PROXY_ID}`;
-const registration = (port: number) => ({
-  Kind: 'connect-proxy',
-  ID: PROXY_ID,
-  Service: PROXY_ID,
-  Port: port,
-  Proxy: { DestinationServiceName: 'web', Mode: 'transparent' },
-});
+const registration = (port: number) => sidecarRegistration(PROXY_ID, port);
 
 const serve = fakeAgentPerTest();
 const log = () => createLogger(captureOutput().output);

@@ -8,7 +8,7 @@ import type { RedirectConfig } from '../../src/core/ruleset.ts';
 import { CliError, ExitCode, TemporaryError } from '../../src/errors.ts';
 import type { FirewallTable, TableSurvey } from '../../src/host/backend.ts';
 import { TransientAgentError } from '../../src/consul/retry.ts';
-import type { WatchOptions } from '../../src/options.ts';
+import { watchOptions, type WatchOptions } from '../../src/options.ts';
 import { createLogger } from '../../src/log.ts';
 import { captureOutput, fakeRunner, memoryRecords, redirectConfig, scratchDir } from '../helpers/fakes.ts';
 
@@ -92,28 +92,10 @@ function toyFirewall() {
 
 type Fw = ReturnType<typeof toyFirewall>;
 
+/** A watch's options as the flags give them, checking once a minute unless overridden. */
 function options(overrides: Partial<WatchOptions> = {}): WatchOptions {
-  return {
-    host: { netns: undefined, backend: 'nftables', iptablesMode: 'auto' },
-    rules: {
-      proxyUid: { kind: 'id', uid: 101 },
-      proxyId: undefined,
-      inboundPort: 20000,
-      outboundPort: 15001,
-      excludeInboundPorts: [],
-      excludeOutboundPorts: [],
-      excludeOutboundCidrs: [],
-      excludeUids: [],
-      dnsIp: undefined,
-      dnsPort: undefined,
-      dualStack: false,
-    },
-    agent: undefined,
-    allowSshCapture: false,
-    intervalMs: 60_000,
-    metricsFile: undefined,
-    ...overrides,
-  };
+  const parsed = watchOptions({ 'proxy-uid': '101', 'proxy-inbound-port': '20000', backend: 'nftables' }, {});
+  return { ...parsed, intervalMs: 60_000, ...overrides };
 }
 
 /** Starts a watch; `stop()` sends the signal and returns its exit code. */
