@@ -1,4 +1,4 @@
-import { mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Server } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -7,7 +7,7 @@ import { CannotWriteError, TemporaryError } from '../errors.ts';
 // One writer per network namespace at a time. The lock is a unix socket a run listens on, in a directory
 // only root may write (/run/redirect-traffic/locks, 0700): no other user can take it or squat on it, as
 // anyone could on a name in the abstract namespace. The kernel closes it the instant its holder dies,
-// however it dies; the socket file then left behind refuses connections, and the next run replaces it.
+// however it dies; the socket file then left behind refuses connections, and the next run removes it.
 
 export const LOCK_DIR = '/run/redirect-traffic/locks';
 
@@ -49,7 +49,8 @@ async function holderPid(path: string): Promise<{ pid: number | undefined; refus
       if (text.length > MAX_ANSWER) done(undefined);
     });
     socket.on('end', () => done(/^\d+$/.test(text.trim()) ? Number(text.trim()) : undefined));
-    socket.on('error', (error: NodeJS.ErrnoException) => done(undefined, error.code === 'ECONNREFUSED' || error.code === 'ENOENT'));
+    // Refused: a socket file nobody listens on (its holder died). No file at all is no holder, and nothing to clean.
+    socket.on('error', (error: NodeJS.ErrnoException) => done(undefined, error.code === 'ECONNREFUSED'));
   });
 }
 
@@ -71,36 +72,43 @@ async function listenAt(path: string): Promise<Server | undefined> {
   });
 }
 
-/** The lock taken, or undefined while a live holder has it. A socket file left by a dead holder is replaced. */
+/** How old a stale-socket cleaner's guard may grow before it counts as left by a cleaner that died. */
+const CLEANER_GUARD_MAX_AGE_MS = 10_000;
+
+/**
+ * The lock taken, or undefined while someone has it. Binding the path is atomic, so of two runs only one
+ * can. A socket file left by a holder that died (it refuses connections) must go before anyone can bind:
+ * it is removed by one cleaner at a time (a directory beside it is the guard), who checks it still refuses
+ * first; nobody can bind a new socket there while it exists, so a cleaner never removes a live one.
+ */
 async function tryLock(path: string): Promise<NamespaceLock | undefined> {
-  let server = await listenAt(path);
+  const server = await listenAt(path);
   if (server === undefined) {
-    if (!(await holderPid(path)).refused) return undefined;
-    // Replaced in one step (rename), never removed first: a run finding the path empty would take it too.
-    const temporary = `${path}.${process.pid}`;
-    rmSync(temporary, { force: true });
-    server = await listenAt(temporary);
-    if (server === undefined) return undefined;
-    renameSync(temporary, path);
-    // Two runs finding the same dead socket each put theirs in place; only the last one's is there now.
-    if ((await holderPid(path)).pid !== process.pid) {
-      server.close();
-      return undefined;
-    }
+    if ((await holderPid(path)).refused) await removeDeadSocket(path);
+    return undefined;
   }
-  const held = server;
-  const { ino } = statSync(path);
-  return {
-    release() {
-      held.close();
-      // Ours is still the one in place (close() removes only the path it was bound to): remove it.
-      try {
-        if (statSync(path).ino === ino) rmSync(path);
-      } catch {
-        // already gone
-      }
-    },
-  };
+  // close() removes the socket file, then closes it (libuv unlinks first, so it never removes a newer one).
+  return { release: () => server.close() };
+}
+
+async function removeDeadSocket(path: string): Promise<void> {
+  const guard = `${path}.cleaning`;
+  try {
+    mkdirSync(guard);
+  } catch {
+    // Another cleaner is at it, or died at it: its guard is removed once old enough, and the caller tries again.
+    try {
+      if (Date.now() - statSync(guard).mtimeMs > CLEANER_GUARD_MAX_AGE_MS) rmSync(guard, { recursive: true, force: true });
+    } catch {
+      // gone meanwhile
+    }
+    return;
+  }
+  try {
+    if ((await holderPid(path)).refused) rmSync(path, { force: true });
+  } finally {
+    rmSync(guard, { recursive: true, force: true });
+  }
 }
 
 /** A wait shorter than this goes unmentioned: runs queued behind each other's fast writes are normal. */
