@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -21,6 +21,7 @@ import {
   type RedirectFlags,
 } from '../helpers/e2e.ts';
 import type { Netns } from '../helpers/netns.ts';
+import { PYTHON } from '../helpers/traffic.ts';
 
 // Issue 10: the attacks that found defects 2 to 6, replayed as they were made, each in namespaces of its own.
 
@@ -258,6 +259,21 @@ describeE2E(
       expect(second.lines.length, context).toBeLessThanOrEqual(1);
       await cli(statusArgs(ns, { ...FLAGS, inboundPort: 20001 }), 0);
       console.info(`namespace lock, second run: ${JSON.stringify(second.lines)}`);
+    });
+
+    it('a lock socket left by a holder that died (SIGKILL) does not block the next run, which removes it', async () => {
+      const ns = await recordedNamespace();
+      mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
+      // A holder that listened on the lock socket and was killed: the file stays, and refuses connections.
+      const dead = spawn(PYTHON, ['-c', `import socket,os,signal\ns=socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(lockName(ns))}); s.listen(1)\nos.kill(os.getpid(), signal.SIGKILL)`]);
+      await new Promise((resolve) => dead.on('exit', resolve));
+      expect(existsSync(lockName(ns))).toBe(true);
+      const started = performance.now();
+      const result = await cli(applyArgs(ns, FLAGS));
+      expect(result.stderr).toBe('');
+      expect(performance.now() - started).toBeLessThan(10_000);
+      // Released: nothing left behind for the run after.
+      expect(existsSync(lockName(ns))).toBe(false);
     });
 
     it('defect 5: a run kept waiting 2 s on the namespace lock says who holds it, then succeeds', async () => {
