@@ -116,9 +116,10 @@ export async function watch(options: WatchOptions, context: CommandContext, tuni
       plan: applied.plan,
     });
     const signal = await watcher.run(stop.stopped, () => context.notifyReady());
+    // The stop signal may reach a check's child too (systemd signals the whole unit): that check is unfinished.
     const left = watcher.lastCheckInSync()
       ? 'the rules stay in place (cleanup removes them)'
-      : 'the rules were not as wanted at the last check, and are left as they are';
+      : 'the last check could not finish; the rules are left as they are (cleanup removes them)';
     context.log.info(`received ${signal}: stopped watching ${where}; ${left}`);
     return ExitCode.ok;
   } finally {
@@ -177,7 +178,7 @@ export class Watcher {
     this.agentUp = options.rules.proxyId !== undefined && options.agent !== undefined ? true : undefined;
   }
 
-  /** Whether the last check found (or left) the rules as wanted. */
+  /** Whether the last check finished, finding (or leaving) the rules as wanted. */
   lastCheckInSync(): boolean {
     return this.inSync;
   }

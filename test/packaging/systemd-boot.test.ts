@@ -291,7 +291,8 @@ describe.skipIf(missing.length > 0)('the units under systemd as PID 1 (systemd-n
       expect(consulRules()).toEqual([]);
       const log = journal(unit);
       // watch left the rules on SIGTERM; ExecStopPost's cleanup removed them.
-      expect(log).toMatch(/received SIGTERM: stopped watching this network namespace; the rules stay in place/);
+      // systemd signals the whole unit: a check under way at that moment loses its child and is unfinished.
+      expect(log).toMatch(/received SIGTERM: stopped watching this network namespace; (the rules stay in place|the last check could not finish)/);
       expect(log).toMatch(/removed traffic redirection \(iptables-nft, IPv4\)/);
     } finally {
       systemctl('stop', unit);
