@@ -18,7 +18,6 @@ export const OWNED_CHAINS: readonly OwnedChain[] = Object.values(CHAINS);
 
 /** Where the kernel hands packets to our chains: iptables' built-in chains, nftables' base chains. */
 export type Hook = 'prerouting' | 'output';
-export const HOOKS: readonly Hook[] = ['prerouting', 'output'];
 
 export const DEFAULT_OUTBOUND_PORT = 15001;
 
@@ -92,7 +91,7 @@ const append = (rule: Rule): Step => ({ insert: false, rule });
 const insertFirst = (rule: Rule): Step => ({ insert: true, rule });
 const RETURN: Target = { kind: 'return' };
 
-export const hostPrefix = (ip: IpAddress): Cidr => ({ family: ip.family, cidr: `${ip.address}/${ip.family === 4 ? 32 : 128}` });
+const hostPrefix = (ip: IpAddress): Cidr => ({ family: ip.family, cidr: `${ip.address}/${ip.family === 4 ? 32 : 128}` });
 
 const PORT_53: PortRange = { low: 53, high: 53 };
 
