@@ -35,7 +35,9 @@ export function writeRecord(netns: string | undefined, record: ApplyRecord): boo
   const path = recordPath(netns);
   try {
     mkdirSync(RECORD_DIR, { recursive: true, mode: 0o700 });
-    const temporary = `${path}.${process.pid}.tmp`;
+    // One name per namespace: records are written under the namespace lock, and a run killed mid-write leaves
+    // a file the next one simply overwrites, instead of one more per PID.
+    const temporary = `${path}.tmp`;
     writeFileSync(temporary, `${JSON.stringify(record)}\n`, { mode: 0o600 });
     renameSync(temporary, path);
     return true;
