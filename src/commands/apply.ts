@@ -3,13 +3,13 @@ import type { RedirectConfig } from '../core/ruleset.ts';
 import { familyLabel, type Family, type PortRange } from '../core/values.ts';
 import { reconcile } from '../host/reconcile.ts';
 import { RECORD_DIR, type ApplyRecord } from '../host/record.ts';
-import { hasGlobalIpv6, requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
+import { requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
 import type { TableSurvey } from '../host/backend.ts';
 import type { ApplyOptions, HostOptions } from '../options.ts';
 import { chooseBackend, planApply, planDifferences, planNeedsWrites, requireSomeBackend, type ApplyPlan, type TableStep } from './plan.ts';
 import { reportForeign } from './report.ts';
 import { flagsOf, resolveConfig } from './rulesets.ts';
-import type { CommandContext } from './context.ts';
+import type { CommandContext, Survey } from './context.ts';
 
 export async function apply(options: ApplyOptions, context: CommandContext): Promise<number> {
   if (options.dryRun) {
@@ -48,7 +48,6 @@ export async function applyOnce(
   resolve: () => Promise<RedirectConfig>,
 ): Promise<Applied> {
   const netns = options.host.netns;
-  const runner = context.runner(netns);
   // Runs on one namespace take turns, from their first read to their last write: a read taken while
   // another run writes would be stale by the time this one writes.
   const startReads = async () => {
@@ -56,8 +55,7 @@ export async function applyOnce(
     const surveying = context.backends.survey(netns);
     // Observed at once: a read failing while the rules are still being worked out must not go unhandled.
     surveying.catch(() => undefined);
-    const bypassingIpv6 = options.rules.dualStack ? Promise.resolve(false) : hasGlobalIpv6(runner, netns);
-    return { lock, surveying, bypassingIpv6 };
+    return { lock, surveying };
   };
   // With no agent to wait for, the tables are read while the rules are worked out: with thousands of
   // exclusions, that takes as long as the reads. After an agent's answer instead: -wait may last a minute,
@@ -75,14 +73,16 @@ export async function applyOnce(
     started?.lock.release();
     throw error;
   }
-  const { lock, surveying, bypassingIpv6 } = await (early ?? startReads());
+  const { lock, surveying } = await (early ?? startReads());
   let converged: Converged;
+  let survey: Survey;
   try {
-    converged = await converge(await surveying, config, options.host, context);
+    survey = await surveying;
+    converged = await converge(survey.tables, config, options.host, context);
   } finally {
     lock.release();
   }
-  if (await bypassingIpv6) {
+  if (survey.globalIpv6 && !config.dualStack) {
     const where = netns === undefined ? 'this host' : `netns ${netns}`;
     context.log.warn(`${where} has a global IPv6 address, and its IPv6 traffic bypasses the proxy: add -dual-stack to redirect it too`);
   }

@@ -19,7 +19,7 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
   requireNetAdmin('removing traffic redirection rules');
   const lock = await context.lockNamespace(netns);
   try {
-    const surveys = await context.backends.survey(netns);
+    const surveys = (await context.backends.survey(netns)).tables;
     requireSomeBackend(surveys);
     const steps = planCleanup(surveys, options.host);
     if (steps.length === 0) {

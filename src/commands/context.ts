@@ -11,13 +11,20 @@ import type { BlockingQuery, VersionedPorts } from '../consul/agent.ts';
 import type { CommandRunner } from '../host/runner.ts';
 import type { ProbePlan } from '../core/verification.ts';
 
+/** What a survey of a namespace found. */
+export interface Survey {
+  tables: TableSurvey[];
+  /** The namespace has a global IPv6 address, whose traffic IPv4-only rules would not see. */
+  globalIpv6: boolean;
+}
+
 /** The firewall backends, as the commands see them. */
 export interface Backends {
   /**
    * Reads every installed backend's tables in a namespace (this process's without one); with `kinds`, only
    * those backends' (watch's frequent checks read the backend it keeps, and all of them now and then).
    */
-  survey(netns: string | undefined, kinds?: readonly BackendKind[]): Promise<TableSurvey[]>;
+  survey(netns: string | undefined, kinds?: readonly BackendKind[]): Promise<Survey>;
   /** The iptables variant plain `iptables` is on this host. */
   systemDefault(): BackendName | undefined;
   /** The backend a dry run shows: the one asked for, else iptables unless only nft is installed. */

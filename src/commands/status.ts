@@ -42,7 +42,7 @@ export async function status(options: StatusOptions, context: CommandContext): P
   const record = context.records.read(netns);
   const reference = referenceOf(options, record);
   const config = reference.rules === undefined ? undefined : await resolveConfig(reference.rules, reference.agent, context);
-  const surveys = await context.backends.survey(netns);
+  const surveys = (await context.backends.survey(netns)).tables;
   requireSomeBackend(surveys);
   const installed = surveys.filter((s) => s.holdsOurs);
   const report: StatusReport = {

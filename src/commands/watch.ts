@@ -305,10 +305,10 @@ export class Watcher {
       try {
         this.checks += 1;
         const full = this.checks % FULL_SURVEY_EVERY === 0 || this.update !== undefined;
-        let surveys = await context.backends.survey(netns, full ? undefined : [kindOf(this.start.plan.choice.backend)]);
+        let surveys = (await context.backends.survey(netns, full ? undefined : [kindOf(this.start.plan.choice.backend)])).tables;
         // A repair plans from every backend's tables: it also sweeps our rules from the others.
         if (!full && planNeedsWrites(planApply(surveys, this.config, chooseBackend(surveys, this.host, context.backends.systemDefault())))) {
-          surveys = await context.backends.survey(netns);
+          surveys = (await context.backends.survey(netns)).tables;
         }
         converged = await converge(surveys, this.config, this.host, context);
       } finally {

@@ -1,4 +1,5 @@
 import type { Dialect } from '../core/dialect.ts';
+import type { Inventory } from '../core/inventory.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import type { Family } from '../core/values.ts';
 import { CliError } from '../errors.ts';
@@ -23,13 +24,15 @@ export interface FirewallTable<State = unknown> {
   dialect: Dialect<State>;
   /** The dump `dialect.parse` reads, without counters, so two reads of an unchanged table are equal. */
   read(): Promise<string>;
-  write(transaction: string): Promise<void>;
   /**
-   * A check cheaper than reading the whole table back after writing `wanted`, for large states: true when
-   * it passes. Without it, or when it returns undefined, the table is read back whole.
+   * Writes `transaction`, which brings the table to `wanted`, and checks the write from the same process:
+   * the table read back whole, or a verdict from a cheaper look. Undefined: not checked (read it back).
    */
-  checkWrite?(wanted: State): Promise<boolean | undefined>;
+  write(transaction: string, wanted: State): Promise<WriteCheck | undefined>;
 }
+
+/** What a write saw of its table right after writing: the whole dump, or whether the write holds. */
+export type WriteCheck = { readBack: string } | { holds: boolean };
 
 /** A table as read: its dump, our part of it, and whether anything of anyone's is in the backend. */
 export interface TableSurvey<State = unknown> {
@@ -49,6 +52,8 @@ export interface TableAccess {
   inNetns: boolean;
   /** Tells the operator what is being waited for (a lock held by another program), as it happens. */
   notify(message: string): void;
+  /** The namespace's inventory, taken once for every provider's survey (host/inventory.ts). */
+  inventory(): Promise<Inventory>;
 }
 
 export interface BackendProvider {

@@ -1,10 +1,11 @@
 import { readFileSync, realpathSync, statSync } from 'node:fs';
+import type { Inventory } from '../core/inventory.ts';
 import { EMPTY_STATE, iptablesDialect, jumpsMatch, listedJumps, renderTransaction, HOOK_CHAINS, type OwnedState } from '../core/natTable.ts';
 import { OWNED_CHAINS, redirectedFamilies } from '../core/ruleset.ts';
 import { familyLabel, type Family } from '../core/values.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
-import { findProgram, type CommandRunner } from './runner.ts';
+import { findProgram, runChained, type CommandRunner } from './runner.ts';
 
 // The iptables backend, in both its variants: one nat table per family, each written with one
 // `iptables-restore --noflush` transaction.
@@ -49,14 +50,10 @@ export function systemDefaultVariant(): `iptables-${Variant}` | undefined {
   return variant && `iptables-${variant}`;
 }
 
-/** An iptables nat table, plus the full save that tells whether legacy holds tables too (nft variant). */
+/** An iptables nat table, plus the full save that tells where the host's rules are. */
 interface IptablesTable extends FirewallTable<OwnedState> {
-  /**
-   * `iptables-save` of every table the kernel already has (none is created by asking). For the nft
-   * variant, also whether it warned that iptables-legacy holds tables of this family: iptables-nft-save
-   * looks in /proc/net inside the namespace, which this process cannot.
-   */
-  saveAll(): Promise<{ dump: string; legacyTablesPresent: boolean }>;
+  /** `iptables-save` of every table the kernel already has (none is created by asking). */
+  saveAll(): Promise<string>;
 }
 
 // Chain counters change with traffic and mean nothing to us: without them, two reads of an unchanged table are equal.
@@ -91,11 +88,6 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family, noti
     if (result.exitCode !== 0) throw tableError(`${name}-save`, result.stderr, result.exitCode);
     return result;
   };
-  const listRules = async (chain: string) => {
-    const result = await lockWatched(() => runner.run(program, [...wait, '-t', 'nat', '-S', chain], { timeoutMs: lockTimeoutMs }));
-    if (result.exitCode !== 0) throw tableError(name, result.stderr, result.exitCode);
-    return result.stdout;
-  };
   return {
     backend: `iptables-${variant}`,
     families: [family],
@@ -105,23 +97,26 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family, noti
       return withoutCounters((await save(['-t', 'nat'])).stdout);
     },
     async saveAll() {
-      const { stdout, stderr } = await save([]);
-      // "# Warning: iptables-legacy tables present, ..." (ip6tables-legacy for IPv6)
-      return { dump: withoutCounters(stdout), legacyTablesPresent: /ip6?tables-legacy tables present/.test(stderr) };
+      return withoutCounters((await save([])).stdout);
     },
-    async write(transaction) {
+    // The check runs in the restore's own shell. Up to FULL_CHECK_MAX_RULES rules, the whole table is read
+    // back. Beyond, reading thousands of rules back costs as much as writing them: the transaction declares
+    // (so flushes) and refills our chains in one atomic commit, so they always hold one writer's complete
+    // rules, and what a race with another writer leaves wrong shows in the hook chains (two writers that both
+    // read "no jump" each add one), which are listed instead.
+    async write(transaction, wanted) {
+      const full = wanted.chainRules.length <= FULL_CHECK_MAX_RULES;
+      const reads = full
+        ? [{ program: saveProgram, args: ['-t', 'nat'] }]
+        : HOOK_CHAINS.map((chain) => ({ program, args: [...wait, '-t', 'nat', '-S', chain] }));
       const result = await lockWatched(() =>
-        runner.run(restoreProgram, ['--noflush', ...wait], { input: transaction, timeoutMs: lockTimeoutMs }),
+        runChained(runner, { program: restoreProgram, args: ['--noflush', ...wait] }, reads, { input: transaction, timeoutMs: lockTimeoutMs }),
       );
       if (result.exitCode !== 0) throw tableError(`${name}-restore`, result.stderr, result.exitCode);
-    },
-    // Reading thousands of rules back costs as much as writing them. The transaction declares (so
-    // flushes) and refills our chains in one atomic commit, so they always hold one writer's complete
-    // rules; what a race between runs leaves wrong shows in the hook chains: two runs that both read "no
-    // jump" each add one.
-    async checkWrite(wanted) {
-      if (wanted.chainRules.length <= FULL_CHECK_MAX_RULES) return undefined;
-      return jumpsMatch(listedJumps(await Promise.all(HOOK_CHAINS.map(listRules))), wanted);
+      const [first, ...rest] = result.outputs;
+      // A read that failed after a write that succeeded: reconcile reads the table again.
+      if (first === undefined || rest.includes(undefined)) return undefined;
+      return full ? { readBack: withoutCounters(first) } : { holds: jumpsMatch(listedJumps([first, ...(rest as string[])]), wanted) };
     },
   };
 }
@@ -169,42 +164,51 @@ function tableError(program: string, stderr: string, exitCode: number): Firewall
   return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock ? 'lock' : 'hard');
 }
 
-// iptables-legacy lists loaded tables here; reading it costs no process and loads no module.
-function legacyTablesLoaded(family: Family): boolean {
-  try {
-    return readFileSync(family === 4 ? '/proc/net/ip_tables_names' : '/proc/net/ip6_tables_names', 'utf8').trim() !== '';
-  } catch {
-    return false;
-  }
+/** The tables iptables itself manages; any other table in the ip and ip6 families is native nftables. */
+const XTABLES = ['filter', 'nat', 'mangle', 'raw', 'security'];
+
+const nftFamily = (family: Family) => (family === 4 ? 'ip' : 'ip6');
+
+/**
+ * An iptables-nft table as the namespace's nf_tables ruleset shows it: its nat table's objects, and whether
+ * any of the family's iptables tables holds a rule. Undefined when the ruleset was not read.
+ */
+function inRuleset(inventory: Inventory, family: Family): { mentionsOurs: boolean; holdsRules: boolean } | undefined {
+  const { nftTables } = inventory;
+  if (nftTables === undefined) return undefined;
+  const natText = JSON.stringify(nftTables.get(`${nftFamily(family)} nat`) ?? []);
+  return {
+    // A chain of ours, or a rule naming one: only then is the table worth a save (and a parse).
+    mentionsOurs: OWNED_CHAINS.some((chain) => natText.includes(`"${chain}"`)),
+    holdsRules: XTABLES.some((name) => nftTables.get(`${nftFamily(family)} ${name}`)?.some((object) => 'rule' in object)),
+  };
 }
 
-function surveyOf(table: IptablesTable, dump: string): TableSurvey<OwnedState> {
+function surveyOf(table: IptablesTable, dump: string, holdsRules = /^-A /m.test(dump)): TableSurvey<OwnedState> {
   const state = table.dialect.parse(dump);
-  return { table, dump, state, holdsOurs: !table.dialect.isEmpty(state), holdsRules: /^-A /m.test(dump) };
+  return { table, dump, state, holdsOurs: !table.dialect.isEmpty(state), holdsRules };
 }
 
 export const iptablesProvider: BackendProvider = {
   kind: 'iptables',
   installed: () => VARIANTS.some((variant) => FAMILIES.some((family) => findTool(variant, family, '-restore') !== undefined)),
   /**
-   * Reads every installed variant and family. A plain save (no `-t`) dumps only tables that already exist,
-   * so surveying never instantiates a legacy table. iptables-legacy is read only when the kernel holds
-   * legacy tables of that family: this process sees that in /proc/net; inside another namespace,
-   * iptables-nft-save says so (and without iptables-nft, legacy is read anyway).
+   * Reads every installed variant and family, as little as it can. iptables-nft's tables are in the
+   * namespace's nf_tables ruleset, which the inventory lists: a family is saved only when its nat table
+   * mentions our chains. iptables-legacy is read only when the kernel holds legacy tables of that family. A
+   * plain save (no `-t`) dumps only tables that already exist, so surveying never instantiates one.
    */
-  async survey({ runner, inNetns, notify }) {
+  async survey({ runner, notify, inventory }) {
+    const look = await inventory();
     const open = (variant: Variant) => FAMILIES.flatMap((family) => openTable(runner, variant, family, notify) ?? []);
-    const nftSaves = new Map(open('nft').map((table) => [table.families[0], { table, saved: table.saveAll() }]));
-    const legacyHoldsTables = async (family: Family) => {
-      if (!inNetns) return legacyTablesLoaded(family);
-      const nft = nftSaves.get(family);
-      return nft === undefined || (await nft.saved).legacyTablesPresent;
-    };
+    const familyOf = (table: IptablesTable) => table.families[0] ?? 4;
     return Promise.all([
-      ...[...nftSaves.values()].map(async ({ table, saved }) => surveyOf(table, (await saved).dump)),
-      ...open('legacy').map(async (table) =>
-        surveyOf(table, (await legacyHoldsTables(table.families[0] ?? 4)) ? (await table.saveAll()).dump : ''),
-      ),
+      ...open('nft').map(async (table) => {
+        const seen = inRuleset(look, familyOf(table));
+        if (seen === undefined) return surveyOf(table, await table.saveAll());
+        return seen.mentionsOurs ? surveyOf(table, await table.read(), seen.holdsRules) : surveyOf(table, '', seen.holdsRules);
+      }),
+      ...open('legacy').map(async (table) => surveyOf(table, look.legacyTables[familyOf(table)] ? await table.saveAll() : '')),
     ]);
   },
   dryRun(config, version) {

@@ -1,3 +1,4 @@
+import { NO_NF_TABLES, tableDump } from '../core/inventory.ts';
 import { NFT_FAMILY, NFT_TABLE, nftablesDialect, type NftState } from '../core/nftables.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
@@ -8,9 +9,6 @@ import { findProgram, type CommandResult, type CommandRunner } from './runner.ts
 
 const TABLE = `${NFT_FAMILY} ${NFT_TABLE}`;
 const LABEL = `nftables ${TABLE}`;
-
-/** A kernel without nf_tables answers every request so. */
-const NO_NF_TABLES = /Protocol not supported|Operation not supported|Address family not supported/i;
 
 function nftError(action: string, stderr: string, exitCode: number): FirewallError {
   if (NO_NF_TABLES.test(stderr)) {
@@ -42,28 +40,36 @@ function openTable(runner: CommandRunner, nft: string): FirewallTable<NftState> 
     label: LABEL,
     dialect: nftablesDialect,
     read: async () => dumpOf(await listTable(runner, nft)),
+    // The transaction deletes and redefines the whole table in one kernel commit: once `nft -f` succeeds,
+    // the table is exactly what was written, and reading it back would only cost a process.
     async write(transaction) {
       const result = await runner.run(nft, ['-f', '-'], { input: transaction });
       if (result.exitCode !== 0) throw nftError('-f', result.stderr, result.exitCode);
+      return { holds: true };
     },
-    // The transaction deletes and redefines the whole table in one kernel commit: once `nft -f` succeeds,
-    // the table is exactly what was written, and reading it back would only cost a process.
-    checkWrite: async () => true,
   };
 }
 
 export const nftablesProvider: BackendProvider = {
   kind: 'nftables',
   installed: () => findProgram('nft') !== undefined,
-  async survey({ runner }) {
+  async survey({ runner, inventory }) {
     const nft = findProgram('nft');
     if (nft === undefined) return [];
-    const listed = await listTable(runner, nft);
+    const { nftTables, noNfTables } = await inventory();
     // A kernel without nf_tables leaves the backend as unusable as a missing nft: no table to read or write,
     // and nothing stopping iptables (legacy) from serving instead.
-    if (listed.exitCode !== 0 && NO_NF_TABLES.test(listed.stderr)) return [];
+    if (noNfTables) return [];
+    let dump: string;
+    if (nftTables) {
+      dump = tableDump(nftTables.get(TABLE));
+    } else {
+      // The whole ruleset could not be read (JSON nft misprints, in another table perhaps): ours alone.
+      const listed = await listTable(runner, nft);
+      if (listed.exitCode !== 0 && NO_NF_TABLES.test(listed.stderr)) return [];
+      dump = dumpOf(listed);
+    }
     const table = openTable(runner, nft);
-    const dump = dumpOf(listed);
     const state = nftablesDialect.parse(dump);
     const survey: TableSurvey<NftState> = { table, dump, state, holdsOurs: !nftablesDialect.isEmpty(state), holdsRules: dump !== '' };
     return [survey];

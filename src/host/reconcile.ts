@@ -10,8 +10,8 @@ const MAX_ATTEMPTS = 8;
  * does not match, and the whole step is repeated from a fresh read, a bounded number of times; contention
  * ends in success or a temporary failure (75), never in a hard one.
  *
- * The check reads the table back, or runs the table's cheaper `checkWrite` for large states; see there for
- * what that one cannot see. A concurrent run with other flags replacing our rules at the same moment is
+ * The check is the write's own (see FirewallTable.write): the table read back, or a cheaper verdict for
+ * large states; without one, the table is read again. A concurrent run with other flags replacing our rules at the same moment is
  * not caught here (the last write wins and both report success); runs on one namespace are serialized by
  * the caller's lock, and `status` compares everything.
  */
@@ -50,13 +50,16 @@ export async function reconcile<State>(
       misspelt = key;
     }
     const transaction = dialect.transaction(installed, wanted);
+    let readBack: string | undefined;
     try {
-      await table.write(transaction);
+      const check = await table.write(transaction, wanted);
       const foreign = dialect.foreignRulesRemoved(installed, wanted);
       if (foreign.length > 0) options.onForeignRemoved?.(foreign);
-      const checked = await table.checkWrite?.(wanted);
-      if (checked === true) return { changed: true };
-      if (checked === false) options.onRetry?.(`${table.label} changed under us right after our write`);
+      if (check !== undefined && 'holds' in check) {
+        if (check.holds) return { changed: true };
+        options.onRetry?.(`${table.label} changed under us right after our write`);
+      }
+      readBack = check !== undefined && 'readBack' in check ? check.readBack : undefined;
     } catch (error) {
       if (!(error instanceof FirewallError)) throw error;
       // The same transaction failing twice on the same table is deterministic (a missing module, a bad
@@ -66,7 +69,8 @@ export async function reconcile<State>(
       options.onRetry?.(error.message);
       await sleep(10 + Math.random() * 40 * (attempt + 1));
     }
-    dump = undefined;
+    // The next round starts from what the write read back, or from a fresh read.
+    dump = readBack;
   }
   const why =
     lastFailure?.error.reason === 'lock'

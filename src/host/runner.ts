@@ -138,6 +138,43 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
   };
 }
 
+/** A program and its arguments, for `runChained`. */
+export interface ChainStep {
+  program: string;
+  args: readonly string[];
+}
+
+const shellWord = (word: string) => `'${word.replaceAll("'", `'\\''`)}'`;
+const STEP_MARK = '#== redirect-traffic step ';
+
+/**
+ * Runs `first` with `input` on stdin and, once it has succeeded, each of `then` in turn, all from one shell:
+ * one process started from this one rather than one per program (each costs a fork of this process's heap).
+ * Resolves to `first`'s exit status and stderr (its output is discarded), and the output of each later step
+ * that succeeded (undefined for one that failed). Words are quoted, never interpreted.
+ */
+export async function runChained(
+  runner: CommandRunner,
+  first: ChainStep,
+  then: readonly ChainStep[],
+  options: RunOptions = {},
+): Promise<{ exitCode: number; stderr: string; outputs: (string | undefined)[] }> {
+  const command = (step: ChainStep) => [step.program, ...step.args].map(shellWord).join(' ');
+  const script = [
+    `${command(first)} >/dev/null || exit $?`,
+    ...then.map((step, index) => `printf '%s\\n' '${STEP_MARK}${index}'; ${command(step)} && printf '\\n%s\\n' '${STEP_MARK}${index} ok'`),
+    // The status is the first program's: a later step's failure shows as its missing output.
+    'exit 0',
+  ].join('\n');
+  const result = await runner.run('/bin/sh', ['-c', script], options);
+  const outputs = then.map((_, index) => {
+    const start = result.stdout.indexOf(`${STEP_MARK}${index}\n`);
+    const end = result.stdout.indexOf(`\n${STEP_MARK}${index} ok\n`);
+    return start < 0 || end < start ? undefined : result.stdout.slice(start + `${STEP_MARK}${index}\n`.length, end);
+  });
+  return { exitCode: result.exitCode, stderr: result.stderr, outputs };
+}
+
 /** A minimal environment: children never see CONSUL_HTTP_TOKEN or anything else of ours. */
 const childEnv = (): Record<string, string> => ({ PATH: process.env['PATH'] ?? SYSTEM_DIRS.join(delimiter), LC_ALL: 'C' });
 

@@ -1,5 +1,4 @@
 import { readFileSync } from 'node:fs';
-import { networkInterfaces } from 'node:os';
 import { UsageError, PermissionError } from '../errors.ts';
 import type { Uid, UidSpec } from '../core/values.ts';
 import type { CommandRunner } from './runner.ts';
@@ -68,17 +67,6 @@ export async function resolveUid(spec: UidSpec, flag: string, runner: CommandRun
   if (uid !== undefined) return uid;
   if (keepUnknown) return spec.name;
   throw new UsageError(`invalid value "${spec.name}" for ${flag}: no such user on this host`);
-}
-
-/** Whether the target namespace has a global IPv6 address, whose traffic IPv4-only rules would not see. */
-export async function hasGlobalIpv6(runner: CommandRunner, netns: string | undefined): Promise<boolean> {
-  if (netns === undefined) {
-    return Object.values(networkInterfaces())
-      .flat()
-      .some((entry) => entry?.family === 'IPv6' && !entry.internal && !/^fe[89ab]/i.test(entry.address));
-  }
-  const result = await runner.run('ip', ['-o', '-6', 'address', 'show', 'scope', 'global']).catch(() => undefined);
-  return result?.exitCode === 0 && result.stdout.trim() !== '';
 }
 
 /** Server address and port of the SSH session this runs in, from SSH_CONNECTION. */

@@ -1,4 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
+import { takeInventory } from '../../src/host/inventory.ts';
 import { nftablesProvider } from '../../src/host/nftables.ts';
 import { fakeRunner } from '../helpers/fakes.ts';
 
@@ -12,7 +13,10 @@ vi.mock('../../src/host/runner.ts', async (importOriginal) => {
 const answering = (stderr: string) =>
   fakeRunner((program, args) => (program === '/usr/sbin/nft' && args[0] === '-j' ? { exitCode: 1, stdout: '', stderr } : undefined));
 
-const survey = (runner: ReturnType<typeof fakeRunner>) => nftablesProvider.survey({ runner: runner.factory(undefined), inNetns: false, notify: () => undefined });
+const survey = (fake: ReturnType<typeof fakeRunner>) => {
+  const runner = fake.factory(undefined);
+  return nftablesProvider.survey({ runner, inNetns: false, notify: () => undefined, inventory: () => takeInventory(runner, false) });
+};
 
 describe('the nftables survey on a kernel without nf_tables', () => {
   it.each([
@@ -21,7 +25,8 @@ describe('the nftables survey on a kernel without nf_tables', () => {
   ])('finds no table, as without nft: %j', async (stderr) => {
     const runner = answering(stderr);
     await expect(survey(runner)).resolves.toEqual([]);
-    expect(runner.calls.map((call) => call.args)).toEqual([['-j', 'list', 'table', 'inet', 'consul_tproxy']]);
+    // The inventory's one listing of the ruleset says so: no second request.
+    expect(runner.calls.map((call) => call.args)).toEqual([['-j', 'list', 'ruleset']]);
   });
 
   it('still fails on any other error', async () => {

@@ -166,12 +166,15 @@ describe('iptables backend: what a failed iptables-nft-restore means', () => {
   const SAVE = '*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n';
 
   async function ipv4Table(restore: { exitCode: number; stderr: string }) {
-    const runner = fakeRunner((program) => {
+    const runner = fakeRunner((program, args) => {
       if (program.endsWith('-save')) return { exitCode: 0, stdout: SAVE, stderr: '' };
-      if (program.endsWith('-restore')) return { exitCode: restore.exitCode, stdout: '', stderr: restore.stderr };
+      // The restore runs in a shell that reads the table back after it: only the restore fails here.
+      if (program === '/bin/sh' && /-restore' '--noflush'/.test(args[1] ?? '')) return { exitCode: restore.exitCode, stdout: '', stderr: restore.stderr };
       return undefined;
     });
-    const surveys = await iptablesProvider.survey({ runner: runner.factory('/run/netns/x'), inNetns: true, notify: () => undefined });
+    // No ruleset listed (no nft): the survey saves each family itself.
+    const inventory = async () => ({ legacyTables: { 4: false, 6: false }, globalIpv6: false, noNfTables: false });
+    const surveys = await iptablesProvider.survey({ runner: runner.factory('/run/netns/x'), inNetns: true, notify: () => undefined, inventory });
     const survey = surveys.find((s) => s.table.label === 'iptables-nft IPv4');
     expect(survey).toBeDefined();
     return { table: survey!.table, runner };
@@ -180,7 +183,7 @@ describe('iptables backend: what a failed iptables-nft-restore means', () => {
   it("exit 4 with 'CHAIN_DEL failed (Device or resource busy)' is a kernel refusal: hard (71), with a hint, not a lock", async () => {
     const stderr = 'iptables-nft-restore v1.8.9 (nf_tables): \nline 11: CHAIN_DEL failed (Device or resource busy): chain CONSUL_PROXY_OUTPUT\n';
     const { table } = await ipv4Table({ exitCode: 4, stderr });
-    const error = (await table.write('*nat\nCOMMIT\n').catch((caught: unknown) => caught)) as FirewallError;
+    const error = (await table.write('*nat\nCOMMIT\n', table.dialect.wanted(undefined)).catch((caught: unknown) => caught)) as FirewallError;
     expect(error).toBeInstanceOf(FirewallError);
     expect(error.reason).toBe('hard');
     expect(error.retryable).toBe(false);
@@ -203,19 +206,19 @@ describe('iptables backend: what a failed iptables-nft-restore means', () => {
     const reading = { ...table, read: async () => dump };
     const error = (await reconcile(reading, wanted, { firstDump: dump }).catch((caught: unknown) => caught)) as CliError;
     expect(error.exitCode).toBe(ExitCode.systemCommand);
-    expect(runner.calls.filter((call) => call.program.endsWith('-restore'))).toHaveLength(2);
+    expect(runner.calls.filter((call) => call.program === '/bin/sh')).toHaveLength(2);
   });
 
   it('exit 4 for the xtables lock is a lock: temporary (75)', async () => {
     const { table } = await ipv4Table({ exitCode: 4, stderr: 'Another app is currently holding the xtables lock. Perhaps you want to use the -w option?\n' });
-    const error = (await table.write('*nat\nCOMMIT\n').catch((caught: unknown) => caught)) as FirewallError;
+    const error = (await table.write('*nat\nCOMMIT\n', table.dialect.wanted(undefined)).catch((caught: unknown) => caught)) as FirewallError;
     expect(error.reason).toBe('lock');
     expect(error.exitCode).toBe(ExitCode.tempFail);
   });
 
   it('exit 4 alone, without a lock message, is no lock', async () => {
     const { table } = await ipv4Table({ exitCode: 4, stderr: 'iptables-nft-restore: line 3 failed\n' });
-    const error = (await table.write('*nat\nCOMMIT\n').catch((caught: unknown) => caught)) as FirewallError;
+    const error = (await table.write('*nat\nCOMMIT\n', table.dialect.wanted(undefined)).catch((caught: unknown) => caught)) as FirewallError;
     expect(error.reason).toBe('hard');
     expect(error.exitCode).toBe(ExitCode.systemCommand);
   });

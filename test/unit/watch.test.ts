@@ -17,7 +17,6 @@ import { captureOutput, fakeRunner, memoryRecords, redirectConfig, scratchDir } 
 vi.mock('../../src/host/system.ts', async (importOriginal) => ({
   ...(await importOriginal<typeof import('../../src/host/system.ts')>()),
   requireNetAdmin: () => undefined,
-  hasGlobalIpv6: async () => false,
 }));
 
 const scratch = scratchDir('redirect-traffic-watch-');
@@ -65,7 +64,7 @@ function toyFirewall() {
       counts.surveys += 1;
       const text = dump();
       const state = toyDialect.parse(text);
-      return [{ table, dump: text, state, holdsOurs: state.length > 0, holdsRules: text !== '' } as TableSurvey];
+      return { tables: [{ table, dump: text, state, holdsOurs: state.length > 0, holdsRules: text !== '' } as TableSurvey], globalIpv6: false };
     },
     systemDefault: () => undefined,
     dryRunProvider: () => {
