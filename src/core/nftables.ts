@@ -1,3 +1,4 @@
+import { formatIpv4, formatIpv6, parseIpv4, parseIpv6 } from './addresses.ts';
 import type { Dialect, TableSummary } from './dialect.ts';
 import { buildInetRuleset, isValueSet, OWNED_CHAINS, SET_NAMES, type Hook, type RedirectConfig, type Rule, type Target, type ValueSet } from './ruleset.ts';
 import type { Cidr, PortRange, Uid } from './values.ts';
@@ -93,82 +94,9 @@ function parseDecimal(text: string, max: number): number | undefined {
   return DECIMAL.test(text) && text.length <= 10 && Number(text) <= max ? Number(text) : undefined;
 }
 
-/**
- * Dotted quad to a number, one character at a time: sets hold thousands of these, and splitting each into
- * strings and testing each with a regular expression cost most of building a 10,000-element set.
- */
-function parseIpv4(text: string): number | undefined {
-  let value = 0;
-  let octet = 0;
-  let digits = 0;
-  let dots = 0;
-  for (let i = 0; i < text.length; i++) {
-    const code = text.charCodeAt(i);
-    if (code === 46 /* . */) {
-      if (digits === 0 || dots === 3) return undefined;
-      value = value * 256 + octet;
-      octet = 0;
-      digits = 0;
-      dots++;
-    } else if (code >= 48 && code <= 57) {
-      // No leading zero (`010`), as in parseDecimal: nft never prints one, validation never lets one through.
-      if (digits === 1 && octet === 0) return undefined;
-      octet = octet * 10 + (code - 48);
-      if (octet > 255) return undefined;
-      digits++;
-    } else {
-      return undefined;
-    }
-  }
-  return dots === 3 && digits > 0 ? value * 256 + octet : undefined;
-}
-
-function formatIpv4(value: Value): string {
-  const n = Number(value);
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
-}
-
 const parseNumber = (max: number) => (text: string) => {
   return parseDecimal(text, max);
 };
-
-function parseIpv6Groups(text: string): bigint[] | undefined {
-  if (text === '') return [];
-  const groups: bigint[] = [];
-  const parts = text.split(':');
-  for (const [index, part] of parts.entries()) {
-    // A dotted IPv4 tail (::ffff:192.0.2.1) is two groups; nft prints some addresses that way.
-    const tail = index === parts.length - 1 && part.includes('.') ? parseIpv4(part) : undefined;
-    if (tail !== undefined) groups.push(BigInt(Math.floor(tail / 65536)), BigInt(tail % 65536));
-    else if (/^[0-9a-fA-F]{1,4}$/.test(part)) groups.push(BigInt(`0x${part}`));
-    else return undefined;
-  }
-  return groups;
-}
-
-function parseIpv6(text: string): bigint | undefined {
-  const halves = text.split('::');
-  if (halves.length > 2) return undefined;
-  const head = parseIpv6Groups(halves[0] ?? '');
-  const tail = halves.length === 2 ? parseIpv6Groups(halves[1] ?? '') : [];
-  if (!head || !tail) return undefined;
-  const missing = 8 - head.length - tail.length;
-  if (halves.length === 2 ? missing < 1 : missing !== 0) return undefined;
-  return [...head, ...Array<bigint>(missing).fill(0n), ...tail].reduce((value, group) => (value << 16n) | group, 0n);
-}
-
-/** RFC 5952, as inet_ntop prints it: the first longest run of two or more zero groups becomes `::`. */
-function formatIpv6(value: Value): string {
-  const groups = [112n, 96n, 80n, 64n, 48n, 32n, 16n, 0n].map((shift) => (BigInt(value) >> shift) & 0xffffn);
-  let best = { start: -1, length: 1 };
-  for (let start = 0; start < 8; start++) {
-    let length = 0;
-    while (start + length < 8 && groups[start + length] === 0n) length++;
-    if (length > best.length) best = { start, length };
-  }
-  const hex = (from: number, to: number) => groups.slice(from, to).map((group) => group.toString(16)).join(':');
-  return best.start < 0 ? hex(0, 8) : `${hex(0, best.start)}::${hex(best.start + best.length, 8)}`;
-}
 
 // Prefix arithmetic in plain numbers, for domains of up to 32 bits (2^32 is still exact in a double).
 const numberPrefix = (bits: number) => (address: Value, length: number): Interval | undefined => {
@@ -202,8 +130,8 @@ function bigintPrefixLength({ low, high }: Interval): number | undefined {
 }
 
 const DOMAINS: Readonly<Record<string, Domain>> = {
-  ipv4_addr: { bits: 32, address: true, interval: true, parse: parseIpv4, format: formatIpv4, prefix: numberPrefix(32), prefixLength: numberPrefixLength(32) },
-  ipv6_addr: { bits: 128, address: true, interval: true, parse: parseIpv6, format: formatIpv6, prefix: bigintPrefix, prefixLength: bigintPrefixLength },
+  ipv4_addr: { bits: 32, address: true, interval: true, parse: parseIpv4, format: (value) => formatIpv4(Number(value)), prefix: numberPrefix(32), prefixLength: numberPrefixLength(32) },
+  ipv6_addr: { bits: 128, address: true, interval: true, parse: parseIpv6, format: (value) => formatIpv6(BigInt(value)), prefix: bigintPrefix, prefixLength: bigintPrefixLength },
   inet_service: { bits: 16, address: false, interval: true, parse: parseNumber(65535), format: String, prefix: numberPrefix(16), prefixLength: numberPrefixLength(16) },
   // A hash set: UIDs are single values, and duplicates in one definition are folded by nft 1.0.6 as well.
   uid: { bits: 32, address: false, interval: false, parse: parseNumber(2 ** 32 - 1), format: String, prefix: numberPrefix(32), prefixLength: numberPrefixLength(32) },

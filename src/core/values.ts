@@ -1,4 +1,4 @@
-import IPCIDR from 'ip-cidr';
+import { formatIpv4, formatIpv6, parseIpv4, parseIpv6 } from './addresses.ts';
 import * as z from 'zod/mini';
 import { invalidValue } from '../errors.ts';
 
@@ -105,49 +105,13 @@ export const uidSchema = transformed(scalarString, (text, ctx): UidSpec => {
   return { kind: 'name', name: text };
 });
 
-const DOT = 46;
-const ZERO = 48;
-const NINE = 57;
-
-/**
- * A dotted quad as a 32-bit number; each octet in decimal without leading zeros (iptables would read them
- * as octal). Read character by character: config files hold thousands of these, and this allocates nothing.
- */
-function ipv4Number(text: string): number | undefined {
-  let value = 0;
-  let octets = 0;
-  let octet = -1; // -1 until the current octet has a digit
-  for (let index = 0; index <= text.length; index++) {
-    // One dot past the end closes the last octet.
-    const code = index < text.length ? text.charCodeAt(index) : DOT;
-    if (code === DOT) {
-      if (octet < 0 || ++octets > 4) return undefined;
-      value = value * 256 + octet;
-      octet = -1;
-    } else if (code >= ZERO && code <= NINE && octet !== 0) {
-      octet = Math.max(octet, 0) * 10 + (code - ZERO);
-      if (octet > 255) return undefined;
-    } else {
-      return undefined;
-    }
-  }
-  return octets === 4 ? value : undefined;
-}
-
-const ipv4Text = (value: number) => [24, 16, 8, 0].map((shift) => (value >>> shift) & 255).join('.');
-
-// IPv4 inside IPv6, however written: ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, which ip6tables-save
-// prints in that dotted form, so it would never read back as written).
+// IPv4 inside IPv6, however written: ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible), which inet_ntop,
+// so ip6tables-save and nft, print dotted: such a rule would never read back as written.
 const IPV4_IN_IPV6 = /^::(ffff:)?[0-9a-f]{1,4}:[0-9a-f]{1,4}$/;
 
-/**
- * The canonical text of an IPv6 address, or undefined. Zone IDs mean nothing to iptables, and IPv4 inside
- * IPv6 is refused: ip-cidr rewrites some of it to IPv4, dropping the prefix, and ip6tables prints it dotted.
- */
-function canonicalIpv6(text: string): string | undefined {
-  if (!text.includes(':') || /[%.]/.test(text) || !IPCIDR.isValidAddress(text)) return undefined;
-  const canonical = IPCIDR.createAddress(text).correctForm();
-  return IPV4_IN_IPV6.test(canonical) ? undefined : canonical;
+/** An IPv6 address as a number; zone IDs mean nothing to iptables, and dotted IPv4 tails are refused. */
+function ipv6Number(text: string): bigint | undefined {
+  return text.includes(':') && !/[%.]/.test(text) ? parseIpv6(text) : undefined;
 }
 
 function prefixLength(text: string | undefined, family: Family): number | undefined {
@@ -158,30 +122,32 @@ function prefixLength(text: string | undefined, family: Family): number | undefi
   return prefix <= max ? prefix : undefined;
 }
 
-// IPv4, the common case (and thousands of entries at a time), is parsed here; IPv6 goes through ip-cidr.
 function canonicalCidr(text: string): Cidr | string {
   const slash = text.indexOf('/');
   const address = slash < 0 ? text : text.slice(0, slash);
   const prefixText = slash < 0 ? undefined : text.slice(slash + 1);
   if (prefixText?.includes('/')) return 'must be an address or address/prefix';
-  const ipv4 = ipv4Number(address);
-  const ipv6 = ipv4 === undefined ? canonicalIpv6(address) : undefined;
+  const ipv4 = parseIpv4(address);
+  const ipv6 = ipv4 === undefined ? ipv6Number(address) : undefined;
   if (ipv4 === undefined && ipv6 === undefined) {
     return 'must be an IPv4 or IPv6 address or CIDR prefix (host names are not accepted)';
   }
   const family: Family = ipv4 === undefined ? 6 : 4;
   const prefix = prefixLength(prefixText, family);
   if (prefix === undefined) return 'has an invalid prefix length';
+  // Host bits are masked away, as iptables and nft do, so the rule reads back as they print it.
   if (ipv4 !== undefined) {
-    // iptables masks host bits away; do the same so the rule reads as iptables-save prints it.
     const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
     const network = (ipv4 & mask) >>> 0;
     // Already canonical (the usual case, thousands at a time): keep the caller's string.
     if (network === ipv4 && prefixText !== undefined) return { family, cidr: text };
-    return { family, cidr: `${ipv4Text(network)}/${prefix}` };
+    return { family, cidr: `${formatIpv4(network)}/${prefix}` };
   }
-  const network = new IPCIDR(`${ipv6}/${prefix}`).addressStart.correctForm();
-  if (IPV4_IN_IPV6.test(network)) return 'must not be an IPv4 address written as IPv6; give the IPv4 form';
+  const hostBits = BigInt(128 - prefix);
+  const network = formatIpv6(((ipv6 as bigint) >> hostBits) << hostBits);
+  if (IPV4_IN_IPV6.test(formatIpv6(ipv6 as bigint)) || IPV4_IN_IPV6.test(network)) {
+    return 'must not be an IPv4 address written as IPv6; give the IPv4 form';
+  }
   return { family, cidr: `${network}/${prefix}` };
 }
 
@@ -213,9 +179,10 @@ export const cidrListSchema = transformed(
 );
 
 export const ipAddressSchema = transformed(z.string(), (text, ctx): IpAddress => {
-  if (ipv4Number(text) !== undefined) return { family: 4, address: text };
-  const ipv6 = text.includes('/') ? undefined : canonicalIpv6(text);
-  return ipv6 === undefined ? fail(ctx, 'must be an IPv4 or IPv6 address') : { family: 6, address: ipv6 };
+  if (parseIpv4(text) !== undefined) return { family: 4, address: text };
+  const ipv6 = ipv6Number(text);
+  if (ipv6 === undefined || IPV4_IN_IPV6.test(formatIpv6(ipv6))) return fail(ctx, 'must be an IPv4 or IPv6 address');
+  return { family: 6, address: formatIpv6(ipv6) };
 });
 
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };

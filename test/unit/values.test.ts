@@ -1,4 +1,5 @@
 import { isIP } from 'node:net';
+import IPCIDR from 'ip-cidr';
 import { describe, expect, it } from 'vitest';
 import type * as z from 'zod/mini';
 import {
@@ -169,6 +170,24 @@ describe('cidrSchema', () => {
       }
     },
   );
+
+  it('spells IPv6 networks exactly as ip-cidr (an independent implementation) does, on random addresses and prefixes', () => {
+    let seed = 7;
+    const random = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    // Runs of zero groups of every length and place, so that every `::` choice is exercised.
+    const group = () => (random(3) === 0 ? '0' : random(0x10000).toString(16).padStart(random(2) ? 4 : 1, '0'));
+    for (let i = 0; i < 3000; i++) {
+      const address = Array.from({ length: 8 }, group).join(':');
+      const prefix = random(129);
+      const expected = new IPCIDR(`${address}/${prefix}`).addressStart.correctForm();
+      const result = check(cidrSchema, `${address}/${prefix}`);
+      if (/^::(ffff:)?[0-9a-f]{1,4}:[0-9a-f]{1,4}$/.test(expected)) continue; // refused: IPv4 written as IPv6
+      expect(result, `${address}/${prefix}`).toEqual({ ok: true, value: { family: 6, cidr: `${expected}/${prefix}` } });
+    }
+  });
 });
 
 describe('ipAddressSchema', () => {
