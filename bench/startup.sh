@@ -6,6 +6,9 @@
 #   no-cache       bin/redirect-traffic with no cache file (what a Node version other than the build's gets)
 # Rounds interleave versions and variants (hyperfine runs each command --runs times per round); the printed
 # figures are medians over all rounds. Children get PATH only (an inherited NODE_EXTRA_CA_CERTS costs ~50 ms).
+# As root it then times a typical apply (code-cache variant) on each version, in a scratch network namespace
+# (rt-bench-startup-<pid>, deleted at exit), against that version's floor: `node -e 0` + iptables-save +
+# iptables-restore for iptables, `node -e 0` + `nft -f` for nftables; rounds interleave versions and backends.
 # Usage: npm run build && bench/startup.sh [rounds] [runs-per-round]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +16,8 @@ ROUNDS=${1:-10}
 RUNS=${2:-5}
 ROOT=$PWD
 WORK=$(mktemp -d /tmp/rt-startup-XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+NAMESPACE=rt-bench-startup-$$
+trap 'rm -rf "$WORK"; [ ! -e "/var/run/netns/$NAMESPACE" ] || ip netns delete "$NAMESPACE"' EXIT
 FLAGS="--dry-run -proxy-uid=999 -proxy-inbound-port=20000 -exclude-uid=998 -exclude-inbound-port=22 -exclude-outbound-cidr=169.254.169.254 -consul-dns-port=8600"
 # The same warm-up dry run build.mjs records its code cache with.
 WARM="--dry-run -proxy-uid=0 -proxy-inbound-port=20000 -exclude-inbound-port=22 -exclude-outbound-cidr=198.18.0.0/15 -exclude-uid=0"
@@ -100,3 +104,50 @@ for (const v of versions) {
 }
 console.log(`medians over ${rounds} interleaved rounds; load average ${require('node:os').loadavg().map((x) => x.toFixed(1)).join(' ')}`);
 REPORT
+
+# 3. Apply (root only): redirect-traffic's typical apply against its floor, on a namespace emptied before each run.
+if [ "$(id -u)" != 0 ]; then
+  echo 'apply start-up not measured: it needs root (a scratch network namespace)'
+  exit 0
+fi
+ip netns add "$NAMESPACE"
+python3 - "$WORK" "$((ROUNDS * RUNS))" "$NAMESPACE" "$FLAGS" "${VERSIONS[@]}" <<'APPLY'
+import statistics, subprocess, sys, time
+work, n, namespace, flags, versions = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(), sys.argv[5:]
+netns = f'/var/run/netns/{namespace}'
+apply_flags = [f for f in flags if f != '--dry-run'] + ['-netns', netns]
+inside = lambda *argv: ['nsenter', f'--net={netns}', '--', *argv]
+def run(argv, env, stdin=None):
+    result = subprocess.run(argv, env=env, input=stdin, capture_output=True, text=True)
+    if result.returncode != 0: sys.exit(f'{argv} failed: {result.stderr}')
+    return result.stdout
+def timed(argv, env, stdin=None):
+    start = time.perf_counter(); run(argv, env, stdin); return (time.perf_counter() - start) * 1000
+def reset(env):
+    run(inside('iptables', '-t', 'nat', '-F'), env); run(inside('iptables', '-t', 'nat', '-X'), env)
+    run(inside('nft', 'add table inet consul_tproxy; delete table inet consul_tproxy'), env)
+cells = {}
+for i in range(n + 1):
+    for backend in ('iptables', 'nftables'):
+        for v in versions:
+            env = {'PATH': f'{work}/{v}/path:/usr/sbin:/usr/bin:/sbin:/bin'}
+            shim = f'{work}/{v}/code-cache/bin/redirect-traffic'
+            argv = [shim, f'-backend={backend}', *apply_flags]
+            transaction = run([shim, '--dry-run', f'-backend={backend}', *flags], env)
+            reset(env)
+            node = timed(['node', '-e', '0'], env)
+            if backend == 'iptables':
+                floor = node + timed(inside('iptables-save', '-t', 'nat'), env) + timed(inside('iptables-restore', '--noflush'), env, transaction)
+            else:
+                floor = node + timed(inside('nft', '-f', '-'), env, transaction)
+            reset(env)
+            apply = timed(argv, env)
+            if i > 0:  # the first round warms up
+                cells.setdefault((backend, v), []).append((node, floor, apply, apply / floor))
+print('\napply: medians in ms over interleaved runs; ratio: median of apply / floor within each run')
+print('| backend | Node | `node -e 0` | floor | apply | apply / floor |')
+print('|---|---|---:|---:|---:|---:|')
+for (backend, v), rows in cells.items():
+    med = lambda k: statistics.median(row[k] for row in rows)
+    print(f'| {backend} | {v} | {med(0):.1f} | {med(1):.1f} | {med(2):.1f} | {med(3):.2f}x |')
+APPLY

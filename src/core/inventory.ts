@@ -1,28 +1,29 @@
 import type { Family } from './values.ts';
 
-// One look into a network namespace, for every backend at once: the whole nf_tables ruleset as
-// `nft -j list ruleset` prints it, and the /proc/net files that say what else the kernel holds. Pure: this
-// module only reads the texts; host/inventory.ts takes them, with one process.
+// One look into a network namespace, for every backend at once: the /proc/net files that say what the
+// kernel holds besides nf_tables, the names of all nf_tables chains, and our own table. Pure: this module
+// only reads the texts; host/inventory.ts takes them, with one process.
 
-/** The /proc/net files read, each as `#== <name>` then its lines; the ruleset follows `#== nft`. */
+/** The /proc/net files read, each printed as a section. */
 export const PROC_NET_FILES = ['ip_tables_names', 'ip6_tables_names', 'if_inet6'] as const;
 export type ProcNetFile = (typeof PROC_NET_FILES)[number];
+/** Starts a section line; nothing else printed starts so (nft -j prints one line, /proc/net these files). */
 export const SECTION_MARK = '#== ';
 
-/** The objects of one nf_tables table, in the order nft listed them (the table object first). */
-export type TableObjects = readonly Record<string, unknown>[];
+export interface NftListing {
+  /** Every chain's name, by table (`ip nat`, `inet consul_tproxy`): cheap to list however many rules there are. */
+  chains: ReadonlyMap<string, readonly string[]>;
+  /** `nft -j list table inet consul_tproxy`: empty when there is no such table, undefined when it failed otherwise. */
+  ours: string | undefined;
+}
 
 export interface Inventory {
   /** iptables-legacy holds tables of this family (the kernel lists them; reading loads no module). */
   legacyTables: Readonly<Record<Family, boolean>>;
   /** An address of global scope on any interface: IPv6 traffic that IPv4-only rules would not see. */
   globalIpv6: boolean;
-  /**
-   * Every nf_tables table, keyed `<family> <name>` ("ip nat", "inet consul_tproxy"). Undefined when the
-   * ruleset was not listed or could not be read (nft missing or failing, JSON nft 1.0.6 misprints):
-   * each backend then reads its own tables.
-   */
-  nftTables?: ReadonlyMap<string, TableObjects>;
+  /** What nft listed; undefined without nft, or when it failed: each backend then reads its own tables. */
+  nft?: NftListing;
   /** nft answered that this kernel has no nf_tables. */
   noNfTables: boolean;
 }
@@ -38,7 +39,7 @@ export function procNetFacts(files: Readonly<Partial<Record<ProcNetFile, string>
   return { legacyTables: { 4: listed('ip_tables_names'), 6: listed('ip6_tables_names') }, globalIpv6 };
 }
 
-/** Splits the inventory script's output into its sections, by name. */
+/** Splits the inventory script's output into its sections: each section line's text, and what follows it. */
 export function sections(output: string): Map<string, string> {
   const found = new Map<string, string>();
   let name: string | undefined;
@@ -61,11 +62,8 @@ export function sections(output: string): Map<string, string> {
 
 const isRecord = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
 
-/**
- * `nft -j list ruleset` grouped by table, or undefined when it is not the JSON nft prints (nft 1.0.6 prints
- * some attributes, a dormant table's flags, as broken JSON).
- */
-export function tablesOfRuleset(json: string): Map<string, Record<string, unknown>[]> | undefined {
+/** `nft -j list chains` as chain names by table, or undefined when it is not the JSON nft prints. */
+export function chainsByTable(json: string): Map<string, string[]> | undefined {
   let document: unknown;
   try {
     document = JSON.parse(json);
@@ -74,21 +72,12 @@ export function tablesOfRuleset(json: string): Map<string, Record<string, unknow
   }
   const objects = isRecord(document) ? document['nftables'] : undefined;
   if (!Array.isArray(objects)) return undefined;
-  const tables = new Map<string, Record<string, unknown>[]>();
+  const tables = new Map<string, string[]>();
   for (const object of objects) {
-    if (!isRecord(object)) return undefined;
-    const [kind, body] = Object.entries(object)[0] ?? [];
-    if (kind === 'metainfo') continue;
-    if (!isRecord(body)) return undefined;
-    const name = kind === 'table' ? body['name'] : body['table'];
-    const key = `${String(body['family'])} ${String(name)}`;
-    const table = tables.get(key) ?? [];
-    table.push(object);
-    tables.set(key, table);
+    const chain = isRecord(object) ? object['chain'] : undefined;
+    if (!isRecord(chain)) continue;
+    const key = `${String(chain['family'])} ${String(chain['table'])}`;
+    tables.set(key, [...(tables.get(key) ?? []), String(chain['name'])]);
   }
   return tables;
 }
-
-/** A table's objects as `nft -j list table <family> <name>` prints them; empty when there is no such table. */
-export const tableDump = (objects: TableObjects | undefined): string =>
-  objects === undefined ? '' : JSON.stringify({ nftables: objects });

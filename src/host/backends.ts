@@ -16,7 +16,7 @@ export function installedBackends(runner: (netns?: string) => CommandRunner, not
     const namespaceRunner = runner(netns);
     const inNetns = netns !== undefined;
     let taken: Promise<Inventory> | undefined;
-    return { runner: namespaceRunner, inNetns, notify, inventory: () => (taken ??= takeInventory(namespaceRunner, inNetns)) };
+    return { runner: namespaceRunner, inNetns, notify, inventory: () => (taken ??= takeInventory(namespaceRunner)) };
   };
   return {
     async survey(netns, kinds) {

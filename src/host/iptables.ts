@@ -1,5 +1,4 @@
 import { readFileSync, realpathSync, statSync } from 'node:fs';
-import type { Inventory } from '../core/inventory.ts';
 import { EMPTY_STATE, iptablesDialect, jumpsMatch, listedJumps, renderTransaction, HOOK_CHAINS, type OwnedState } from '../core/natTable.ts';
 import { OWNED_CHAINS, redirectedFamilies } from '../core/ruleset.ts';
 import { familyLabel, type Family } from '../core/values.ts';
@@ -164,24 +163,13 @@ function tableError(program: string, stderr: string, exitCode: number): Firewall
   return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock ? 'lock' : 'hard');
 }
 
-/** The tables iptables itself manages; any other table in the ip and ip6 families is native nftables. */
-const XTABLES = ['filter', 'nat', 'mangle', 'raw', 'security'];
-
-const nftFamily = (family: Family) => (family === 4 ? 'ip' : 'ip6');
-
 /**
- * An iptables-nft table as the namespace's nf_tables ruleset shows it: its nat table's objects, and whether
- * any of the family's iptables tables holds a rule. Undefined when the ruleset was not read.
+ * Whether iptables-nft holding other rules can change which variant chooseBackend picks: only when legacy is
+ * installed too, and either holds tables or is the system default. Otherwise the nft variant is picked either
+ * way (the only one, or the default with legacy empty), and learning it would cost a save of every table.
  */
-function inRuleset(inventory: Inventory, family: Family): { mentionsOurs: boolean; holdsRules: boolean } | undefined {
-  const { nftTables } = inventory;
-  if (nftTables === undefined) return undefined;
-  const natText = JSON.stringify(nftTables.get(`${nftFamily(family)} nat`) ?? []);
-  return {
-    // A chain of ours, or a rule naming one: only then is the table worth a save (and a parse).
-    mentionsOurs: OWNED_CHAINS.some((chain) => natText.includes(`"${chain}"`)),
-    holdsRules: XTABLES.some((name) => nftTables.get(`${nftFamily(family)} ${name}`)?.some((object) => 'rule' in object)),
-  };
+function holdsRulesDecides(legacyInstalled: boolean, legacyHoldsTables: boolean): boolean {
+  return legacyInstalled && (legacyHoldsTables || systemDefaultVariant() === 'iptables-legacy');
 }
 
 function surveyOf(table: IptablesTable, dump: string, holdsRules = /^-A /m.test(dump)): TableSurvey<OwnedState> {
@@ -193,22 +181,27 @@ export const iptablesProvider: BackendProvider = {
   kind: 'iptables',
   installed: () => VARIANTS.some((variant) => FAMILIES.some((family) => findTool(variant, family, '-restore') !== undefined)),
   /**
-   * Reads every installed variant and family, as little as it can. iptables-nft's tables are in the
-   * namespace's nf_tables ruleset, which the inventory lists: a family is saved only when its nat table
-   * mentions our chains. iptables-legacy is read only when the kernel holds legacy tables of that family. A
-   * plain save (no `-t`) dumps only tables that already exist, so surveying never instantiates one.
+   * Reads every installed variant and family, as little as it can. The inventory names every nf_tables
+   * chain, iptables-nft's too: an iptables-nft family is saved only when its nat table has a chain of ours,
+   * or when whether it holds any rules can decide between the two variants (see holdsRulesDecides).
+   * iptables-legacy is read only when the kernel holds legacy tables of that family. A plain save (no `-t`)
+   * dumps only tables that already exist, so surveying never instantiates one.
    */
   async survey({ runner, notify, inventory }) {
     const look = await inventory();
     const open = (variant: Variant) => FAMILIES.flatMap((family) => openTable(runner, variant, family, notify) ?? []);
     const familyOf = (table: IptablesTable) => table.families[0] ?? 4;
+    const legacyTables = open('legacy');
     return Promise.all([
       ...open('nft').map(async (table) => {
-        const seen = inRuleset(look, familyOf(table));
-        if (seen === undefined) return surveyOf(table, await table.saveAll());
-        return seen.mentionsOurs ? surveyOf(table, await table.read(), seen.holdsRules) : surveyOf(table, '', seen.holdsRules);
+        const family = familyOf(table);
+        const legacyInstalled = legacyTables.some((legacy) => familyOf(legacy) === family);
+        if (look.nft === undefined || holdsRulesDecides(legacyInstalled, look.legacyTables[family])) return surveyOf(table, await table.saveAll());
+        const natChains = look.nft.chains.get(`${family === 4 ? 'ip' : 'ip6'} nat`) ?? [];
+        // Found no rules: in this case, holding rules or not leads chooseBackend to the same variant.
+        return natChains.some((chain) => (OWNED_CHAINS as readonly string[]).includes(chain)) ? surveyOf(table, await table.read()) : surveyOf(table, '', false);
       }),
-      ...open('legacy').map(async (table) => surveyOf(table, look.legacyTables[familyOf(table)] ? await table.saveAll() : '')),
+      ...legacyTables.map(async (table) => surveyOf(table, look.legacyTables[familyOf(table)] ? await table.saveAll() : '')),
     ]);
   },
   dryRun(config, version) {

@@ -1,4 +1,4 @@
-import { NO_NF_TABLES, tableDump } from '../core/inventory.ts';
+import { NO_NF_TABLES } from '../core/inventory.ts';
 import { NFT_FAMILY, NFT_TABLE, nftablesDialect, type NftState } from '../core/nftables.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
@@ -56,15 +56,13 @@ export const nftablesProvider: BackendProvider = {
   async survey({ runner, inventory }) {
     const nft = findProgram('nft');
     if (nft === undefined) return [];
-    const { nftTables, noNfTables } = await inventory();
+    const look = await inventory();
     // A kernel without nf_tables leaves the backend as unusable as a missing nft: no table to read or write,
     // and nothing stopping iptables (legacy) from serving instead.
-    if (noNfTables) return [];
-    let dump: string;
-    if (nftTables) {
-      dump = tableDump(nftTables.get(TABLE));
-    } else {
-      // The whole ruleset could not be read (JSON nft misprints, in another table perhaps): ours alone.
+    if (look.noNfTables) return [];
+    let dump = look.nft?.ours;
+    if (dump === undefined) {
+      // The inventory could not list our table: read it alone, which tells why.
       const listed = await listTable(runner, nft);
       if (listed.exitCode !== 0 && NO_NF_TABLES.test(listed.stderr)) return [];
       dump = dumpOf(listed);

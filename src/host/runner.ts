@@ -15,6 +15,8 @@ export interface CommandRunner {
 export interface RunOptions {
   input?: string;
   timeoutMs?: number;
+  /** What to call the program in messages, when its file is not what the operator knows it by (a shell). */
+  name?: string;
   /** Added to the child's minimal environment (PATH and LC_ALL only), e.g. NOTIFY_SOCKET for systemd-notify. */
   env?: Record<string, string>;
 }
@@ -56,8 +58,8 @@ export function findProgram(name: string, pathEnv = process.env['PATH'] ?? ''): 
 export const notFound = (program: string, hint: string) =>
   new MissingProgramError(`${program} was not found on PATH or in the system directories (/usr/sbin, /sbin, ...): ${hint}`);
 
-// iptables-save of a large table can be megabytes; execFile's default buffer (1 MiB) would cut it off.
-const MAX_OUTPUT_BYTES = 256 * 1024 * 1024;
+// iptables-save of a large table can be megabytes; beyond this, something is wrong.
+const MAX_OUTPUT_CHARS = 256 * 1024 * 1024;
 
 /** How to run a program inside `netns` (through nsenter), or as it is without one: [file, arguments]. */
 export function namespaceEntry(netns: string | undefined): (program: string, args: readonly string[]) => [string, readonly string[]] {
@@ -69,8 +71,8 @@ export function namespaceEntry(netns: string | undefined): (program: string, arg
 
 /**
  * Runs programs directly (no shell), each under a time limit; with `netns`, inside that network namespace.
- * Node's execFile rather than execa: this runs a handful of short-lived commands, and execa's start-up
- * and per-call cost measured ~20 ms of an apply that should be close to the cost of the commands alone.
+ * Node's spawn rather than execa: this runs a handful of short-lived commands, and execa's start-up and
+ * per-call cost measured ~20 ms of an apply that should be close to the cost of the commands alone.
  */
 export function createRunner(options: { netns?: string | undefined } = {}): CommandRunner {
   // nsenter execs the program (no --fork): the child's PID is the program's, and stopping it stops the program.
@@ -78,35 +80,54 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
   return {
     async run(program, args, runOptions = {}) {
       const [file, argv] = command(program, args);
+      const name = runOptions.name ?? program;
       const timeout = runOptions.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
       // Loaded on first use: a dry run starts no process and should not pay for node:child_process.
-      const { execFile } = await import('node:child_process');
-      const outcome = await new Promise<{ error: ExecFileError | null; stdout: string; stderr: string }>((resolve) => {
-        const child = execFile(
-          file,
-          argv,
-          {
-            timeout,
-            killSignal: 'SIGKILL',
-            maxBuffer: MAX_OUTPUT_BYTES,
-            encoding: 'utf8',
-            env: { ...childEnv(), ...runOptions.env },
-          },
-          (error, stdout, stderr) => resolve({ error: error as ExecFileError | null, stdout, stderr }),
-        );
+      const { spawn } = await import('node:child_process');
+      const ended = await new Promise<Ended>((resolve) => {
+        // Its own process group: the limits below kill the whole group, so a program a shell started
+        // (runChained) cannot go on writing after we have given up on it. It also keeps a terminal's Ctrl-C
+        // from the children: SIGINT reaches this process alone, which finishes its writes or rolls back.
+        const child = spawn(file, argv, { detached: true, env: { ...childEnv(), ...runOptions.env } });
+        const output = { stdout: '', stderr: '' };
+        let failure: Ended['failure'];
+        const killGroup = (why: NonNullable<Ended['failure']>) => {
+          failure ??= why;
+          try {
+            if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+          } catch {
+            // exited meanwhile
+          }
+        };
+        const timer = setTimeout(() => killGroup('timeout'), timeout);
+        for (const stream of ['stdout', 'stderr'] as const) {
+          child[stream].setEncoding('utf8');
+          child[stream].on('data', (chunk: string) => {
+            output[stream] += chunk;
+            if (output[stream].length > MAX_OUTPUT_CHARS) killGroup('too much output');
+          });
+        }
+        child.once('error', (error: NodeJS.ErrnoException) => {
+          clearTimeout(timer);
+          resolve({ ...output, exitCode: null, signal: null, failure, spawnError: error });
+        });
+        child.once('close', (exitCode, signal) => {
+          clearTimeout(timer);
+          resolve({ ...output, exitCode, signal, failure });
+        });
         // A child that exits without reading its input closes the pipe; its exit status tells what happened.
-        child.stdin?.on('error', () => undefined);
-        child.stdin?.end(runOptions.input ?? '');
+        child.stdin.on('error', () => undefined);
+        child.stdin.end(runOptions.input ?? '');
       });
-      const { error, stdout, stderr } = outcome;
-      if (error === null) return { exitCode: 0, stdout, stderr };
-      if (typeof error.code === 'number') return { exitCode: error.code, stdout, stderr };
-      if (error.killed && error.signal === 'SIGKILL' && error.code === null) {
-        throw new TemporaryError(`${program} did not finish within ${timeout / 1000}s and was killed`);
+      const { stdout, stderr } = ended;
+      if (ended.failure === 'timeout') throw new TemporaryError(`${name} did not finish within ${timeout / 1000}s and was killed`);
+      if (ended.failure === 'too much output') throw new SystemCommandError(`${name} printed more than ${MAX_OUTPUT_CHARS} characters and was killed`);
+      if (ended.spawnError) {
+        const reason = ended.spawnError.code === 'ENOENT' ? 'not found' : ended.spawnError.message;
+        throw new SystemCommandError(`could not run ${file}: ${reason}`);
       }
-      if (error.signal) throw new SystemCommandError(`${program} was killed by ${error.signal}`);
-      const reason = error.code === 'ENOENT' ? 'not found' : error.message;
-      throw new SystemCommandError(`could not run ${file}: ${reason}`);
+      if (ended.exitCode !== null) return { exitCode: ended.exitCode, stdout, stderr };
+      throw new SystemCommandError(`${name} was killed by ${ended.signal}`);
     },
 
     async spawnLines(program, args, onLine) {
@@ -145,13 +166,13 @@ export interface ChainStep {
 }
 
 const shellWord = (word: string) => `'${word.replaceAll("'", `'\\''`)}'`;
-const STEP_MARK = '#== redirect-traffic step ';
 
 /**
  * Runs `first` with `input` on stdin and, once it has succeeded, each of `then` in turn, all from one shell:
  * one process started from this one rather than one per program (each costs a fork of this process's heap).
  * Resolves to `first`'s exit status and stderr (its output is discarded), and the output of each later step
- * that succeeded (undefined for one that failed). Words are quoted, never interpreted.
+ * that succeeded (undefined for one that failed). Words are quoted, never interpreted. A timeout kills them
+ * all (the runner kills the process group).
  */
 export async function runChained(
   runner: CommandRunner,
@@ -159,18 +180,32 @@ export async function runChained(
   then: readonly ChainStep[],
   options: RunOptions = {},
 ): Promise<{ exitCode: number; stderr: string; outputs: (string | undefined)[] }> {
+  // Outputs are told apart by marker lines. What the steps print can hold anyone's text (a rule's comment may
+  // contain newlines), so each run's markers carry a token that text written before the run cannot contain.
+  // Nothing here is secret, so Math.random will do (node:crypto would add ~8 ms to every start).
+  const token = `${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+  const mark = (index: number, what: 'start' | 'ok') => `#== redirect-traffic ${token} step ${index} ${what}`;
   const command = (step: ChainStep) => [step.program, ...step.args].map(shellWord).join(' ');
   const script = [
     `${command(first)} >/dev/null || exit $?`,
-    ...then.map((step, index) => `printf '%s\\n' '${STEP_MARK}${index}'; ${command(step)} && printf '\\n%s\\n' '${STEP_MARK}${index} ok'`),
+    ...then.map((step, index) => `printf '%s\\n' '${mark(index, 'start')}'; ${command(step)} && printf '\\n%s\\n' '${mark(index, 'ok')}'`),
     // The status is the first program's: a later step's failure shows as its missing output.
     'exit 0',
   ].join('\n');
-  const result = await runner.run('/bin/sh', ['-c', script], options);
+  const result = await runner.run('/bin/sh', ['-c', script], { name: first.program, ...options });
+  // Read in the order the script writes: each step's start mark, its output, then its end mark if it succeeded.
+  let at = 0;
   const outputs = then.map((_, index) => {
-    const start = result.stdout.indexOf(`${STEP_MARK}${index}\n`);
-    const end = result.stdout.indexOf(`\n${STEP_MARK}${index} ok\n`);
-    return start < 0 || end < start ? undefined : result.stdout.slice(start + `${STEP_MARK}${index}\n`.length, end);
+    const start = `${mark(index, 'start')}\n`;
+    const startAt = result.stdout.indexOf(start, at);
+    if (startAt < 0) return undefined;
+    at = startAt + start.length;
+    const endAt = result.stdout.indexOf(`\n${mark(index, 'ok')}\n`, at);
+    const nextStart = result.stdout.indexOf(`${mark(index + 1, 'start')}\n`, at);
+    if (endAt < 0 || (nextStart >= 0 && nextStart < endAt)) return undefined;
+    const output = result.stdout.slice(at, endAt);
+    at = endAt;
+    return output;
   });
   return { exitCode: result.exitCode, stderr: result.stderr, outputs };
 }
@@ -178,5 +213,12 @@ export async function runChained(
 /** A minimal environment: children never see CONSUL_HTTP_TOKEN or anything else of ours. */
 const childEnv = (): Record<string, string> => ({ PATH: process.env['PATH'] ?? SYSTEM_DIRS.join(delimiter), LC_ALL: 'C' });
 
-/** What execFile hands its callback: `code` is the exit status, or an errno string when it never ran. */
-type ExecFileError = Error & { code?: number | string | null; killed?: boolean; signal?: NodeJS.Signals | null };
+/** How a child ended: its status or signal, what it printed, and whether a limit or the start failed it. */
+interface Ended {
+  stdout: string;
+  stderr: string;
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+  failure?: 'timeout' | 'too much output' | undefined;
+  spawnError?: NodeJS.ErrnoException;
+}

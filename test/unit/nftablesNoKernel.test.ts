@@ -1,21 +1,32 @@
-import { describe, expect, it, vi } from 'vitest';
+import { chmodSync, readFileSync } from 'node:fs';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { takeInventory } from '../../src/host/inventory.ts';
 import { nftablesProvider } from '../../src/host/nftables.ts';
-import { fakeRunner } from '../helpers/fakes.ts';
+import { createRunner } from '../../src/host/runner.ts';
+import { scratchDir } from '../helpers/fakes.ts';
 
 // nft installed, but a kernel without nf_tables: every request fails so. The backend is then as unusable as
-// without nft, and must not stop iptables (legacy) from serving. nft is "found" whether or not this host has it.
+// without nft, and must not stop iptables (legacy) from serving. A stand-in nft (a shell script that logs its
+// arguments and fails as told) runs through the real inventory script; no root is needed.
+const scratch = scratchDir('redirect-traffic-nokernel-');
+afterAll(() => scratch.remove());
+let fakeNft = '';
 vi.mock('../../src/host/runner.ts', async (importOriginal) => {
   const runner = await importOriginal<typeof import('../../src/host/runner.ts')>();
-  return { ...runner, findProgram: (name: string) => (name === 'nft' ? '/usr/sbin/nft' : undefined) };
+  return { ...runner, findProgram: (name: string) => (name === 'nft' ? fakeNft : undefined) };
 });
 
-const answering = (stderr: string) =>
-  fakeRunner((program, args) => (program === '/usr/sbin/nft' && args[0] === '-j' ? { exitCode: 1, stdout: '', stderr } : undefined));
+/** An nft that answers every request with `stderr` and exit 1, logging its arguments to `log`. */
+function failingNft(stderr: string) {
+  const log = scratch.write(`log-${Math.random()}`, '');
+  fakeNft = scratch.write(`nft-${Math.random()}`, `#!/bin/sh\necho "$*" >> '${log}'\nprintf '%s' '${stderr}' >&2\nexit 1\n`);
+  chmodSync(fakeNft, 0o755);
+  return { calls: () => readFileSync(log, 'utf8').trim().split('\n') };
+}
 
-const survey = (fake: ReturnType<typeof fakeRunner>) => {
-  const runner = fake.factory(undefined);
-  return nftablesProvider.survey({ runner, inNetns: false, notify: () => undefined, inventory: () => takeInventory(runner, false) });
+const survey = () => {
+  const runner = createRunner();
+  return nftablesProvider.survey({ runner, inNetns: false, notify: () => undefined, inventory: () => takeInventory(runner) });
 };
 
 describe('the nftables survey on a kernel without nf_tables', () => {
@@ -23,13 +34,15 @@ describe('the nftables survey on a kernel without nf_tables', () => {
     'netlink: Error: cache initialization failed: Protocol not supported\n',
     'Error: Could not process rule: Operation not supported\nlist table inet consul_tproxy\n',
   ])('finds no table, as without nft: %j', async (stderr) => {
-    const runner = answering(stderr);
-    await expect(survey(runner)).resolves.toEqual([]);
-    // The inventory's one listing of the ruleset says so: no second request.
-    expect(runner.calls.map((call) => call.args)).toEqual([['-j', 'list', 'ruleset']]);
+    const nft = failingNft(stderr);
+    await expect(survey()).resolves.toEqual([]);
+    // The inventory's two listings both say so: no third request.
+    expect(nft.calls()).toEqual(['-j list chains', '-j list table inet consul_tproxy']);
   });
 
-  it('still fails on any other error', async () => {
-    await expect(survey(answering('Error: Could not process rule: Permission denied\n'))).rejects.toThrow(/nft list failed \(exit 1\): .*Permission denied/);
+  it('still fails on any other error, from its own read of the table', async () => {
+    const nft = failingNft('Error: Could not process rule: Permission denied\n');
+    await expect(survey()).rejects.toThrow(/nft list failed \(exit 1\): .*Permission denied/);
+    expect(nft.calls()).toEqual(['-j list chains', '-j list table inet consul_tproxy', '-j list table inet consul_tproxy']);
   });
 });

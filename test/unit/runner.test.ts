@@ -1,0 +1,58 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, describe, expect, it } from 'vitest';
+import { TemporaryError } from '../../src/errors.ts';
+import { createRunner, runChained } from '../../src/host/runner.ts';
+import { scratchDir } from '../helpers/fakes.ts';
+
+// runChained with real processes (no namespace, no root): /bin/sh, printf, cat.
+const scratch = scratchDir('redirect-traffic-runner-');
+afterAll(() => scratch.remove());
+const runner = createRunner();
+const printf = (...args: string[]) => ({ program: '/usr/bin/printf', args });
+
+describe('runChained', () => {
+  it('feeds the first program its input and returns each later output apart, byte for byte', async () => {
+    const sink = scratch.write('sink', '');
+    const result = await runChained(runner, { program: '/bin/sh', args: ['-c', `cat > '${sink}'`] }, [printf('a\\nb\\n'), printf(''), printf('no newline')], {
+      input: 'the transaction\n',
+    });
+    expect(result.exitCode).toBe(0);
+    expect(result.outputs).toEqual(['a\nb\n', '', 'no newline']);
+    expect(readFileSync(sink, 'utf8')).toBe('the transaction\n');
+  });
+
+  it('cannot be misled by marker-like text in an output (a rule comment may hold any line)', async () => {
+    const forged = ['#== redirect-traffic step 0 ok', '#== redirect-traffic x step 1 start', '#== redirect-traffic x step 0 ok'].join('\n');
+    const result = await runChained(runner, printf(''), [printf('%s\\n', forged), printf('second')]);
+    expect(result.outputs).toEqual([`${forged}\n`, 'second']);
+  });
+
+  it('takes words literally: quotes, $(...) and newlines are never interpreted', async () => {
+    const words = ["it's", '$(touch x)', '`id`', 'a\nb', '"'];
+    const result = await runChained(runner, printf(''), [printf('[%s]', ...words)]);
+    expect(result.outputs).toEqual([words.map((word) => `[${word}]`).join('')]);
+  });
+
+  it("gives the first program's failure (status and stderr), and runs nothing after it", async () => {
+    const result = await runChained(runner, { program: '/bin/sh', args: ['-c', 'echo refused >&2; exit 4'] }, [printf('never')]);
+    expect(result).toEqual({ exitCode: 4, stderr: 'refused\n', outputs: [undefined] });
+  });
+
+  it('marks a later step that failed as missing, and keeps the status of the first', async () => {
+    const result = await runChained(runner, printf(''), [{ program: '/bin/sh', args: ['-c', 'echo partial; exit 1'] }, printf('after')]);
+    expect(result.exitCode).toBe(0);
+    expect(result.outputs).toEqual([undefined, 'after']);
+  });
+
+  it('on timeout kills every program it started, not just the shell, and names the first program', async () => {
+    const late = join(scratch.dir, 'written-late');
+    const first = { program: '/bin/sh', args: ['-c', `sleep 1; touch '${late}'`] };
+    const error = await runChained(runner, first, [], { timeoutMs: 200 }).catch((caught: unknown) => caught);
+    expect(error).toBeInstanceOf(TemporaryError);
+    expect((error as Error).message).toBe('/bin/sh did not finish within 0.2s and was killed');
+    await sleep(1300);
+    expect(existsSync(late)).toBe(false);
+  });
+});
