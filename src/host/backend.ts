@@ -1,9 +1,9 @@
 import type { Dialect } from '../core/dialect.ts';
-import type { Inventory } from '../core/inventory.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import type { Family } from '../core/values.ts';
 import { CliError } from '../errors.ts';
 import type { ChangeFeed } from './monitor.ts';
+import type { NamespaceReads } from './namespaceReads.ts';
 import type { CommandRunner } from './runner.ts';
 
 // The seam between the commands and the firewall: a backend is a set of tables, each written in one atomic
@@ -52,8 +52,8 @@ export interface TableAccess {
   inNetns: boolean;
   /** Tells the operator what is being waited for (a lock held by another program), as it happens. */
   notify(message: string): void;
-  /** The namespace's inventory, taken once for every provider's survey (host/inventory.ts). */
-  inventory(): Promise<Inventory>;
+  /** Reads inside the namespace, batched with every other provider's into one process (host/namespaceReads.ts). */
+  reads: NamespaceReads;
 }
 
 export interface BackendProvider {

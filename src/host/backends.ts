@@ -1,7 +1,7 @@
 import type { Backends } from '../commands/context.ts';
-import type { Inventory } from '../core/inventory.ts';
+import { listsGlobalIpv6 } from '../core/procNet.ts';
 import type { BackendProvider, TableAccess } from './backend.ts';
-import { takeInventory } from './inventory.ts';
+import { batchedReads } from './namespaceReads.ts';
 import type { CommandRunner } from './runner.ts';
 import { iptablesProvider, systemDefaultVariant } from './iptables.ts';
 import { nftablesProvider } from './nftables.ts';
@@ -11,19 +11,19 @@ const PROVIDERS: readonly BackendProvider[] = [iptablesProvider, nftablesProvide
 
 /** The backends installed here; their programs run through `runner`, and `notify` hears what they wait for. */
 export function installedBackends(runner: (netns?: string) => CommandRunner, notify: (message: string) => void): Backends {
-  /** How the providers reach a namespace; its inventory is taken on first use, once. */
+  /** How the providers reach a namespace, for one survey. */
   const accessTo = (netns: string | undefined): TableAccess => {
     const namespaceRunner = runner(netns);
-    const inNetns = netns !== undefined;
-    let taken: Promise<Inventory> | undefined;
-    return { runner: namespaceRunner, inNetns, notify, inventory: () => (taken ??= takeInventory(namespaceRunner)) };
+    return { runner: namespaceRunner, inNetns: netns !== undefined, notify, reads: batchedReads(namespaceRunner) };
   };
   return {
     async survey(netns, kinds) {
       const access = accessTo(netns);
       const providers = kinds === undefined ? PROVIDERS : PROVIDERS.filter((provider) => kinds.includes(provider.kind));
+      // Asked for with the providers' first reads, so it comes in the same process.
+      const ifInet6 = access.reads.file('/proc/net/if_inet6');
       const tables = (await Promise.all(providers.map((provider) => provider.survey(access)))).flat();
-      return { tables, globalIpv6: (await access.inventory()).globalIpv6 };
+      return { tables, globalIpv6: listsGlobalIpv6(await ifInet6) };
     },
     systemDefault: systemDefaultVariant,
     dryRunProvider(host) {

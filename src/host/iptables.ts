@@ -1,9 +1,11 @@
 import { readFileSync, realpathSync, statSync } from 'node:fs';
+import { listsTables } from '../core/procNet.ts';
 import { EMPTY_STATE, iptablesDialect, jumpsMatch, listedJumps, renderTransaction, HOOK_CHAINS, type OwnedState } from '../core/natTable.ts';
 import { OWNED_CHAINS, redirectedFamilies } from '../core/ruleset.ts';
 import { familyLabel, type Family } from '../core/values.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
+import type { NamespaceReads } from './namespaceReads.ts';
 import { findProgram, runChained, type CommandRunner } from './runner.ts';
 
 // The iptables backend, in both its variants: one nat table per family, each written with one
@@ -51,8 +53,8 @@ export function systemDefaultVariant(): `iptables-${Variant}` | undefined {
 
 /** An iptables nat table, plus the full save that tells where the host's rules are. */
 interface IptablesTable extends FirewallTable<OwnedState> {
-  /** `iptables-save` of every table the kernel already has (none is created by asking). */
-  saveAll(): Promise<string>;
+  /** `iptables-save` of every table the kernel already has (none is created by asking), through `reads`. */
+  saveAll(reads: NamespaceReads): Promise<string>;
 }
 
 // Chain counters change with traffic and mean nothing to us: without them, two reads of an unchanged table are equal.
@@ -95,8 +97,10 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family, noti
     async read() {
       return withoutCounters((await save(['-t', 'nat'])).stdout);
     },
-    async saveAll() {
-      return withoutCounters((await save([])).stdout);
+    async saveAll(reads) {
+      const result = await reads.run(saveProgram, []);
+      if (result.exitCode !== 0) throw tableError(`${name}-save`, result.output, result.exitCode);
+      return withoutCounters(result.output);
     },
     // The check runs in the restore's own shell. Up to FULL_CHECK_MAX_RULES rules, the whole table is read
     // back. Beyond, reading thousands of rules back costs as much as writing them: the transaction declares
@@ -163,15 +167,6 @@ function tableError(program: string, stderr: string, exitCode: number): Firewall
   return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock ? 'lock' : 'hard');
 }
 
-/**
- * Whether iptables-nft holding other rules can change which variant chooseBackend picks: only when legacy is
- * installed too, and either holds tables or is the system default. Otherwise the nft variant is picked either
- * way (the only one, or the default with legacy empty), and learning it would cost a save of every table.
- */
-function holdsRulesDecides(legacyInstalled: boolean, legacyHoldsTables: boolean): boolean {
-  return legacyInstalled && (legacyHoldsTables || systemDefaultVariant() === 'iptables-legacy');
-}
-
 function surveyOf(table: IptablesTable, dump: string, holdsRules = /^-A /m.test(dump)): TableSurvey<OwnedState> {
   const state = table.dialect.parse(dump);
   return { table, dump, state, holdsOurs: !table.dialect.isEmpty(state), holdsRules };
@@ -181,27 +176,17 @@ export const iptablesProvider: BackendProvider = {
   kind: 'iptables',
   installed: () => VARIANTS.some((variant) => FAMILIES.some((family) => findTool(variant, family, '-restore') !== undefined)),
   /**
-   * Reads every installed variant and family, as little as it can. The inventory names every nf_tables
-   * chain, iptables-nft's too: an iptables-nft family is saved only when its nat table has a chain of ours,
-   * or when whether it holds any rules can decide between the two variants (see holdsRulesDecides).
-   * iptables-legacy is read only when the kernel holds legacy tables of that family. A plain save (no `-t`)
-   * dumps only tables that already exist, so surveying never instantiates one.
+   * Reads every installed variant and family. A plain save (no `-t`) dumps only tables that already exist, so
+   * surveying never instantiates one. iptables-legacy is read only when the kernel lists legacy tables of that
+   * family (/proc/net inside the namespace).
    */
-  async survey({ runner, notify, inventory }) {
-    const look = await inventory();
+  async survey({ runner, notify, reads }) {
     const open = (variant: Variant) => FAMILIES.flatMap((family) => openTable(runner, variant, family, notify) ?? []);
     const familyOf = (table: IptablesTable) => table.families[0] ?? 4;
-    const legacyTables = open('legacy');
+    const legacyListed = { 4: reads.file('/proc/net/ip_tables_names'), 6: reads.file('/proc/net/ip6_tables_names') };
     return Promise.all([
-      ...open('nft').map(async (table) => {
-        const family = familyOf(table);
-        const legacyInstalled = legacyTables.some((legacy) => familyOf(legacy) === family);
-        if (look.nft === undefined || holdsRulesDecides(legacyInstalled, look.legacyTables[family])) return surveyOf(table, await table.saveAll());
-        const natChains = look.nft.chains.get(`${family === 4 ? 'ip' : 'ip6'} nat`) ?? [];
-        // Found no rules: in this case, holding rules or not leads chooseBackend to the same variant.
-        return natChains.some((chain) => (OWNED_CHAINS as readonly string[]).includes(chain)) ? surveyOf(table, await table.read()) : surveyOf(table, '', false);
-      }),
-      ...legacyTables.map(async (table) => surveyOf(table, look.legacyTables[familyOf(table)] ? await table.saveAll() : '')),
+      ...open('nft').map(async (table) => surveyOf(table, await table.saveAll(reads))),
+      ...open('legacy').map(async (table) => surveyOf(table, listsTables(await legacyListed[familyOf(table)]) ? await table.saveAll(reads) : '')),
     ]);
   },
   dryRun(config, version) {

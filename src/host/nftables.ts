@@ -1,4 +1,3 @@
-import { NO_NF_TABLES } from '../core/inventory.ts';
 import { NFT_FAMILY, NFT_TABLE, nftablesDialect, type NftState } from '../core/nftables.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
@@ -9,6 +8,9 @@ import { findProgram, type CommandResult, type CommandRunner } from './runner.ts
 
 const TABLE = `${NFT_FAMILY} ${NFT_TABLE}`;
 const LABEL = `nftables ${TABLE}`;
+
+/** A kernel without nf_tables answers every request so. */
+const NO_NF_TABLES = /Protocol not supported|Operation not supported|Address family not supported/i;
 
 function nftError(action: string, stderr: string, exitCode: number): FirewallError {
   if (NO_NF_TABLES.test(stderr)) {
@@ -23,7 +25,8 @@ function nftError(action: string, stderr: string, exitCode: number): FirewallErr
   return new FirewallError(`nft ${action} failed (exit ${exitCode}): ${stderrExcerpt(stderr) || 'no output'}`, busy ? 'busy' : 'hard');
 }
 
-const listTable = (runner: CommandRunner, nft: string) => runner.run(nft, ['-j', 'list', 'table', NFT_FAMILY, NFT_TABLE]);
+const LIST_ARGS = ['-j', 'list', 'table', NFT_FAMILY, NFT_TABLE];
+const listTable = (runner: CommandRunner, nft: string) => runner.run(nft, LIST_ARGS);
 
 /** The table's dump from `nft -j list table`; empty when there is no table. */
 function dumpOf(result: CommandResult): string {
@@ -53,21 +56,15 @@ function openTable(runner: CommandRunner, nft: string): FirewallTable<NftState> 
 export const nftablesProvider: BackendProvider = {
   kind: 'nftables',
   installed: () => findProgram('nft') !== undefined,
-  async survey({ runner, inventory }) {
+  async survey({ runner, reads }) {
     const nft = findProgram('nft');
     if (nft === undefined) return [];
-    const look = await inventory();
+    const listed = await reads.run(nft, LIST_ARGS);
     // A kernel without nf_tables leaves the backend as unusable as a missing nft: no table to read or write,
-    // and nothing stopping iptables (legacy) from serving instead.
-    if (look.noNfTables) return [];
-    let dump = look.nft?.ours;
-    if (dump === undefined) {
-      // The inventory could not list our table: read it alone, which tells why.
-      const listed = await listTable(runner, nft);
-      if (listed.exitCode !== 0 && NO_NF_TABLES.test(listed.stderr)) return [];
-      dump = dumpOf(listed);
-    }
+    // and nothing stopping iptables (legacy) from serving instead. (On failure nft prints to stderr alone.)
+    if (listed.exitCode !== 0 && NO_NF_TABLES.test(listed.output)) return [];
     const table = openTable(runner, nft);
+    const dump = dumpOf({ exitCode: listed.exitCode, stdout: listed.output, stderr: listed.output });
     const state = nftablesDialect.parse(dump);
     const survey: TableSurvey<NftState> = { table, dump, state, holdsOurs: !nftablesDialect.isEmpty(state), holdsRules: dump !== '' };
     return [survey];

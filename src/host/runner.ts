@@ -159,54 +159,82 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
   };
 }
 
-/** A program and its arguments, for `runChained`. */
-export interface ChainStep {
+/** A program and its arguments, for a shell to run (runChained, host/namespaceReads.ts). */
+export interface ShellStep {
   program: string;
   args: readonly string[];
 }
 
 const shellWord = (word: string) => `'${word.replaceAll("'", `'\\''`)}'`;
 
+/** Shell text running `step`: every word quoted, never interpreted. */
+export const shellCommand = (step: ShellStep) => [step.program, ...step.args].map(shellWord).join(' ');
+
+/** What one step of a StepScript printed, and its exit status. */
+export interface StepResult {
+  exitCode: number;
+  output: string;
+}
+
 /**
- * Runs `first` with `input` on stdin and, once it has succeeded, each of `then` in turn, all from one shell:
- * one process started from this one rather than one per program (each costs a fork of this process's heap).
- * Resolves to `first`'s exit status and stderr (its output is discarded), and the output of each later step
- * that succeeded (undefined for one that failed). Words are quoted, never interpreted. A timeout kills them
- * all (the runner kills the process group).
+ * Steps run one after another by one shell, their outputs told apart by marker lines: one process started
+ * from this one rather than one per program (each costs a fork of this process's heap). What a step prints
+ * can hold anyone's text (a rule's comment may contain newlines), so each script's markers carry a token that
+ * text written before the run cannot contain. Nothing here is secret: Math.random will do (node:crypto would
+ * add ~8 ms to every start).
+ */
+export class StepScript {
+  private readonly token = `${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+
+  private mark(index: number): string {
+    return `#== redirect-traffic ${this.token} step ${index}`;
+  }
+
+  /** Shell text running `command` (shell text) as step `index`: a mark, its output, then a mark with its status. */
+  step(index: number, command: string): string {
+    return `printf '%s\\n' '${this.mark(index)}'; ${command}; printf '\\n%s %s\\n' '${this.mark(index)} status' "$?"`;
+  }
+
+  /** Each step's output and status, read in the order written; undefined for a step that did not end. */
+  results(stdout: string, count: number): (StepResult | undefined)[] {
+    let at = 0;
+    return Array.from({ length: count }, (_, index) => {
+      const start = `${this.mark(index)}\n`;
+      const startAt = stdout.indexOf(start, at);
+      if (startAt < 0) return undefined;
+      const end = `\n${this.mark(index)} status `;
+      const endAt = stdout.indexOf(end, startAt + start.length);
+      const nextStart = stdout.indexOf(`${this.mark(index + 1)}\n`, startAt + start.length);
+      const status = /^(\d+)\n/.exec(stdout.slice(endAt + end.length, endAt + end.length + 8));
+      if (endAt < 0 || status === null || (nextStart >= 0 && nextStart < endAt)) return undefined;
+      const output = stdout.slice(startAt + start.length, endAt);
+      at = endAt + end.length;
+      return { exitCode: Number(status[1]), output };
+    });
+  }
+}
+
+/**
+ * Runs `first` with `input` on stdin and, once it has succeeded, each of `then` in turn, in one shell (see
+ * StepScript). Resolves to `first`'s exit status and stderr (its output is discarded), and the output of each
+ * later step that succeeded (undefined for one that failed). A timeout kills them all (the runner kills the
+ * process group).
  */
 export async function runChained(
   runner: CommandRunner,
-  first: ChainStep,
-  then: readonly ChainStep[],
+  first: ShellStep,
+  then: readonly ShellStep[],
   options: RunOptions = {},
 ): Promise<{ exitCode: number; stderr: string; outputs: (string | undefined)[] }> {
-  // Outputs are told apart by marker lines. What the steps print can hold anyone's text (a rule's comment may
-  // contain newlines), so each run's markers carry a token that text written before the run cannot contain.
-  // Nothing here is secret, so Math.random will do (node:crypto would add ~8 ms to every start).
-  const token = `${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
-  const mark = (index: number, what: 'start' | 'ok') => `#== redirect-traffic ${token} step ${index} ${what}`;
-  const command = (step: ChainStep) => [step.program, ...step.args].map(shellWord).join(' ');
+  const steps = new StepScript();
   const script = [
-    `${command(first)} >/dev/null || exit $?`,
-    ...then.map((step, index) => `printf '%s\\n' '${mark(index, 'start')}'; ${command(step)} && printf '\\n%s\\n' '${mark(index, 'ok')}'`),
+    `${shellCommand(first)} >/dev/null || exit $?`,
+    ...then.map((step, index) => steps.step(index, shellCommand(step))),
     // The status is the first program's: a later step's failure shows as its missing output.
     'exit 0',
   ].join('\n');
   const result = await runner.run('/bin/sh', ['-c', script], { name: first.program, ...options });
-  // Read in the order the script writes: each step's start mark, its output, then its end mark if it succeeded.
-  let at = 0;
-  const outputs = then.map((_, index) => {
-    const start = `${mark(index, 'start')}\n`;
-    const startAt = result.stdout.indexOf(start, at);
-    if (startAt < 0) return undefined;
-    at = startAt + start.length;
-    const endAt = result.stdout.indexOf(`\n${mark(index, 'ok')}\n`, at);
-    const nextStart = result.stdout.indexOf(`${mark(index + 1, 'start')}\n`, at);
-    if (endAt < 0 || (nextStart >= 0 && nextStart < endAt)) return undefined;
-    const output = result.stdout.slice(at, endAt);
-    at = endAt;
-    return output;
-  });
+  const outputs = steps.results(result.stdout, then.length).map((step) => (step?.exitCode === 0 ? step.output : undefined));
   return { exitCode: result.exitCode, stderr: result.stderr, outputs };
 }
 

@@ -1,13 +1,13 @@
 import { chmodSync, readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { takeInventory } from '../../src/host/inventory.ts';
+import { batchedReads } from '../../src/host/namespaceReads.ts';
 import { nftablesProvider } from '../../src/host/nftables.ts';
 import { createRunner } from '../../src/host/runner.ts';
 import { scratchDir } from '../helpers/fakes.ts';
 
 // nft installed, but a kernel without nf_tables: every request fails so. The backend is then as unusable as
 // without nft, and must not stop iptables (legacy) from serving. A stand-in nft (a shell script that logs its
-// arguments and fails as told) runs through the real inventory script; no root is needed.
+// arguments and fails as told) runs through the real batched reads; no root is needed.
 const scratch = scratchDir('redirect-traffic-nokernel-');
 afterAll(() => scratch.remove());
 let fakeNft = '';
@@ -26,7 +26,7 @@ function failingNft(stderr: string) {
 
 const survey = () => {
   const runner = createRunner();
-  return nftablesProvider.survey({ runner, inNetns: false, notify: () => undefined, inventory: () => takeInventory(runner) });
+  return nftablesProvider.survey({ runner, inNetns: false, notify: () => undefined, reads: batchedReads(runner) });
 };
 
 describe('the nftables survey on a kernel without nf_tables', () => {
@@ -36,13 +36,13 @@ describe('the nftables survey on a kernel without nf_tables', () => {
   ])('finds no table, as without nft: %j', async (stderr) => {
     const nft = failingNft(stderr);
     await expect(survey()).resolves.toEqual([]);
-    // The inventory's two listings both say so: no third request.
-    expect(nft.calls()).toEqual(['-j list chains', '-j list table inet consul_tproxy']);
+    // One listing says so: no second request.
+    expect(nft.calls()).toEqual(['-j list table inet consul_tproxy']);
   });
 
-  it('still fails on any other error, from its own read of the table', async () => {
+  it('still fails on any other error', async () => {
     const nft = failingNft('Error: Could not process rule: Permission denied\n');
     await expect(survey()).rejects.toThrow(/nft list failed \(exit 1\): .*Permission denied/);
-    expect(nft.calls()).toEqual(['-j list chains', '-j list table inet consul_tproxy', '-j list table inet consul_tproxy']);
+    expect(nft.calls()).toEqual(['-j list table inet consul_tproxy']);
   });
 });

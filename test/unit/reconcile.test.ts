@@ -172,9 +172,12 @@ describe('iptables backend: what a failed iptables-nft-restore means', () => {
       if (program === '/bin/sh' && /-restore' '--noflush'/.test(args[1] ?? '')) return { exitCode: restore.exitCode, stdout: '', stderr: restore.stderr };
       return undefined;
     });
-    // No ruleset listed (no nft): the survey saves each family itself.
-    const inventory = async () => ({ legacyTables: { 4: false, 6: false }, globalIpv6: false, noNfTables: false });
-    const surveys = await iptablesProvider.survey({ runner: runner.factory('/run/netns/x'), inNetns: true, notify: () => undefined, inventory });
+    // The survey's reads, answered as the runner would: saves show an empty nat table, no legacy tables.
+    const reads = {
+      run: async (program: string) => ({ exitCode: program.endsWith('-save') ? 0 : 127, output: program.endsWith('-save') ? SAVE : '' }),
+      file: async () => '',
+    };
+    const surveys = await iptablesProvider.survey({ runner: runner.factory('/run/netns/x'), inNetns: true, notify: () => undefined, reads });
     const survey = surveys.find((s) => s.table.label === 'iptables-nft IPv4');
     expect(survey).toBeDefined();
     return { table: survey!.table, runner };

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import { TemporaryError } from '../../src/errors.ts';
+import { batchedReads } from '../../src/host/namespaceReads.ts';
 import { createRunner, runChained } from '../../src/host/runner.ts';
 import { scratchDir } from '../helpers/fakes.ts';
 
@@ -54,5 +55,36 @@ describe('runChained', () => {
     expect((error as Error).message).toBe('/bin/sh did not finish within 0.2s and was killed');
     await sleep(1300);
     expect(existsSync(late)).toBe(false);
+  });
+});
+
+describe('batchedReads', () => {
+  it('runs every read asked for in one turn in one shell, each caller getting its own part', async () => {
+    const calls: string[] = [];
+    const counting = { ...runner, run: (program: string, args: readonly string[], options?: Parameters<typeof runner.run>[2]) => (calls.push(program), runner.run(program, args, options)) };
+    const reads = batchedReads(counting);
+    const file = scratch.write('names', 'nat\nfilter');
+    const [first, second, text, missing] = await Promise.all([
+      reads.run('/usr/bin/printf', ['one\\n']),
+      reads.run('/bin/sh', ['-c', 'echo out; echo err >&2; exit 3']),
+      reads.file(file),
+      reads.file(join(scratch.dir, 'no such file')),
+    ]);
+    expect(calls).toEqual(['/bin/sh']);
+    expect(first).toEqual({ exitCode: 0, output: 'one\n' });
+    expect(second).toEqual({ exitCode: 3, output: 'out\nerr\n' });
+    expect(text).toBe('nat\nfilter\n');
+    expect(missing).toBe('');
+    // A later turn is a new batch.
+    expect(await reads.run('/usr/bin/printf', ['two'])).toEqual({ exitCode: 0, output: 'two' });
+    expect(calls).toEqual(['/bin/sh', '/bin/sh']);
+  });
+
+  it('a file holding marker-like lines comes back whole', async () => {
+    const forged = scratch.write('forged', '#== redirect-traffic x step 1\n#== redirect-traffic x step 0 status 0\n');
+    const reads = batchedReads(runner);
+    const [text, after] = await Promise.all([reads.file(forged), reads.run('/usr/bin/printf', ['after'])]);
+    expect(text).toBe('#== redirect-traffic x step 1\n#== redirect-traffic x step 0 status 0\n');
+    expect(after.output).toBe('after');
   });
 });

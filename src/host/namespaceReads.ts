@@ -1,0 +1,67 @@
+import { SystemCommandError } from '../errors.ts';
+import { stderrExcerpt } from './backend.ts';
+import { shellCommand, StepScript, type CommandRunner, type StepResult } from './runner.ts';
+
+// Each process this tool starts costs a fork of the Node heap and a program's start-up, often more than the
+// read it does. So the reads of a survey are taken together: whatever every backend asks for before the event
+// loop turns runs in one shell inside the namespace, one read after another, and each caller gets its own
+// part back. Files are read by the shell's builtins (no process), as only a process inside the namespace can
+// see its /proc/net.
+
+export interface NamespaceReads {
+  /**
+   * A program's output and exit status. The output is stdout and stderr together: the reads asked for print
+   * on stderr only comments (iptables-save's warnings) or, when they fail, the error.
+   */
+  run(program: string, args: readonly string[]): Promise<StepResult>;
+  /** A file's text; empty when it does not exist or cannot be read. */
+  file(path: string): Promise<string>;
+}
+
+interface Request {
+  command: string;
+  what: string;
+  resolve(result: StepResult): void;
+  reject(error: unknown): void;
+}
+
+/** Reads through `runner` (inside its namespace), batched as above. */
+export function batchedReads(runner: CommandRunner): NamespaceReads {
+  let pending: Request[] | undefined;
+  const flush = async (batch: Request[]) => {
+    const steps = new StepScript();
+    const script = batch.map((request, index) => steps.step(index, request.command)).join('\n');
+    try {
+      const result = await runner.run('/bin/sh', ['-c', script], { name: `sh reading ${batch.map((request) => request.what).join(', ')}` });
+      const results = steps.results(result.stdout, batch.length);
+      batch.forEach((request, index) => {
+        const step = results[index];
+        if (step) request.resolve(step);
+        else request.reject(new SystemCommandError(`could not read ${request.what} (sh exit ${result.exitCode}): ${stderrExcerpt(result.stderr) || 'no output'}`));
+      });
+    } catch (error) {
+      for (const request of batch) request.reject(error);
+    }
+  };
+  const enqueue = (command: string, what: string) =>
+    new Promise<StepResult>((resolve, reject) => {
+      if (pending === undefined) {
+        const batch: Request[] = [];
+        pending = batch;
+        setImmediate(() => {
+          pending = undefined;
+          void flush(batch);
+        });
+      }
+      pending.push({ command, what, resolve, reject });
+    });
+  return {
+    run: (program, args) => enqueue(`${shellCommand({ program, args })} 2>&1`, program),
+    async file(path) {
+      const file = shellCommand({ program: path, args: [] });
+      // The last line may lack its newline; a missing file reads as empty.
+      const loop = `while IFS= read -r line || [ -n "$line" ]; do printf '%s\\n' "$line"; done < ${file}`;
+      return (await enqueue(`if [ -r ${file} ]; then ${loop}; fi`, path)).output;
+    },
+  };
+}
