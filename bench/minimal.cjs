@@ -15,11 +15,13 @@ const [read, write] =
 const inNamespace = (argv, input) =>
   new Promise((resolve, reject) => {
     const child = execFile('nsenter', [`--net=${netns}`, '--', ...argv], (error, stdout) => (error ? reject(error) : resolve(stdout)));
+    // A reader exits without reading its input: that closed pipe is no error.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(input);
   });
 
 (async () => {
-  await inNamespace(read, '');
+  await inNamespace(read);
   await inNamespace(write, readFileSync(transactionFile, 'utf8'));
 })().catch((error) => {
   console.error(error.message);

@@ -328,16 +328,21 @@ function nftMethodsFor(setup, configDir) {
 // --- child processes per apply ----------------------------------------------------------------------------
 
 /**
- * Runs one apply (on a namespace without our rules) under `strace -f -e trace=execve` and lists the processes
- * it started: every process but the tool's own, each named by the program it ended up running (`nsenter ->
- * nft -f -`). Untimed; strace slows everything it traces.
+ * Runs one apply (on a namespace without our rules) under `strace -f` and lists the processes it started: every
+ * process but the tool's own, each named by the program it ended up running (`nsenter -> nft -f -`), and
+ * marked `*` when the tool itself started it (a fork of its heap) rather than a shell it started. Untimed;
+ * strace slows everything it traces.
  */
 function childProcesses(setup, configDir) {
   const traceFile = join(configDir, 'strace.txt');
   resetNatTable();
-  run(['strace', '-f', '-qq', '-s', '64', '-e', 'trace=execve', '-e', 'signal=none', '-o', traceFile, TOOL, ...toolFlags(setup, configDir)]);
+  run(['strace', '-f', '-qq', '-s', '64', '-e', 'trace=execve,clone,clone3,fork,vfork', '-e', 'signal=none', '-o', traceFile, TOOL, ...toolFlags(setup, configDir)]);
   const byPid = new Map();
+  const parentOf = new Map();
   for (const line of readFileSync(traceFile, 'utf8').split('\n')) {
+    // "123 clone(...) = 456", or "123 <... clone resumed>...) = 456" when strace split the call.
+    const forked = /^(\d+)\s+(?:<\.\.\. )?(?:clone3?|v?fork)\b.*\)\s+=\s+(\d+)$/.exec(line);
+    if (forked && !/CLONE_THREAD/.test(line)) parentOf.set(forked[2], forked[1]);
     const match = /^(\d+)\s+execve\("([^"]*)", \[(.*?)\]/.exec(line);
     if (!match) continue;
     const argv = [...match[3].matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]);
@@ -346,12 +351,13 @@ function childProcesses(setup, configDir) {
     execs.push({ program: match[2].split('/').pop(), argv });
     byPid.set(match[1], execs);
   }
-  const [, ...children] = [...byPid.values()];
-  return children.map((execs) => {
+  const [toolPid, ...children] = [...byPid.keys()];
+  return children.map((pid) => {
+    const execs = byPid.get(pid);
     const first = execs[0];
     const last = execs.at(-1);
     const what = [last.program, ...last.argv.slice(1).filter((arg) => !arg.startsWith('--net='))].join(' ');
-    return first.program === last.program ? what : `${first.program} -> ${what}`;
+    return `${parentOf.get(pid) === toolPid ? '* ' : '  '}${first.program === last.program ? what : `${first.program} -> ${what}`}`;
   });
 }
 
@@ -542,9 +548,9 @@ function printTable(results, backend) {
 }
 
 function printChildren(children) {
-  console.log('\nchild processes per apply (on a namespace without our rules; strace -f -e trace=execve):');
+  console.log('\nprocesses per apply (on a namespace without our rules; strace -f); * = started by the tool itself, a fork of its heap:');
   for (const { label, programs } of children) {
-    console.log(`  ${label}: ${programs.length}`);
+    console.log(`  ${label}: ${programs.length} programs, ${programs.filter((program) => program.startsWith('*')).length} started by the tool`);
     for (const program of programs) console.log(`    ${program}`);
   }
 }
