@@ -124,6 +124,12 @@ const escapeControls = (text: string) =>
 
 // Runs only as the bundled program, not when tests import this module.
 if (typeof __VERSION__ === 'string') {
+  // A promise nobody awaited that fails is a bug here, not a crash with a stack dump and exit 1: report it
+  // as one, with the internal error's code.
+  process.on('unhandledRejection', (error) => {
+    processOutput.stderr(`redirect-traffic: internal error, please report it: ${escapeControls((error as Error)?.message ?? String(error))}\n`);
+    process.exit(ExitCode.internal);
+  });
   // Output is written synchronously, so nothing is left to flush: exiting at once spares tearing down a heap
   // that may hold thousands of rules.
   void run(process.argv.slice(2)).then(

@@ -4,12 +4,13 @@ import type { ProxyPorts } from '../core/registration.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import { CliError, ConfigError, ExitCode } from '../errors.ts';
 import { checkMetricsPath, writeMetricsFile } from '../host/metricsFile.ts';
+import type { TableSurvey } from '../host/backend.ts';
 import type { ChangeFeed } from '../host/monitor.ts';
 import { requireNetAdmin } from '../host/system.ts';
 import type { HostOptions, WatchOptions } from '../options.ts';
 import { applyOnce, converge, refuseSshCapture } from './apply.ts';
 import type { CommandContext } from './context.ts';
-import { chooseBackend, kindOf, pinBackend, planApply, planNeedsWrites, type ApplyPlan } from './plan.ts';
+import { chooseBackend, kindOf, pinBackend, planApply, planDifferences, planNeedsWrites, type ApplyPlan } from './plan.ts';
 import { configOf, flagPorts, resolveUids, type ResolvedUids } from './rulesets.ts';
 import { metricsTable } from './status.ts';
 
@@ -56,6 +57,12 @@ const FULL_SURVEY_EVERY = 12;
 const SAFETY_NET_MS = 60_000;
 
 /** A check that failed (a lock held, a table unreadable) is tried again after 1 s, doubling up to 30 s. */
+/**
+ * A repair is not repeated within this long if what it repairs comes back the same: something undoes each
+ * write, or the backend reads our rules back spelled otherwise. Each write is an event that starts the next
+ * check, so repeating it at once would write in a loop.
+ */
+const REPEAT_REPAIR_MS = 10_000;
 const RETRY_MIN_MS = 1_000;
 const RETRY_MAX_MS = 30_000;
 
@@ -143,6 +150,9 @@ export class Watcher {
   private readonly host: HostOptions;
   private repairs = 0;
   private lastRepairMs: number | undefined;
+  /** What the last repair found wrong, and when: a repair of the very same is held back (REPEAT_REPAIR_MS). */
+  private lastRepair: { drift: string; atMs: number } | undefined;
+  private heldBack: string | undefined;
   private inSync = true;
   private tables: MetricsTable[];
   private agentUp: boolean | undefined;
@@ -306,11 +316,21 @@ export class Watcher {
         this.checks += 1;
         const full = this.checks % FULL_SURVEY_EVERY === 0 || this.update !== undefined;
         let surveys = (await context.backends.survey(netns, full ? undefined : [kindOf(this.start.plan.choice.backend)])).tables;
+        const planFor = (tables: TableSurvey[]) => planApply(tables, this.config, chooseBackend(tables, this.host, context.backends.systemDefault()));
+        let plan = planFor(surveys);
         // A repair plans from every backend's tables: it also sweeps our rules from the others.
-        if (!full && planNeedsWrites(planApply(surveys, this.config, chooseBackend(surveys, this.host, context.backends.systemDefault())))) {
+        if (!full && planNeedsWrites(plan)) {
           surveys = (await context.backends.survey(netns)).tables;
+          plan = planFor(surveys);
+        }
+        const drift = planNeedsWrites(plan) && this.update === undefined ? planDifferences(plan).join('\n') : undefined;
+        const sinceRepairMs = Date.now() - (this.lastRepair?.atMs ?? 0);
+        if (drift !== undefined && drift === this.lastRepair?.drift && sinceRepairMs < REPEAT_REPAIR_MS) {
+          this.holdBack(drift, REPEAT_REPAIR_MS - sinceRepairMs);
+          return;
         }
         converged = await converge(surveys, this.config, this.host, context);
+        if (converged.changed && drift !== undefined) this.lastRepair = { drift, atMs: Date.now() };
       } finally {
         lock.release();
       }
@@ -340,10 +360,26 @@ export class Watcher {
     }
   }
 
+  /** A repair of the same drift as the last one, so soon after it, is left until `waitMs` has passed. */
+  private holdBack(drift: string, waitMs: number): void {
+    if (this.heldBack !== drift) {
+      this.context.log.error(
+        `the rules drifted the same way again right after a repair (something undoes each write, or the backend reads our ` +
+          `rules back spelled otherwise); not repairing it again for ${Math.ceil(waitMs / 1000)}s; see \`redirect-traffic status\``,
+      );
+    }
+    this.heldBack = drift;
+    this.inSync = false;
+    clearTimeout(this.retry);
+    this.retry = setTimeout(() => this.runCheck(), waitMs);
+    this.publish(Date.now());
+  }
+
   /** After a check that found (or made) the rules as wanted. */
   private settled(plan: ApplyPlan): void {
     if (this.failCheck !== undefined) this.context.log.info('checking the rules works again');
     this.failCheck = undefined;
+    this.heldBack = undefined;
     this.retryMs = RETRY_MIN_MS;
     clearTimeout(this.retry);
     this.inSync = true;

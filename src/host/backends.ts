@@ -20,10 +20,13 @@ export function installedBackends(runner: (netns?: string) => CommandRunner, not
     async survey(netns, kinds) {
       const access = accessTo(netns);
       const providers = kinds === undefined ? PROVIDERS : PROVIDERS.filter((provider) => kinds.includes(provider.kind));
-      // Asked for with the providers' first reads, so it comes in the same process.
-      const ifInet6 = access.reads.file('/proc/net/if_inet6');
-      const tables = (await Promise.all(providers.map((provider) => provider.survey(access)))).flat();
-      return { tables, globalIpv6: listsGlobalIpv6(await ifInet6) };
+      // Asked for with the providers' first reads, so it comes in the same process; awaited with them, so
+      // that a failed read is never left unobserved.
+      const [ifInet6, surveys] = await Promise.all([
+        access.reads.file('/proc/net/if_inet6'),
+        Promise.all(providers.map((provider) => provider.survey(access))),
+      ]);
+      return { tables: surveys.flat(), globalIpv6: listsGlobalIpv6(ifInet6) };
     },
     systemDefault: systemDefaultVariant,
     dryRunProvider(host) {

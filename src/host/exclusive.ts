@@ -82,13 +82,16 @@ const CLEANER_GUARD_MAX_AGE_MS = 10_000;
  * first; nobody can bind a new socket there while it exists, so a cleaner never removes a live one.
  */
 async function tryLock(path: string): Promise<NamespaceLock | undefined> {
-  const server = await listenAt(path);
-  if (server === undefined) {
-    if ((await holderPid(path)).refused) await removeDeadSocket(path);
-    return undefined;
+  let server = await listenAt(path);
+  if (server === undefined && (await holderPid(path)).refused) {
+    // Left by a holder that died: once it is gone, the path may be ours at once (a watch waits for nothing).
+    await removeDeadSocket(path);
+    server = await listenAt(path);
   }
+  if (server === undefined) return undefined;
   // close() removes the socket file, then closes it (libuv unlinks first, so it never removes a newer one).
-  return { release: () => server.close() };
+  const listening = server;
+  return { release: () => listening.close() };
 }
 
 async function removeDeadSocket(path: string): Promise<void> {

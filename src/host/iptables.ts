@@ -99,8 +99,8 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family, noti
     },
     async saveAll(reads) {
       const result = await reads.run(saveProgram, []);
-      if (result.exitCode !== 0) throw tableError(`${name}-save`, result.output, result.exitCode);
-      return withoutCounters(result.output);
+      if (result.exitCode !== 0) throw tableError(`${name}-save`, result.stderr, result.exitCode);
+      return withoutCounters(result.stdout);
     },
     // The check runs in the restore's own shell. Up to FULL_CHECK_MAX_RULES rules, the whole table is read
     // back. Beyond, reading thousands of rules back costs as much as writing them: the transaction declares
@@ -182,11 +182,12 @@ export const iptablesProvider: BackendProvider = {
    */
   async survey({ runner, notify, reads }) {
     const open = (variant: Variant) => FAMILIES.flatMap((family) => openTable(runner, variant, family, notify) ?? []);
-    const familyOf = (table: IptablesTable) => table.families[0] ?? 4;
-    const legacyListed = { 4: reads.file('/proc/net/ip_tables_names'), 6: reads.file('/proc/net/ip6_tables_names') };
+    const legacy = open('legacy');
+    // Asked for only where a legacy table could be read, and always awaited (a failed read must not go unobserved).
+    const legacyListed = legacy.map((table) => reads.file(table.families[0] === 6 ? '/proc/net/ip6_tables_names' : '/proc/net/ip_tables_names'));
     return Promise.all([
       ...open('nft').map(async (table) => surveyOf(table, await table.saveAll(reads))),
-      ...open('legacy').map(async (table) => surveyOf(table, listsTables(await legacyListed[familyOf(table)]) ? await table.saveAll(reads) : '')),
+      ...legacy.map(async (table, index) => surveyOf(table, listsTables(await legacyListed[index]!) ? await table.saveAll(reads) : '')),
     ]);
   },
   dryRun(config, version) {

@@ -3,16 +3,13 @@ import { stderrExcerpt } from './backend.ts';
 import { shellCommand, StepScript, type CommandRunner, type StepResult } from './runner.ts';
 
 // Each process this tool starts costs a fork of the Node heap and a program's start-up, often more than the
-// read it does. So the reads of a survey are taken together: whatever every backend asks for before the event
+// read it does. So the reads of a survey are taken together: whatever the backends ask for before the event
 // loop turns runs in one shell inside the namespace, one read after another, and each caller gets its own
 // part back. Files are read by the shell's builtins (no process), as only a process inside the namespace can
 // see its /proc/net.
 
 export interface NamespaceReads {
-  /**
-   * A program's output and exit status. The output is stdout and stderr together: the reads asked for print
-   * on stderr only comments (iptables-save's warnings) or, when they fail, the error.
-   */
+  /** A program's output on each stream, and its exit status. */
   run(program: string, args: readonly string[]): Promise<StepResult>;
   /** A file's text; empty when it does not exist or cannot be read. */
   file(path: string): Promise<string>;
@@ -32,12 +29,18 @@ export function batchedReads(runner: CommandRunner): NamespaceReads {
     const steps = new StepScript();
     const script = batch.map((request, index) => steps.step(index, request.command)).join('\n');
     try {
-      const result = await runner.run('/bin/sh', ['-c', script], { name: `sh reading ${batch.map((request) => request.what).join(', ')}` });
-      const results = steps.results(result.stdout, batch.length);
+      const result = await runner.run('/bin/sh', ['-c', script], { name: `sh (reading ${batch.map((request) => request.what).join(', ')})` });
+      const results = steps.results(result.stdout, result.stderr, batch.length);
+      // A step without its end mark, and none after it: the shell stopped there (nsenter failing: before any).
+      const stopped = results.findIndex((step) => step === undefined);
+      const why = (request: Request) =>
+        stopped === 0 && !result.stdout.includes('#== ')
+          ? `could not enter the namespace to read ${request.what} (exit ${result.exitCode}): ${stderrExcerpt(steps.before(result.stderr)) || 'no output'}`
+          : `could not read ${request.what}: the reading shell stopped (exit ${result.exitCode}) at ${batch[stopped]?.what ?? 'its end'}`;
       batch.forEach((request, index) => {
         const step = results[index];
         if (step) request.resolve(step);
-        else request.reject(new SystemCommandError(`could not read ${request.what} (sh exit ${result.exitCode}): ${stderrExcerpt(result.stderr) || 'no output'}`));
+        else request.reject(new SystemCommandError(why(request)));
       });
     } catch (error) {
       for (const request of batch) request.reject(error);
@@ -56,12 +59,12 @@ export function batchedReads(runner: CommandRunner): NamespaceReads {
       pending.push({ command, what, resolve, reject });
     });
   return {
-    run: (program, args) => enqueue(`${shellCommand({ program, args })} 2>&1`, program),
-    async file(path) {
+    run: (program, args) => enqueue(shellCommand({ program, args }), program),
+    file(path) {
       const file = shellCommand({ program: path, args: [] });
       // The last line may lack its newline; a missing file reads as empty.
       const loop = `while IFS= read -r line || [ -n "$line" ]; do printf '%s\\n' "$line"; done < ${file}`;
-      return (await enqueue(`if [ -r ${file} ]; then ${loop}; fi`, path)).output;
+      return enqueue(`if [ -r ${file} ]; then ${loop}; fi`, path).then((result) => result.stdout);
     },
   };
 }

@@ -61,10 +61,10 @@ export const nftablesProvider: BackendProvider = {
     if (nft === undefined) return [];
     const listed = await reads.run(nft, LIST_ARGS);
     // A kernel without nf_tables leaves the backend as unusable as a missing nft: no table to read or write,
-    // and nothing stopping iptables (legacy) from serving instead. (On failure nft prints to stderr alone.)
-    if (listed.exitCode !== 0 && NO_NF_TABLES.test(listed.output)) return [];
+    // and nothing stopping iptables (legacy) from serving instead.
+    if (listed.exitCode !== 0 && NO_NF_TABLES.test(listed.stderr)) return [];
     const table = openTable(runner, nft);
-    const dump = dumpOf({ exitCode: listed.exitCode, stdout: listed.output, stderr: listed.output });
+    const dump = dumpOf(listed);
     const state = nftablesDialect.parse(dump);
     const survey: TableSurvey<NftState> = { table, dump, state, holdsOurs: !nftablesDialect.isEmpty(state), holdsRules: dump !== '' };
     return [survey];

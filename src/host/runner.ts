@@ -98,6 +98,12 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
           } catch {
             // exited meanwhile
           }
+          // A program that left the group could hold the pipes open for ever: stop waiting for them.
+          setTimeout(() => {
+            child.stdout.destroy();
+            child.stderr.destroy();
+            resolve({ ...output, exitCode: null, signal: 'SIGKILL', failure });
+          }, 2000).unref();
         };
         const timer = setTimeout(() => killGroup('timeout'), timeout);
         for (const stream of ['stdout', 'stderr'] as const) {
@@ -145,10 +151,13 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
       child.stderr.setEncoding('utf8');
       // Only the end matters, for the message when it stops unexpectedly.
       child.stderr.on('data', (chunk: string) => (stderr = (stderr + chunk).slice(-2000)));
+      // Ended with this process, however it ends: a monitor left behind would watch a namespace for nobody.
+      const stopOnExit = () => child.kill('SIGTERM');
+      process.once('exit', stopOnExit);
       const exited = new Promise<Awaited<LineProcess['exited']>>((resolve) => {
         child.once('error', (error) => resolve({ exitCode: null, signal: null, stderr, error: error.message }));
         child.once('close', (exitCode, signal) => resolve({ exitCode, signal, stderr }));
-      });
+      }).finally(() => process.off('exit', stopOnExit));
       return {
         stop: () => {
           if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
@@ -170,18 +179,20 @@ const shellWord = (word: string) => `'${word.replaceAll("'", `'\\''`)}'`;
 /** Shell text running `step`: every word quoted, never interpreted. */
 export const shellCommand = (step: ShellStep) => [step.program, ...step.args].map(shellWord).join(' ');
 
-/** What one step of a StepScript printed, and its exit status. */
+/** What one step of a StepScript printed on each stream, and its exit status. */
 export interface StepResult {
   exitCode: number;
-  output: string;
+  stdout: string;
+  stderr: string;
 }
 
 /**
- * Steps run one after another by one shell, their outputs told apart by marker lines: one process started
- * from this one rather than one per program (each costs a fork of this process's heap). What a step prints
- * can hold anyone's text (a rule's comment may contain newlines), so each script's markers carry a token that
- * text written before the run cannot contain. Nothing here is secret: Math.random will do (node:crypto would
- * add ~8 ms to every start).
+ * Steps run one after another by one shell, their outputs told apart by marker lines on both streams: one
+ * process started from this one rather than one per program (each costs a fork of this process's heap). The
+ * steps run in turn, so each one's stderr lies between its own marks too. What a step prints can hold anyone's
+ * text (a rule's comment may contain newlines), so each script's marks carry a token that text written before
+ * the run cannot contain. Nothing here is secret: Math.random will do (node:crypto would add ~8 ms to every
+ * start).
  */
 export class StepScript {
   private readonly token = `${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
@@ -190,14 +201,20 @@ export class StepScript {
     return `#== redirect-traffic ${this.token} step ${index}`;
   }
 
-  /** Shell text running `command` (shell text) as step `index`: a mark, its output, then a mark with its status. */
+  /** Shell text running `command` (shell text) as step `index`: marks around its output and its status. */
   step(index: number, command: string): string {
-    return `printf '%s\\n' '${this.mark(index)}'; ${command}; printf '\\n%s %s\\n' '${this.mark(index)} status' "$?"`;
+    const mark = this.mark(index);
+    return [
+      `printf '%s\\n' '${mark}'; printf '%s\\n' '${mark}' >&2`,
+      command,
+      `printf '\\n%s %s\\n' '${mark} status' "$?"; printf '\\n%s\\n' '${mark} end' >&2`,
+    ].join('; ');
   }
 
-  /** Each step's output and status, read in the order written; undefined for a step that did not end. */
-  results(stdout: string, count: number): (StepResult | undefined)[] {
+  /** Each step's streams and status, read in the order written; undefined for a step that did not end. */
+  results(stdout: string, stderr: string, count: number): (StepResult | undefined)[] {
     let at = 0;
+    let errorsAt = 0;
     return Array.from({ length: count }, (_, index) => {
       const start = `${this.mark(index)}\n`;
       const startAt = stdout.indexOf(start, at);
@@ -207,16 +224,29 @@ export class StepScript {
       const nextStart = stdout.indexOf(`${this.mark(index + 1)}\n`, startAt + start.length);
       const status = /^(\d+)\n/.exec(stdout.slice(endAt + end.length, endAt + end.length + 8));
       if (endAt < 0 || status === null || (nextStart >= 0 && nextStart < endAt)) return undefined;
-      const output = stdout.slice(startAt + start.length, endAt);
       at = endAt + end.length;
-      return { exitCode: Number(status[1]), output };
+      const errorsStart = stderr.indexOf(start, errorsAt);
+      const errorsEnd = stderr.indexOf(`\n${this.mark(index)} end\n`, errorsStart + start.length);
+      if (errorsStart < 0 || errorsEnd < 0) return undefined;
+      errorsAt = errorsEnd;
+      return {
+        exitCode: Number(status[1]),
+        stdout: stdout.slice(startAt + start.length, endAt),
+        stderr: stderr.slice(errorsStart + start.length, errorsEnd),
+      };
     });
+  }
+
+  /** What a stream held before the first step's mark: a shell's own complaint, or what ran before the steps. */
+  before(stream: string): string {
+    const at = stream.indexOf(`${this.mark(0)}\n`);
+    return at < 0 ? stream : stream.slice(0, at);
   }
 }
 
 /**
  * Runs `first` with `input` on stdin and, once it has succeeded, each of `then` in turn, in one shell (see
- * StepScript). Resolves to `first`'s exit status and stderr (its output is discarded), and the output of each
+ * StepScript). Resolves to `first`'s exit status and stderr (its stdout is discarded), and the stdout of each
  * later step that succeeded (undefined for one that failed). A timeout kills them all (the runner kills the
  * process group).
  */
@@ -234,8 +264,8 @@ export async function runChained(
     'exit 0',
   ].join('\n');
   const result = await runner.run('/bin/sh', ['-c', script], { name: first.program, ...options });
-  const outputs = steps.results(result.stdout, then.length).map((step) => (step?.exitCode === 0 ? step.output : undefined));
-  return { exitCode: result.exitCode, stderr: result.stderr, outputs };
+  const outputs = steps.results(result.stdout, result.stderr, then.length).map((step) => (step?.exitCode === 0 ? step.stdout : undefined));
+  return { exitCode: result.exitCode, stderr: steps.before(result.stderr), outputs };
 }
 
 /** A minimal environment: children never see CONSUL_HTTP_TOKEN or anything else of ours. */

@@ -4,7 +4,7 @@ import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { expect, it, onTestFinished } from 'vitest';
-import { LOCK_DIR, lockPath, namespaceKey } from '../../src/host/exclusive.ts';
+import { LOCK_DIR, lockNamespace, lockPath, namespaceKey } from '../../src/host/exclusive.ts';
 import { RECORD_DIR } from '../../src/host/record.ts';
 import {
   applyArgs,
@@ -274,6 +274,16 @@ describeE2E(
       expect(performance.now() - started).toBeLessThan(10_000);
       // Released: nothing left behind for the run after.
       expect(existsSync(lockName(ns))).toBe(false);
+    });
+
+    it('a watch lock left by a watch that died (SIGKILL) is taken at once by the next one, which waits for nothing', async () => {
+      const ns = await recordedNamespace();
+      mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
+      const path = lockPath(ns.path, 'watch');
+      const dead = spawn(PYTHON, ['-c', `import socket,os,signal\ns=socket.socket(socket.AF_UNIX); s.bind(${JSON.stringify(path)}); s.listen(1)\nos.kill(os.getpid(), signal.SIGKILL)`]);
+      await new Promise((resolve) => dead.on('exit', resolve));
+      const lock = await lockNamespace(ns.path, 'watch', { waitMs: 0 });
+      lock.release();
     });
 
     it('defect 5: a run kept waiting 2 s on the namespace lock says who holds it, then succeeds', async () => {

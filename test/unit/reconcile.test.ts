@@ -174,7 +174,7 @@ describe('iptables backend: what a failed iptables-nft-restore means', () => {
     });
     // The survey's reads, answered as the runner would: saves show an empty nat table, no legacy tables.
     const reads = {
-      run: async (program: string) => ({ exitCode: program.endsWith('-save') ? 0 : 127, output: program.endsWith('-save') ? SAVE : '' }),
+      run: async (program: string) => ({ exitCode: program.endsWith('-save') ? 0 : 127, stdout: program.endsWith('-save') ? SAVE : '', stderr: '' }),
       file: async () => '',
     };
     const surveys = await iptablesProvider.survey({ runner: runner.factory('/run/netns/x'), inNetns: true, notify: () => undefined, reads });

@@ -71,12 +71,12 @@ describe('batchedReads', () => {
       reads.file(join(scratch.dir, 'no such file')),
     ]);
     expect(calls).toEqual(['/bin/sh']);
-    expect(first).toEqual({ exitCode: 0, output: 'one\n' });
-    expect(second).toEqual({ exitCode: 3, output: 'out\nerr\n' });
+    expect(first).toEqual({ exitCode: 0, stdout: 'one\n', stderr: '' });
+    expect(second).toEqual({ exitCode: 3, stdout: 'out\n', stderr: 'err\n' });
     expect(text).toBe('nat\nfilter\n');
     expect(missing).toBe('');
     // A later turn is a new batch.
-    expect(await reads.run('/usr/bin/printf', ['two'])).toEqual({ exitCode: 0, output: 'two' });
+    expect(await reads.run('/usr/bin/printf', ['two'])).toEqual({ exitCode: 0, stdout: 'two', stderr: '' });
     expect(calls).toEqual(['/bin/sh', '/bin/sh']);
   });
 
@@ -85,6 +85,32 @@ describe('batchedReads', () => {
     const reads = batchedReads(runner);
     const [text, after] = await Promise.all([reads.file(forged), reads.run('/usr/bin/printf', ['after'])]);
     expect(text).toBe('#== redirect-traffic x step 1\n#== redirect-traffic x step 0 status 0\n');
-    expect(after.output).toBe('after');
+    expect(after.stdout).toBe('after');
+  });
+
+  it('keeps the streams apart: a warning on stderr never lands in a dump, however long', async () => {
+    const reads = batchedReads(runner);
+    const long = 'x'.repeat(5000);
+    const result = await reads.run('/bin/sh', ['-c', `printf '%s' '${long}'; echo '# Warning: on stderr' >&2; printf '%s\\n' '${long}'`]);
+    expect(result).toEqual({ exitCode: 0, stdout: `${long}${long}\n`, stderr: '# Warning: on stderr\n' });
+  });
+
+  it('rejects every read, each saying so, when the shell cannot even enter the namespace', async () => {
+    const failing = { ...runner, run: async () => ({ exitCode: 1, stdout: '', stderr: "nsenter: reassociate to namespace 'ns/net' failed: Invalid argument\n" }) };
+    const reads = batchedReads(failing);
+    const outcomes = await Promise.allSettled([reads.run('/usr/sbin/nft', ['-j']), reads.file('/proc/net/if_inet6')]);
+    expect(outcomes.map((outcome) => (outcome.status === 'rejected' ? (outcome.reason as Error).message : 'resolved'))).toEqual([
+      "could not enter the namespace to read /usr/sbin/nft (exit 1): nsenter: reassociate to namespace 'ns/net' failed: Invalid argument",
+      "could not enter the namespace to read /proc/net/if_inet6 (exit 1): nsenter: reassociate to namespace 'ns/net' failed: Invalid argument",
+    ]);
+  });
+
+  it('fails every read of the batch, naming them, when the shell is killed', async () => {
+    const reads = batchedReads(runner);
+    const outcomes = await Promise.allSettled([reads.run('/usr/bin/printf', ['first']), reads.run('/bin/sh', ['-c', 'kill -9 $PPID'])]);
+    for (const outcome of outcomes) {
+      expect(outcome.status).toBe('rejected');
+      expect(((outcome as PromiseRejectedResult).reason as Error).message).toBe('sh (reading /usr/bin/printf, /bin/sh) was killed by SIGKILL');
+    }
   });
 });

@@ -198,6 +198,27 @@ describe('watch loop', () => {
     await run.stop();
   });
 
+  it('holds back a repair of the very same drift right after the last one, so that a fight is not a write loop', async () => {
+    const fw = toyFirewall();
+    const run = startWatch(fw, options());
+    await until(() => run.readyCount() === 1 && fw.listening(), 'ready');
+    await settle();
+    // From now on something undoes each of our writes a moment later (another tool, or a backend that reads
+    // our rules back otherwise): each write's own event, then the undoing, start checks.
+    const writes = fw.counts.writes;
+    const undo = () => setTimeout(() => fw.change(() => (fw.kernel.ours = ['ours outbound 15001'])), 20);
+    fw.change(() => (fw.kernel.ours = ['ours outbound 15001']));
+    await until(() => fw.counts.writes === writes + 1, 'the first repair');
+    undo();
+    await sleep(600);
+    expect(fw.counts.writes).toBe(writes + 1);
+    const errors = run.captured.stderrLines().filter((line) => line.includes('drifted the same way again'));
+    expect(errors).toEqual([
+      'redirect-traffic: error: the rules drifted the same way again right after a repair (something undoes each write, or the backend reads our rules back spelled otherwise); not repairing it again for 10s; see `redirect-traffic status`',
+    ]);
+    await run.stop();
+  });
+
   it('polls every -interval where no events come (iptables-legacy), and repairs what it finds', async () => {
     const fw = toyFirewall();
     fw.backends.listen = async () => undefined;
