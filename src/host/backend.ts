@@ -48,8 +48,6 @@ export interface TableSurvey<State = unknown> {
 export interface TableAccess {
   /** Runs its programs, inside the target namespace when there is one. */
   runner: CommandRunner;
-  /** This process is outside the target namespace (it cannot see that namespace's /proc/net). */
-  inNetns: boolean;
   /** Tells the operator what is being waited for (a lock held by another program), as it happens. */
   notify(message: string): void;
   /** Reads inside the namespace, batched with every other provider's into one process (host/namespaceReads.ts). */

@@ -14,7 +14,7 @@ export function installedBackends(runner: (netns?: string) => CommandRunner, not
   /** How the providers reach a namespace, for one survey. */
   const accessTo = (netns: string | undefined): TableAccess => {
     const namespaceRunner = runner(netns);
-    return { runner: namespaceRunner, inNetns: netns !== undefined, notify, reads: batchedReads(namespaceRunner) };
+    return { runner: namespaceRunner, notify, reads: batchedReads(namespaceRunner) };
   };
   return {
     async survey(netns, kinds) {

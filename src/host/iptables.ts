@@ -167,9 +167,9 @@ function tableError(program: string, stderr: string, exitCode: number): Firewall
   return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock ? 'lock' : 'hard');
 }
 
-function surveyOf(table: IptablesTable, dump: string, holdsRules = /^-A /m.test(dump)): TableSurvey<OwnedState> {
+function surveyOf(table: IptablesTable, dump: string): TableSurvey<OwnedState> {
   const state = table.dialect.parse(dump);
-  return { table, dump, state, holdsOurs: !table.dialect.isEmpty(state), holdsRules };
+  return { table, dump, state, holdsOurs: !table.dialect.isEmpty(state), holdsRules: /^-A /m.test(dump) };
 }
 
 export const iptablesProvider: BackendProvider = {

@@ -92,7 +92,8 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
         const output = { stdout: '', stderr: '' };
         let failure: Ended['failure'];
         const killGroup = (why: NonNullable<Ended['failure']>) => {
-          failure ??= why;
+          if (failure !== undefined) return;
+          failure = why;
           try {
             if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
           } catch {

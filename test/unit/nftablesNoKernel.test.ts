@@ -26,7 +26,7 @@ function failingNft(stderr: string) {
 
 const survey = () => {
   const runner = createRunner();
-  return nftablesProvider.survey({ runner, inNetns: false, notify: () => undefined, reads: batchedReads(runner) });
+  return nftablesProvider.survey({ runner, notify: () => undefined, reads: batchedReads(runner) });
 };
 
 describe('the nftables survey on a kernel without nf_tables', () => {

@@ -177,7 +177,7 @@ describe('iptables backend: what a failed iptables-nft-restore means', () => {
       run: async (program: string) => ({ exitCode: program.endsWith('-save') ? 0 : 127, stdout: program.endsWith('-save') ? SAVE : '', stderr: '' }),
       file: async () => '',
     };
-    const surveys = await iptablesProvider.survey({ runner: runner.factory('/run/netns/x'), inNetns: true, notify: () => undefined, reads });
+    const surveys = await iptablesProvider.survey({ runner: runner.factory('/run/netns/x'), notify: () => undefined, reads });
     const survey = surveys.find((s) => s.table.label === 'iptables-nft IPv4');
     expect(survey).toBeDefined();
     return { table: survey!.table, runner };
