@@ -56,13 +56,14 @@ const FULL_SURVEY_EVERY = 12;
  */
 const SAFETY_NET_MS = 60_000;
 
-/** A check that failed (a lock held, a table unreadable) is tried again after 1 s, doubling up to 30 s. */
 /**
  * A repair is not repeated within this long if what it repairs comes back the same: something undoes each
  * write, or the backend reads our rules back spelled otherwise. Each write is an event that starts the next
  * check, so repeating it at once would write in a loop.
  */
 const REPEAT_REPAIR_MS = 10_000;
+
+/** A check that failed (a lock held, a table unreadable) is tried again after 1 s, doubling up to 30 s. */
 const RETRY_MIN_MS = 1_000;
 const RETRY_MAX_MS = 30_000;
 

@@ -11,9 +11,9 @@ const MAX_ATTEMPTS = 8;
  * ends in success or a temporary failure (75), never in a hard one.
  *
  * The check is the write's own (see FirewallTable.write): the table read back, or a cheaper verdict for
- * large states; without one, the table is read again. A concurrent run with other flags replacing our rules at the same moment is
- * not caught here (the last write wins and both report success); runs on one namespace are serialized by
- * the caller's lock, and `status` compares everything.
+ * large states; without one, the table is read again. A concurrent run with other flags replacing our rules
+ * at the same moment is not caught here (the last write wins and both report success); runs on one namespace
+ * are serialized by the caller's lock, and `status` compares everything.
  */
 export async function reconcile<State>(
   table: FirewallTable<State>,
