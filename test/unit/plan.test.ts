@@ -11,6 +11,16 @@ import { redirectConfig } from '../helpers/fakes.ts';
 
 // Choosing a backend and planning writes are pure: surveys in, a plan out. No process, no root.
 
+/** The exit code of the error `attempt` throws; fails the test when it throws none. */
+function exitCodeOf(attempt: () => unknown): number {
+  try {
+    attempt();
+  } catch (error) {
+    return (error as CliError).exitCode;
+  }
+  return expect.unreachable('it threw nothing');
+}
+
 const CONFIG = redirectConfig();
 const DUAL = redirectConfig({ dualStack: true });
 
@@ -130,11 +140,7 @@ describe('planApply', () => {
     expect(attempt).toThrow(
       "the IPv6 programs of iptables-nft (iptables, -save, -restore) are not installed: install the 'iptables' package (on RHEL, 'iptables-legacy' for the legacy variant)",
     );
-    try {
-      attempt();
-    } catch (error) {
-      expect((error as CliError).exitCode).toBe(ExitCode.missingProgram);
-    }
+    expect(exitCodeOf(attempt)).toBe(ExitCode.missingProgram);
   });
 
   it("nftables chosen but nft missing: exit 72, naming the 'nftables' package", () => {
@@ -142,20 +148,12 @@ describe('planApply', () => {
     expect(attempt).toThrow(
       "nftables is not usable here: nft is not installed or the kernel has no nf_tables: install the 'nftables' package, or use -backend=iptables",
     );
-    try {
-      attempt();
-    } catch (error) {
-      expect((error as CliError).exitCode).toBe(ExitCode.missingProgram);
-    }
+    expect(exitCodeOf(attempt)).toBe(ExitCode.missingProgram);
   });
 
   it('neither backend installed: exit 72, naming both packages', () => {
     expect(() => requireSomeBackend([])).toThrow(/install the 'iptables' package .* or the 'nftables' package/);
-    try {
-      requireSomeBackend([]);
-    } catch (error) {
-      expect((error as CliError).exitCode).toBe(ExitCode.missingProgram);
-    }
+    expect(exitCodeOf(() => requireSomeBackend([]))).toBe(ExitCode.missingProgram);
     expect(() => requireSomeBackend([survey('nftables', 'inet')])).not.toThrow();
   });
 });
