@@ -31,10 +31,11 @@ export function batchedReads(runner: CommandRunner): NamespaceReads {
     try {
       const result = await runner.run('/bin/sh', ['-c', script], { name: `sh (reading ${batch.map((request) => request.what).join(', ')})` });
       const results = steps.results(result.stdout, result.stderr, batch.length);
-      // A step without its end mark, and none after it: the shell stopped there (nsenter failing: before any).
+      // The first step without its end mark is where the shell stopped; with no mark at all, it never ran
+      // (nsenter could not enter the namespace).
       const stopped = results.findIndex((step) => step === undefined);
       const why = (request: Request) =>
-        stopped === 0 && !result.stdout.includes('#== ')
+        steps.before(result.stdout) === result.stdout
           ? `could not enter the namespace to read ${request.what} (exit ${result.exitCode}): ${stderrExcerpt(steps.before(result.stderr)) || 'no output'}`
           : `could not read ${request.what}: the reading shell stopped (exit ${result.exitCode}) at ${batch[stopped]?.what ?? 'its end'}`;
       batch.forEach((request, index) => {
