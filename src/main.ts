@@ -11,7 +11,7 @@ import { installedBackends } from './host/backends.ts';
 import { lockNamespace, withSignalsDeferred } from './host/exclusive.ts';
 import { readRecord, removeRecord, writeRecord } from './host/record.ts';
 import { notifySystemdReady, untilSignalled } from './host/lifecycle.ts';
-import { createRunner } from './host/runner.ts';
+import { createRunner, endShells, type CommandRunner } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import {
   applyOptions,
@@ -55,7 +55,15 @@ export async function run(
   const env = overrides.env ?? process.env;
   const palette = output === processOutput ? await stderrPalette(env) : undefined;
   const log = overrides.log ?? createLogger(output, { debug, env, ...(palette ? { palette } : {}) });
-  const runner = overrides.runner ?? ((netns?: string) => createRunner({ netns }));
+  // One runner, so one shell, per namespace for the whole run: watch's checks reuse it while it lives.
+  const runners = new Map<string | undefined, CommandRunner>();
+  const runner =
+    overrides.runner ??
+    ((netns?: string) => {
+      let created = runners.get(netns);
+      if (created === undefined) runners.set(netns, (created = createRunner({ netns })));
+      return created;
+    });
   const context: CommandContext = {
     output,
     log,
@@ -131,9 +139,12 @@ if (typeof __VERSION__ === 'string') {
     process.exit(ExitCode.internal);
   });
   // Output is written synchronously, so nothing is left to flush: exiting at once spares tearing down a heap
-  // that may hold thousands of rules.
+  // that may hold thousands of rules. The runners' shells go first (see endShells).
   void run(process.argv.slice(2)).then(
-    (code) => process.exit(code),
+    async (code) => {
+      await endShells();
+      process.exit(code);
+    },
     // Only if even reporting failed (stderr closed, say): there is nothing left to tell.
     () => process.exit(ExitCode.internal),
   );

@@ -6,7 +6,7 @@ import { familyLabel, type Family } from '../core/values.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
 import type { NamespaceReads } from './namespaceReads.ts';
-import { findProgram, runChained, type CommandRunner } from './runner.ts';
+import { findProgram, type CommandRunner } from './runner.ts';
 
 // The iptables backend, in both its variants: one nat table per family, each written with one
 // `iptables-restore --noflush` transaction.
@@ -27,7 +27,8 @@ const toolPrefix = (family: Family) => (family === 4 ? 'iptables' : 'ip6tables')
 function variantOfProgram(path: string): Variant | undefined {
   let target: string;
   try {
-    target = realpathSync(path);
+    // The native call: plain realpathSync walks each component in JavaScript (~1 ms more on a cold start).
+    target = realpathSync.native(path);
   } catch {
     return undefined;
   }
@@ -102,21 +103,22 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family, noti
       if (result.exitCode !== 0) throw tableError(`${name}-save`, result.stderr, result.exitCode);
       return withoutCounters(result.stdout);
     },
-    // The check runs in the restore's own shell. Up to FULL_CHECK_MAX_RULES rules, the whole table is read
-    // back. Beyond, reading thousands of rules back costs as much as writing them: the transaction declares
-    // (so flushes) and refills our chains in one atomic commit, so they always hold one writer's complete
-    // rules, and what a race with another writer leaves wrong shows in the hook chains (two writers that both
-    // read "no jump" each add one), which are listed instead.
+    // The check runs right after the restore, in the same shell (host/runner.ts). Up to FULL_CHECK_MAX_RULES
+    // rules, the whole table is read back. Beyond, reading thousands of rules back costs as much as writing
+    // them: the transaction declares (so flushes) and refills our chains in one atomic commit, so they always
+    // hold one writer's complete rules, and what a race with another writer leaves wrong shows in the hook
+    // chains (two writers that both read "no jump" each add one), which are listed instead.
     async write(transaction, wanted) {
+      const restored = await lockWatched(() => runner.run(restoreProgram, ['--noflush', ...wait], { input: transaction, timeoutMs: lockTimeoutMs }));
+      if (restored.exitCode !== 0) throw tableError(`${name}-restore`, restored.stderr, restored.exitCode);
       const full = wanted.chainRules.length <= FULL_CHECK_MAX_RULES;
-      const reads = full
-        ? [{ program: saveProgram, args: ['-t', 'nat'] }]
-        : HOOK_CHAINS.map((chain) => ({ program, args: [...wait, '-t', 'nat', '-S', chain] }));
-      const result = await lockWatched(() =>
-        runChained(runner, { program: restoreProgram, args: ['--noflush', ...wait] }, reads, { input: transaction, timeoutMs: lockTimeoutMs }),
+      const checks: [string, string[]][] = full
+        ? [[saveProgram, ['-t', 'nat']]]
+        : HOOK_CHAINS.map((chain) => [program, [...wait, '-t', 'nat', '-S', chain]]);
+      const listed = await Promise.all(
+        checks.map(([file, args]) => runner.run(file, args).then((result) => (result.exitCode === 0 ? result.stdout : undefined), () => undefined)),
       );
-      if (result.exitCode !== 0) throw tableError(`${name}-restore`, result.stderr, result.exitCode);
-      const [first, ...rest] = result.outputs;
+      const [first, ...rest] = listed;
       // A read that failed after a write that succeeded: reconcile reads the table again.
       if (first === undefined || rest.includes(undefined)) return undefined;
       return full ? { readBack: withoutCounters(first) } : { holds: jumpsMatch(listedJumps([first, ...(rest as string[])]), wanted) };

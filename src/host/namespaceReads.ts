@@ -2,11 +2,11 @@ import { SystemCommandError } from '../errors.ts';
 import { stderrExcerpt } from './backend.ts';
 import { shellCommand, StepScript, type CommandRunner, type StepResult } from './runner.ts';
 
-// Each process this tool starts costs a fork of the Node heap and a program's start-up, often more than the
-// read it does. So the reads of a survey are taken together: whatever the backends ask for before the event
-// loop turns runs in one shell inside the namespace, one read after another, and each caller gets its own
-// part back. Files are read by the shell's builtins (no process), as only a process inside the namespace can
-// see its /proc/net.
+// The reads of a survey are taken together: whatever the backends ask for before the event loop turns is one
+// step of the runner's shell inside the namespace (a script running the reads one after another), and each
+// caller gets its own part back. Files are read by that script's builtins, as only a process inside the
+// namespace can see its /proc/net: one process for all of them rather than one per file. The first step
+// of a run, it is also where a namespace that cannot be entered shows.
 
 export interface NamespaceReads {
   /** A program's output on each stream, and its exit status. */

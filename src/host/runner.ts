@@ -1,3 +1,4 @@
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { SystemCommandError, MissingProgramError, TemporaryError } from '../errors.ts';
@@ -70,69 +71,31 @@ export function namespaceEntry(netns: string | undefined): (program: string, arg
 }
 
 /**
- * Runs programs directly (no shell), each under a time limit; with `netns`, inside that network namespace.
- * Node's spawn rather than execa: this runs a handful of short-lived commands, and execa's start-up and
- * per-call cost measured ~20 ms of an apply that should be close to the cost of the commands alone.
+ * Runs programs, each under a time limit; with `netns`, inside that network namespace. They run as the steps
+ * of one shell (ShellSession), however many an apply needs. Node's spawn rather than execa: this runs a handful
+ * of short-lived commands, and execa's start-up and per-call cost measured ~20 ms of an apply that should be
+ * close to the cost of the commands alone.
  */
 export function createRunner(options: { netns?: string | undefined } = {}): CommandRunner {
-  // nsenter execs the program (no --fork): the child's PID is the program's, and stopping it stops the program.
   const command = namespaceEntry(options.netns);
+  const session = new ShellSession(command('/bin/sh', ['-s']));
   return {
     async run(program, args, runOptions = {}) {
-      const [file, argv] = command(program, args);
       const name = runOptions.name ?? program;
       const timeout = runOptions.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
-      // Loaded on first use: a dry run starts no process and should not pay for node:child_process.
-      const { spawn } = await import('node:child_process');
-      const ended = await new Promise<Ended>((resolve) => {
-        // Its own process group: the limits below kill the whole group, so a program a shell started
-        // (runChained) cannot go on writing after we have given up on it. It also keeps a terminal's Ctrl-C
-        // from the children: SIGINT reaches this process alone, which finishes its writes or rolls back.
-        const child = spawn(file, argv, { detached: true, env: { ...childEnv(), ...runOptions.env } });
-        const output = { stdout: '', stderr: '' };
-        let failure: Ended['failure'];
-        const killGroup = (why: NonNullable<Ended['failure']>) => {
-          if (failure !== undefined) return;
-          failure = why;
-          try {
-            if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
-          } catch {
-            // exited meanwhile
-          }
-          // A program that left the group could hold the pipes open for ever: stop waiting for them.
-          setTimeout(() => {
-            child.stdout.destroy();
-            child.stderr.destroy();
-            resolve({ ...output, exitCode: null, signal: 'SIGKILL', failure });
-          }, 2000).unref();
-        };
-        const timer = setTimeout(() => killGroup('timeout'), timeout);
-        for (const stream of ['stdout', 'stderr'] as const) {
-          child[stream].setEncoding('utf8');
-          child[stream].on('data', (chunk: string) => {
-            output[stream] += chunk;
-            if (output[stream].length > MAX_OUTPUT_CHARS) killGroup('too much output');
-          });
-        }
-        child.once('error', (error: NodeJS.ErrnoException) => {
-          clearTimeout(timer);
-          resolve({ ...output, exitCode: null, signal: null, failure, spawnError: error });
-        });
-        child.once('close', (exitCode, signal) => {
-          clearTimeout(timer);
-          resolve({ ...output, exitCode, signal, failure });
-        });
-        // A child that exits without reading its input closes the pipe; its exit status tells what happened.
-        child.stdin.on('error', () => undefined);
-        child.stdin.end(runOptions.input ?? '');
-      });
+      const ended = await session.run(program, args, runOptions, timeout);
       const { stdout, stderr } = ended;
       if (ended.failure === 'timeout') throw new TemporaryError(`${name} did not finish within ${timeout / 1000}s and was killed`);
       if (ended.failure === 'too much output') throw new SystemCommandError(`${name} printed more than ${MAX_OUTPUT_CHARS} characters and was killed`);
       if (ended.spawnError) {
         const reason = ended.spawnError.code === 'ENOENT' ? 'not found' : ended.spawnError.message;
-        throw new SystemCommandError(`could not run ${file}: ${reason}`);
+        throw new SystemCommandError(`could not run ${session.file}: ${reason}`);
       }
+      // The shell's own statuses for a program it could not start (dash: "sh: 1: getent: not found").
+      if ((ended.exitCode === 126 || ended.exitCode === 127) && / not found\n?$| Permission denied\n?$/.test(stderr)) {
+        throw new SystemCommandError(`could not run ${program}: ${stderr.trim().split('\n').pop()?.replace(/^.*: /, '')}`);
+      }
+      if (ended.failure === 'shell ended') throw new SystemCommandError(`${name} did not finish: the shell running it ended (exit ${ended.exitCode})`);
       if (ended.exitCode !== null) return { exitCode: ended.exitCode, stdout, stderr };
       throw new SystemCommandError(`${name} was killed by ${ended.signal}`);
     },
@@ -169,7 +132,7 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
   };
 }
 
-/** A program and its arguments, for a shell to run (runChained, host/namespaceReads.ts). */
+/** A program and its arguments, for a shell to run. */
 export interface ShellStep {
   program: string;
   args: readonly string[];
@@ -188,18 +151,24 @@ export interface StepResult {
 }
 
 /**
- * Steps run one after another by one shell, their outputs told apart by marker lines on both streams: one
- * process started from this one rather than one per program (each costs a fork of this process's heap). The
- * steps run in turn, so each one's stderr lies between its own marks too. What a step prints can hold anyone's
- * text (a rule's comment may contain newlines), so each script's marks carry a token that text written before
- * the run cannot contain. Nothing here is secret: Math.random will do (node:crypto would add ~8 ms to every
- * start).
+ * Steps run one after another by one shell, their outputs told apart by marker lines on both streams: each
+ * program the runner runs is a step of its session's shell, and a survey's reads are one step that is itself
+ * such a script (host/namespaceReads.ts). The steps run in turn, so each one's stderr lies between its own
+ * marks too. What a step prints can hold anyone's text (a rule's comment may contain newlines), so each
+ * script's marks carry a token that text written before the run cannot contain. Nothing here is secret:
+ * Math.random will do (node:crypto would add ~8 ms to every start).
  */
 export class StepScript {
   private readonly token = `${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
 
   private mark(index: number): string {
     return `#== redirect-traffic ${this.token} step ${index}`;
+  }
+
+  /** What ends step `index` on each stream; on stdout its status and a newline follow. */
+  ends(index: number): { stdout: string; stderr: string } {
+    const mark = this.mark(index);
+    return { stdout: `\n${mark} status `, stderr: `\n${mark} end\n` };
   }
 
   /** Shell text running `command` (shell text) as step `index`: marks around its output and its status. */
@@ -214,28 +183,41 @@ export class StepScript {
 
   /** Each step's streams and status, read in the order written; undefined for a step that did not end. */
   results(stdout: string, stderr: string, count: number): (StepResult | undefined)[] {
-    let at = 0;
-    let errorsAt = 0;
+    let at = { stdout: 0, stderr: 0 };
     return Array.from({ length: count }, (_, index) => {
-      const start = `${this.mark(index)}\n`;
-      const startAt = stdout.indexOf(start, at);
-      if (startAt < 0) return undefined;
-      const end = `\n${this.mark(index)} status `;
-      const endAt = stdout.indexOf(end, startAt + start.length);
-      const nextStart = stdout.indexOf(`${this.mark(index + 1)}\n`, startAt + start.length);
-      const status = /^(\d+)\n/.exec(stdout.slice(endAt + end.length, endAt + end.length + 8));
-      if (endAt < 0 || status === null || (nextStart >= 0 && nextStart < endAt)) return undefined;
-      at = endAt + end.length;
-      const errorsStart = stderr.indexOf(start, errorsAt);
-      const errorsEnd = stderr.indexOf(`\n${this.mark(index)} end\n`, errorsStart + start.length);
-      if (errorsStart < 0 || errorsEnd < 0) return undefined;
-      errorsAt = errorsEnd;
-      return {
+      const found = this.find(index, stdout, stderr, at);
+      if (found === undefined) return undefined;
+      at = found.next;
+      return found.result;
+    });
+  }
+
+  /** Step `index`, if it has ended, searched for from `from` on: its result and where its marks end. */
+  find(index: number, stdout: string, stderr: string, from = { stdout: 0, stderr: 0 }): { result: StepResult; next: { stdout: number; stderr: number } } | undefined {
+    const start = `${this.mark(index)}\n`;
+    const ends = this.ends(index);
+    const startAt = stdout.indexOf(start, from.stdout);
+    if (startAt < 0) return undefined;
+    const endAt = stdout.indexOf(ends.stdout, startAt + start.length);
+    const nextStart = stdout.indexOf(`${this.mark(index + 1)}\n`, startAt + start.length);
+    const status = /^(\d+)\n/.exec(stdout.slice(endAt + ends.stdout.length, endAt + ends.stdout.length + 8));
+    if (endAt < 0 || status === null || (nextStart >= 0 && nextStart < endAt)) return undefined;
+    const errorsStart = stderr.indexOf(start, from.stderr);
+    const errorsEnd = stderr.indexOf(ends.stderr, errorsStart + start.length);
+    if (errorsStart < 0 || errorsEnd < 0) return undefined;
+    return {
+      result: {
         exitCode: Number(status[1]),
         stdout: stdout.slice(startAt + start.length, endAt),
         stderr: stderr.slice(errorsStart + start.length, errorsEnd),
-      };
-    });
+      },
+      next: { stdout: endAt + ends.stdout.length + status[0].length, stderr: errorsEnd + ends.stderr.length },
+    };
+  }
+
+  /** Whether step `index` has begun on stdout. */
+  began(index: number, stdout: string): boolean {
+    return stdout.includes(`${this.mark(index)}\n`);
   }
 
   /** What a stream held before the first step's mark: a shell's own complaint, or what ran before the steps. */
@@ -243,30 +225,6 @@ export class StepScript {
     const at = stream.indexOf(`${this.mark(0)}\n`);
     return at < 0 ? stream : stream.slice(0, at);
   }
-}
-
-/**
- * Runs `first` with `input` on stdin and, once it has succeeded, each of `then` in turn, in one shell (see
- * StepScript). Resolves to `first`'s exit status and stderr (its stdout is discarded), and the stdout of each
- * later step that succeeded (undefined for one that failed). A timeout kills them all (the runner kills the
- * process group).
- */
-export async function runChained(
-  runner: CommandRunner,
-  first: ShellStep,
-  then: readonly ShellStep[],
-  options: RunOptions = {},
-): Promise<{ exitCode: number; stderr: string; outputs: (string | undefined)[] }> {
-  const steps = new StepScript();
-  const script = [
-    `${shellCommand(first)} >/dev/null || exit $?`,
-    ...then.map((step, index) => steps.step(index, shellCommand(step))),
-    // The status is the first program's: a later step's failure shows as its missing output.
-    'exit 0',
-  ].join('\n');
-  const result = await runner.run('/bin/sh', ['-c', script], { name: first.program, ...options });
-  const outputs = steps.results(result.stdout, result.stderr, then.length).map((step) => (step?.exitCode === 0 ? step.stdout : undefined));
-  return { exitCode: result.exitCode, stderr: steps.before(result.stderr), outputs };
 }
 
 /** A minimal environment: children never see CONSUL_HTTP_TOKEN or anything else of ours. */
@@ -278,6 +236,213 @@ interface Ended {
   stderr: string;
   exitCode: number | null;
   signal: NodeJS.Signals | null;
-  failure?: 'timeout' | 'too much output' | undefined;
+  failure?: 'timeout' | 'too much output' | 'shell ended' | undefined;
   spawnError?: NodeJS.ErrnoException;
+}
+
+/** Whether the shell and its pipes keep this process's event loop going (they are sockets underneath). */
+function keepsProcessAlive(shell: ChildProcessWithoutNullStreams, keeps: boolean) {
+  for (const handle of [shell, shell.stdin, shell.stdout, shell.stderr] as { ref(): void; unref(): void }[]) {
+    if (keeps) handle.ref();
+    else handle.unref();
+  }
+}
+
+/** How long a shell with nothing to run waits for the next program before it is ended. */
+const SESSION_IDLE_MS = 1000;
+
+interface Step {
+  /** The step's line and what follows it (its input, as a here-document). */
+  text: (marks: StepScript, index: number) => string;
+  timeoutMs: number;
+  resolve(ended: Ended): void;
+}
+
+interface Running {
+  step: Step;
+  timer: NodeJS.Timeout;
+  /** Whether each stream's end mark has come (only then is the step looked for). */
+  ended: { stdout: boolean; stderr: boolean };
+  failure?: Ended['failure'];
+}
+
+/**
+ * One shell (inside the namespace) running the programs asked of it one after another, StepScript marks
+ * telling their outputs and statuses apart. Each process this one starts costs a fork of its heap (~10 ms
+ * here) and nsenter's start; the shell pays that once and starts each program for the price of a fork of
+ * dash. It starts with the first program, ends once idle for SESSION_IDLE_MS (it holds the namespace
+ * open), and never keeps this process alive by itself. It is its own process group: a limit kills the
+ * group, so no program it started can go on writing after we have given up on it, and a terminal's Ctrl-C
+ * reaches this process alone, which finishes its writes or rolls back.
+ */
+class ShellSession {
+  private shell: ChildProcessWithoutNullStreams | undefined;
+  private marks = new StepScript();
+  private index = 0;
+  private output = { stdout: '', stderr: '' };
+  private running: Running | undefined;
+  private readonly queue: Step[] = [];
+  private idle: NodeJS.Timeout | undefined;
+  private ending = false;
+
+  private readonly entry: [string, readonly string[]];
+
+  constructor(entry: [string, readonly string[]]) {
+    this.entry = entry;
+  }
+
+  get file(): string {
+    return this.entry[0];
+  }
+
+  /** Runs `program` as the next step; its input, if any, as a here-document (a final newline is added if missing). */
+  run(program: string, args: readonly string[], options: RunOptions, timeoutMs: number): Promise<Ended> {
+    const env = Object.entries(options.env ?? {}).map(([key, value]) => {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new Error(`not an environment variable name: ${key}`);
+      return `${key}=${shellWord(value)} `;
+    });
+    const command = `${env.join('')}${shellCommand({ program, args })}`;
+    const input = options.input ? (options.input.endsWith('\n') ? options.input : `${options.input}\n`) : '';
+    let end = '';
+    // A terminator the input does not hold as a line (with a random part, it never does).
+    do end = `RT_INPUT_${Math.random().toString(36).slice(2)}`;
+    while (input !== '' && `\n${input}`.includes(`\n${end}\n`));
+    const text = (marks: StepScript, index: number) =>
+      input === '' ? `${marks.step(index, `${command} </dev/null`)}\n` : `${marks.step(index, `${command} <<'${end}'`)}\n${input}${end}\n`;
+    return new Promise<Ended>((resolve) => {
+      this.queue.push({ text, timeoutMs, resolve });
+      this.next();
+    });
+  }
+
+  private next() {
+    if (this.running !== undefined) return;
+    const step = this.queue.shift();
+    if (step === undefined) {
+      this.rest();
+      return;
+    }
+    clearTimeout(this.idle);
+    const shell = this.shell ?? this.start();
+    keepsProcessAlive(shell, true);
+    this.running = { step, timer: setTimeout(() => this.kill('timeout'), step.timeoutMs), ended: { stdout: false, stderr: false } };
+    shell.stdin.write(step.text(this.marks, this.index));
+  }
+
+  private start(): ChildProcessWithoutNullStreams {
+    // Loaded on first use: a dry run starts no process and should not pay for node:child_process.
+    const { spawn } = process.getBuiltinModule('node:child_process');
+    const [file, argv] = this.entry;
+    const shell = spawn(file, argv, { detached: true, env: childEnv() });
+    this.shell = shell;
+    const live = { shell, session: this, exited: new Promise<void>((resolve) => shell.once('exit', () => resolve())) };
+    LIVE_SHELLS.add(live);
+    void live.exited.then(() => LIVE_SHELLS.delete(live));
+    this.marks = new StepScript();
+    this.index = 0;
+    this.output = { stdout: '', stderr: '' };
+    for (const stream of ['stdout', 'stderr'] as const) {
+      shell[stream].setEncoding('utf8');
+      shell[stream].on('data', (chunk: string) => shell === this.shell && this.received(stream, chunk));
+    }
+    // A shell that is gone closes the pipe; its exit says what happened.
+    shell.stdin.on('error', () => undefined);
+    shell.once('error', (error: NodeJS.ErrnoException) => this.closed(shell, { exitCode: null, signal: null, spawnError: error }));
+    shell.once('close', (exitCode, signal) => this.closed(shell, { exitCode, signal }));
+    return shell;
+  }
+
+  private received(stream: 'stdout' | 'stderr', chunk: string) {
+    const running = this.running;
+    const searchFrom = Math.max(0, this.output[stream].length - 200);
+    this.output[stream] += chunk;
+    if (running === undefined || running.failure !== undefined) return;
+    if (this.output[stream].length > MAX_OUTPUT_CHARS) return this.kill('too much output');
+    // Only a chunk that brings an end mark can end the step: no rescanning megabytes of output per chunk.
+    running.ended[stream] ||= this.output[stream].includes(this.marks.ends(this.index)[stream], searchFrom);
+    if (!running.ended.stdout || !running.ended.stderr) return;
+    const found = this.marks.find(this.index, this.output.stdout, this.output.stderr);
+    if (found === undefined) return;
+    clearTimeout(running.timer);
+    this.output = { stdout: this.output.stdout.slice(found.next.stdout), stderr: this.output.stderr.slice(found.next.stderr) };
+    this.index += 1;
+    this.running = undefined;
+    running.step.resolve({ ...found.result, signal: null });
+    this.next();
+  }
+
+  /** Kills the shell and whatever it runs; the step ends when they have (or 2 s later, see below). */
+  private kill(why: NonNullable<Ended['failure']>) {
+    const shell = this.shell;
+    if (this.running === undefined || shell === undefined) return;
+    this.running.failure = why;
+    try {
+      if (shell.pid !== undefined) process.kill(-shell.pid, 'SIGKILL');
+    } catch {
+      // exited meanwhile
+    }
+    // A program that left the group could hold the pipes open for ever: stop waiting for them.
+    setTimeout(() => {
+      shell.stdout.destroy();
+      shell.stderr.destroy();
+      this.closed(shell, { exitCode: null, signal: 'SIGKILL' });
+    }, 2000).unref();
+  }
+
+  /** The shell is gone: the step it was running ends with it, and the next step gets a new shell. */
+  private closed(shell: ChildProcessWithoutNullStreams, how: Pick<Ended, 'exitCode' | 'signal' | 'spawnError'>) {
+    if (shell !== this.shell) return;
+    this.shell = undefined;
+    const running = this.running;
+    this.running = undefined;
+    if (running !== undefined) {
+      clearTimeout(running.timer);
+      const { stdout, stderr } = this.output;
+      // A shell that never began the step (nsenter could not enter the namespace) reports as the program would.
+      const began = this.marks.began(this.index, stdout);
+      const failure = running.failure ?? (began && how.exitCode !== null ? 'shell ended' : undefined);
+      running.step.resolve({ stdout, stderr, ...how, failure });
+    }
+    this.next();
+  }
+
+  /** Nothing to run: the shell may not keep this process alive, and ends if nothing comes soon. */
+  private rest() {
+    const shell = this.shell;
+    if (shell === undefined) return;
+    clearTimeout(this.idle);
+    const end = () => {
+      if (shell !== this.shell || this.running !== undefined) return;
+      this.shell = undefined;
+      shell.stdin.end();
+    };
+    if (this.ending) return end();
+    keepsProcessAlive(shell, false);
+    this.idle = setTimeout(end, SESSION_IDLE_MS).unref();
+  }
+
+  /** Ends the shell once what it was given has run (its exit is awaited through LIVE_SHELLS). */
+  end() {
+    this.ending = true;
+    if (this.running === undefined) this.rest();
+  }
+}
+
+/** Every shell not yet exited (reaped: its pipes may close a little later), with its session. */
+const LIVE_SHELLS = new Set<{ shell: ChildProcessWithoutNullStreams; session: ShellSession; exited: Promise<void> }>();
+
+/**
+ * Ends every runner's shell, once each has run what it was given, and resolves when they have all exited.
+ * Called before this process exits: a shell left to end by itself once this process is gone would outlive a
+ * systemd service's main process, and systemd (on cgroup v1 without release notifications, as in a container)
+ * then waits out TimeoutStopSec for the cgroup to empty.
+ */
+export async function endShells(): Promise<void> {
+  const shells = [...LIVE_SHELLS];
+  for (const { shell, session } of shells) {
+    // Awaited, so they must keep the event loop going until they have exited.
+    keepsProcessAlive(shell, true);
+    session.end();
+  }
+  await Promise.all(shells.map((live) => live.exited));
 }

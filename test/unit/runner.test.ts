@@ -1,58 +1,100 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import { TemporaryError } from '../../src/errors.ts';
 import { batchedReads } from '../../src/host/namespaceReads.ts';
-import { createRunner, runChained } from '../../src/host/runner.ts';
+import { createRunner, endShells } from '../../src/host/runner.ts';
 import { scratchDir } from '../helpers/fakes.ts';
 
-// runChained with real processes (no namespace, no root): /bin/sh, printf, cat.
+// The runner with real processes (no namespace, no root): /bin/sh, printf, cat.
 const scratch = scratchDir('redirect-traffic-runner-');
 afterAll(() => scratch.remove());
 const runner = createRunner();
-const printf = (...args: string[]) => ({ program: '/usr/bin/printf', args });
 
-describe('runChained', () => {
-  it('feeds the first program its input and returns each later output apart, byte for byte', async () => {
-    const sink = scratch.write('sink', '');
-    const result = await runChained(runner, { program: '/bin/sh', args: ['-c', `cat > '${sink}'`] }, [printf('a\\nb\\n'), printf(''), printf('no newline')], {
-      input: 'the transaction\n',
-    });
-    expect(result.exitCode).toBe(0);
-    expect(result.outputs).toEqual(['a\nb\n', '', 'no newline']);
-    expect(readFileSync(sink, 'utf8')).toBe('the transaction\n');
+describe('createRunner', () => {
+  const shellPid = async (run = createRunner()) => (await run.run('/bin/sh', ['-c', 'echo $PPID'])).stdout;
+
+  it('runs every program, however many and however asked for, as a step of one shell, in turn', async () => {
+    const session = createRunner();
+    const [first, second, third] = await Promise.all([shellPid(session), shellPid(session), session.run('/bin/sh', ['-c', 'echo out; echo err >&2; exit 5'])]);
+    expect(second).toBe(first);
+    expect(third).toEqual({ exitCode: 5, stdout: 'out\n', stderr: 'err\n' });
+    expect(await shellPid(session)).toBe(first);
+    // Another runner, another shell.
+    expect(await shellPid()).not.toBe(first);
   });
 
+  it('gives a program its input exactly, whatever lines it holds, and no input at all otherwise', async () => {
+    const session = createRunner();
+    const tricky = ["RT_INPUT_x", "'EOF'", '$(touch x)', '#== redirect-traffic a step 0 status 0', ''].join('\n');
+    const large = `${'-A CONSUL_PROXY_OUTPUT -d 198.18.0.1/32 -j RETURN\n'.repeat(20_000)}COMMIT\n`;
+    const echoed = await Promise.all([tricky, large, 'no final newline'].map((input) => session.run('/bin/cat', [], { input })));
+    expect(echoed.map((result) => result.stdout)).toEqual([tricky, large, 'no final newline\n']);
+    expect(await session.run('/bin/cat', [])).toEqual({ exitCode: 0, stdout: '', stderr: '' });
+  });
+
+  it('hands a program only the environment asked for, taken literally', async () => {
+    const result = await createRunner().run('/bin/sh', ['-c', 'printf "%s|%s" "$NOTIFY_SOCKET" "$CONSUL_HTTP_TOKEN"'], { env: { NOTIFY_SOCKET: "it's $(id)" } });
+    expect(result.stdout).toBe("it's $(id)|");
+  });
+
+  it('fails a program the shell cannot find as not found', async () => {
+    await expect(createRunner().run(join(scratch.dir, 'no-such-program'), [])).rejects.toThrow(/^could not run .*no-such-program: not found$/);
+  });
+
+  it('fails a program that kills the shell running it as killed, and runs the next in a new shell', async () => {
+    const session = createRunner();
+    const before = await shellPid(session);
+    await expect(session.run('/bin/sh', ['-c', 'kill -9 $PPID'], { name: 'killer' })).rejects.toThrow('killer was killed by SIGKILL');
+    const after = await shellPid(session);
+    expect(after).not.toBe(before);
+  });
+
+  it('ends every shell when asked, once it has run what it was given, and waits until they have exited', async () => {
+    const session = createRunner();
+    const pid = Number(await shellPid(session));
+    const running = session.run('/bin/sh', ['-c', 'sleep 0.2; echo done']);
+    await endShells();
+    expect((await running).stdout).toBe('done\n');
+    expect(() => process.kill(pid, 0)).toThrow(/ESRCH/);
+    // A run after that gets a new shell.
+    expect(Number(await shellPid(session))).not.toBe(pid);
+  });
+
+  it('never keeps this process alive while it has nothing to run', async () => {
+    const handles = () => process.getActiveResourcesInfo().filter((kind) => kind === 'ProcessWrap' || kind === 'PipeWrap').length;
+    // Without the shells earlier tests left to end by themselves.
+    await endShells();
+    const session = createRunner();
+    const idle = handles();
+    await session.run('/bin/true', []);
+    expect(handles()).toBeLessThanOrEqual(idle);
+  });
+});
+
+describe('createRunner, with hostile output and arguments', () => {
+  const runner = createRunner();
+
   it('cannot be misled by marker-like text in an output (a rule comment may hold any line)', async () => {
-    const forged = ['#== redirect-traffic step 0 ok', '#== redirect-traffic x step 1 start', '#== redirect-traffic x step 0 ok'].join('\n');
-    const result = await runChained(runner, printf(''), [printf('%s\\n', forged), printf('second')]);
-    expect(result.outputs).toEqual([`${forged}\n`, 'second']);
+    const forged = ['#== redirect-traffic step 0 ok', '#== redirect-traffic x step 1 status 0', '#== redirect-traffic x step 0 end'].join('\n');
+    const [result, after] = await Promise.all([runner.run('/usr/bin/printf', ['%s\\n', forged]), runner.run('/usr/bin/printf', ['second'])]);
+    expect(result.stdout).toBe(`${forged}\n`);
+    expect(after.stdout).toBe('second');
   });
 
   it('takes words literally: quotes, $(...) and newlines are never interpreted', async () => {
     const words = ["it's", '$(touch x)', '`id`', 'a\nb', '"'];
-    const result = await runChained(runner, printf(''), [printf('[%s]', ...words)]);
-    expect(result.outputs).toEqual([words.map((word) => `[${word}]`).join('')]);
+    const result = await runner.run('/usr/bin/printf', ['[%s]', ...words]);
+    expect(result.stdout).toBe(words.map((word) => `[${word}]`).join(''));
   });
 
-  it("gives the first program's failure (status and stderr), and runs nothing after it", async () => {
-    const result = await runChained(runner, { program: '/bin/sh', args: ['-c', 'echo refused >&2; exit 4'] }, [printf('never')]);
-    expect(result).toEqual({ exitCode: 4, stderr: 'refused\n', outputs: [undefined] });
-  });
-
-  it('marks a later step that failed as missing, and keeps the status of the first', async () => {
-    const result = await runChained(runner, printf(''), [{ program: '/bin/sh', args: ['-c', 'echo partial; exit 1'] }, printf('after')]);
-    expect(result.exitCode).toBe(0);
-    expect(result.outputs).toEqual([undefined, 'after']);
-  });
-
-  it('on timeout kills every program it started, not just the shell, and names the first program', async () => {
+  it('on timeout kills every program it started, not just the shell, and names the program; the next one runs', async () => {
     const late = join(scratch.dir, 'written-late');
-    const first = { program: '/bin/sh', args: ['-c', `sleep 1; touch '${late}'`] };
-    const error = await runChained(runner, first, [], { timeoutMs: 200 }).catch((caught: unknown) => caught);
+    const error = await runner.run('/bin/sh', ['-c', `sleep 1; touch '${late}'`], { timeoutMs: 200 }).catch((caught: unknown) => caught);
     expect(error).toBeInstanceOf(TemporaryError);
     expect((error as Error).message).toBe('/bin/sh did not finish within 0.2s and was killed');
+    expect(await runner.run('/usr/bin/printf', ['next'])).toEqual({ exitCode: 0, stdout: 'next', stderr: '' });
     await sleep(1300);
     expect(existsSync(late)).toBe(false);
   });
@@ -105,12 +147,16 @@ describe('batchedReads', () => {
     ]);
   });
 
-  it('fails every read of the batch, naming them, when the shell is killed', async () => {
+  it('fails the read that was running when its shell was killed, naming it; reads that ended keep their result', async () => {
     const reads = batchedReads(runner);
-    const outcomes = await Promise.allSettled([reads.run('/usr/bin/printf', ['first']), reads.run('/bin/sh', ['-c', 'kill -9 $PPID'])]);
-    for (const outcome of outcomes) {
-      expect(outcome.status).toBe('rejected');
-      expect(((outcome as PromiseRejectedResult).reason as Error).message).toBe('sh (reading /usr/bin/printf, /bin/sh) was killed by SIGKILL');
-    }
+    const [first, killer, never] = await Promise.allSettled([
+      reads.run('/usr/bin/printf', ['first']),
+      reads.run('/bin/sh', ['-c', 'kill -9 $PPID']),
+      reads.run('/usr/bin/printf', ['never']),
+    ]);
+    expect(first).toEqual({ status: 'fulfilled', value: { exitCode: 0, stdout: 'first', stderr: '' } });
+    const message = (outcome: PromiseSettledResult<unknown>) => (outcome.status === 'rejected' ? (outcome.reason as Error).message : 'resolved');
+    expect(message(killer)).toBe('could not read /bin/sh: the reading shell stopped (exit 137) at /bin/sh');
+    expect(message(never)).toBe('could not read /usr/bin/printf: the reading shell stopped (exit 137) at /bin/sh');
   });
 });
