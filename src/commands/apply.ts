@@ -6,6 +6,7 @@ import { RECORD_DIR, type ApplyRecord } from '../host/record.ts';
 import { requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
 import type { TableSurvey } from '../host/backend.ts';
 import type { ApplyOptions, HostOptions } from '../options.ts';
+import type { RawOptions } from '../flags.ts';
 import { chooseBackend, planApply, planDifferences, planNeedsWrites, requireSomeBackend, type ApplyPlan, type TableStep } from './plan.ts';
 import { reportForeign } from './report.ts';
 import { flagsOf, resolveConfig } from './rulesets.ts';
@@ -77,8 +78,11 @@ export async function applyOnce(
   let converged: Converged;
   let survey: Survey;
   try {
+    // Worked out while the reads run (with thousands of exclusions, reading and comparing the record takes
+    // as long as they do); under the lock, as records are written under it.
+    const record = planRecord(options.host, config, context);
     survey = await surveying;
-    converged = await converge(survey.tables, config, options.host, context);
+    converged = await converge(survey.tables, config, options.host, context, record);
   } finally {
     lock.release();
   }
@@ -105,6 +109,7 @@ export async function converge(
   config: RedirectConfig,
   host: HostOptions,
   context: CommandContext,
+  record = planRecord(host, config, context),
 ): Promise<Converged> {
   requireSomeBackend(surveys);
   const choice = chooseBackend(surveys, host, context.backends.systemDefault());
@@ -112,8 +117,22 @@ export async function converge(
   const plan = planApply(surveys, config, choice);
   // Nothing to write: not even a process to start (reconcile would only compare again).
   const writes = async () => planNeedsWrites(plan) && (await execute(plan, context));
-  const changed = await context.deferSignals(() => recorded(host, config, context, writes));
+  const changed = await context.deferSignals(() => recorded(host.netns, record, context, writes));
   return { plan, differences: () => planDifferences(plan, { absentAsOneLine: false }), changed };
+}
+
+/** The record an apply writes: the settings it is for, the one it replaces, and whether that one is the same. */
+interface RecordPlan {
+  flags: RawOptions;
+  previous: ApplyRecord | undefined;
+  /** The same settings, already recorded as finished: nothing to write (watch compares every few seconds). */
+  unchanged: boolean;
+}
+
+function planRecord(host: HostOptions, config: RedirectConfig, context: CommandContext): RecordPlan {
+  const previous = readablePrevious(host.netns, context);
+  const flags = flagsOf(config, host);
+  return { flags, previous, unchanged: previous?.finished === true && JSON.stringify(previous.flags) === JSON.stringify(flags) };
 }
 
 /**
@@ -121,12 +140,9 @@ export async function converge(
  * back as it was when the writes failed and were rolled back. A run killed in between leaves "unfinished",
  * which a bare `status` reports.
  */
-async function recorded<T>(host: HostOptions, config: RedirectConfig, context: CommandContext, writes: () => Promise<T>): Promise<T> {
-  const { netns } = host;
-  const previous = readablePrevious(netns, context);
-  const flags = flagsOf(config, host);
-  // The same settings, already recorded as finished: nothing to write (watch compares every few seconds).
-  if (previous?.finished && JSON.stringify(previous.flags) === JSON.stringify(flags)) return writes();
+async function recorded<T>(netns: string | undefined, plan: RecordPlan, context: CommandContext, writes: () => Promise<T>): Promise<T> {
+  const { previous, flags } = plan;
+  if (plan.unchanged) return writes();
   const record = { flags, pid: process.pid, startedAt: new Date().toISOString(), finished: false };
   if (!context.records.write(netns, record)) context.log.debug(`could not record this apply under ${RECORD_DIR}`);
   try {
