@@ -11,7 +11,7 @@ import { installedBackends } from './host/backends.ts';
 import { lockNamespace, withSignalsDeferred } from './host/exclusive.ts';
 import { readRecord, removeRecord, writeRecord } from './host/record.ts';
 import { notifySystemdReady, untilSignalled } from './host/lifecycle.ts';
-import { createRunner, endShells, type CommandRunner } from './host/runner.ts';
+import { createRunner, endShells } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import {
   applyOptions,
@@ -55,15 +55,7 @@ export async function run(
   const env = overrides.env ?? process.env;
   const palette = output === processOutput ? await stderrPalette(env) : undefined;
   const log = overrides.log ?? createLogger(output, { debug, env, ...(palette ? { palette } : {}) });
-  // One runner, so one shell, per namespace for the whole run: watch's checks reuse it while it lives.
-  const runners = new Map<string | undefined, CommandRunner>();
-  const runner =
-    overrides.runner ??
-    ((netns?: string) => {
-      let created = runners.get(netns);
-      if (created === undefined) runners.set(netns, (created = createRunner({ netns })));
-      return created;
-    });
+  const runner = overrides.runner ?? ((netns?: string) => createRunner({ netns }));
   const context: CommandContext = {
     output,
     log,

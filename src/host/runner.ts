@@ -83,7 +83,10 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
     async run(program, args, runOptions = {}) {
       const name = runOptions.name ?? program;
       const timeout = runOptions.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
-      const ended = await session.run(program, args, runOptions, timeout);
+      // By path, never by name: a name could be one of the shell's builtins (echo, kill, exit, ...).
+      const file = program.includes('/') ? program : findProgram(program);
+      if (file === undefined) throw new SystemCommandError(`could not run ${program}: not found`);
+      const ended = await session.run(file, args, runOptions, timeout);
       const { stdout, stderr } = ended;
       if (ended.failure === 'timeout') throw new TemporaryError(`${name} did not finish within ${timeout / 1000}s and was killed`);
       if (ended.failure === 'too much output') throw new SystemCommandError(`${name} printed more than ${MAX_OUTPUT_CHARS} characters and was killed`);
@@ -91,13 +94,16 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
         const reason = ended.spawnError.code === 'ENOENT' ? 'not found' : ended.spawnError.message;
         throw new SystemCommandError(`could not run ${session.file}: ${reason}`);
       }
-      // The shell's own statuses for a program it could not start (dash: "sh: 1: getent: not found").
-      if ((ended.exitCode === 126 || ended.exitCode === 127) && / not found\n?$| Permission denied\n?$/.test(stderr)) {
-        throw new SystemCommandError(`could not run ${program}: ${stderr.trim().split('\n').pop()?.replace(/^.*: /, '')}`);
-      }
       if (ended.failure === 'shell ended') throw new SystemCommandError(`${name} did not finish: the shell running it ended (exit ${ended.exitCode})`);
-      if (ended.exitCode !== null) return { exitCode: ended.exitCode, stdout, stderr };
-      throw new SystemCommandError(`${name} was killed by ${ended.signal}`);
+      if (ended.exitCode === null) throw new SystemCommandError(`${name} was killed by ${ended.signal}`);
+      // The shell's own words for a file it could not execute (dash: "/bin/sh: 1: /usr/sbin/nft: not found").
+      const lastLine = stderr.trimEnd().split('\n').pop() ?? '';
+      const unrunnable = /^\/bin\/sh: \d+: (.*): (not found|Permission denied)$/.exec(lastLine);
+      if ((ended.exitCode === 126 || ended.exitCode === 127) && unrunnable?.[1] === file) throw new SystemCommandError(`could not run ${file}: ${unrunnable[2]}`);
+      // The shell reports a program killed by signal N as status 128 + N; none of the programs run here exits so.
+      const signal = ended.exitCode > 128 ? signalName(ended.exitCode - 128) : undefined;
+      if (signal !== undefined) throw new SystemCommandError(`${name} was killed by ${signal}`);
+      return { exitCode: ended.exitCode, stdout, stderr };
     },
 
     async spawnLines(program, args, onLine) {
@@ -227,6 +233,10 @@ export class StepScript {
   }
 }
 
+/** SIGKILL for 9; undefined for a number that is no signal. */
+const signalName = (number: number) =>
+  Object.entries(process.getBuiltinModule('node:os').constants.signals).find(([, value]) => value === number)?.[0];
+
 /** A minimal environment: children never see CONSUL_HTTP_TOKEN or anything else of ours. */
 const childEnv = (): Record<string, string> => ({ PATH: process.env['PATH'] ?? SYSTEM_DIRS.join(delimiter), LC_ALL: 'C' });
 
@@ -247,6 +257,37 @@ function keepsProcessAlive(shell: ChildProcessWithoutNullStreams, keeps: boolean
     else handle.unref();
   }
 }
+
+/** What a stream brought: its chunks, joined only when asked, and its last characters, where a mark may begin. */
+class StreamOutput {
+  private chunks: string[];
+  private tail: string;
+  length: number;
+
+  constructor(text = '') {
+    this.chunks = text === '' ? [] : [text];
+    this.tail = text.slice(-MARK_WINDOW);
+    this.length = text.length;
+  }
+
+  /** Adds a chunk; true if `mark` is in it, or begins in what came before it. */
+  add(chunk: string, mark: string): boolean {
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+    const window = this.tail + chunk;
+    this.tail = window.slice(-MARK_WINDOW);
+    return window.includes(mark);
+  }
+
+  text(): string {
+    const joined = this.chunks.join('');
+    this.chunks = joined === '' ? [] : [joined];
+    return joined;
+  }
+}
+
+/** Longer than any end mark. */
+const MARK_WINDOW = 256;
 
 /** How long a shell with nothing to run waits for the next program before it is ended. */
 const SESSION_IDLE_MS = 1000;
@@ -273,13 +314,15 @@ interface Running {
  * dash. It starts with the first program, ends once idle for SESSION_IDLE_MS (it holds the namespace
  * open), and never keeps this process alive by itself. It is its own process group: a limit kills the
  * group, so no program it started can go on writing after we have given up on it, and a terminal's Ctrl-C
- * reaches this process alone, which finishes its writes or rolls back.
+ * reaches this process alone, which finishes its writes or rolls back. What it costs: a step's time limit
+ * runs from when the shell gets it, not while it waits its turn; and what a program leaves running in the
+ * background writes into the steps after it (none of the programs run here does).
  */
 class ShellSession {
   private shell: ChildProcessWithoutNullStreams | undefined;
   private marks = new StepScript();
   private index = 0;
-  private output = { stdout: '', stderr: '' };
+  private output = { stdout: new StreamOutput(), stderr: new StreamOutput() };
   private running: Running | undefined;
   private readonly queue: Step[] = [];
   private idle: NodeJS.Timeout | undefined;
@@ -297,6 +340,10 @@ class ShellSession {
 
   /** Runs `program` as the next step; its input, if any, as a here-document (a final newline is added if missing). */
   run(program: string, args: readonly string[], options: RunOptions, timeoutMs: number): Promise<Ended> {
+    // The shell would drop them silently; spawn refused them.
+    if ([program, ...args, ...Object.values(options.env ?? {}), options.input ?? ''].some((text) => text.includes('\0'))) {
+      throw new TypeError(`a NUL character in what ${program} was to be given`);
+    }
     const env = Object.entries(options.env ?? {}).map(([key, value]) => {
       if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new Error(`not an environment variable name: ${key}`);
       return `${key}=${shellWord(value)} `;
@@ -323,7 +370,16 @@ class ShellSession {
       return;
     }
     clearTimeout(this.idle);
-    const shell = this.shell ?? this.start();
+    let shell = this.shell;
+    if (shell === undefined) {
+      try {
+        shell = this.start();
+      } catch (error) {
+        step.resolve({ stdout: '', stderr: '', exitCode: null, signal: null, spawnError: error as NodeJS.ErrnoException });
+        this.next();
+        return;
+      }
+    }
     keepsProcessAlive(shell, true);
     this.running = { step, timer: setTimeout(() => this.kill('timeout'), step.timeoutMs), ended: { stdout: false, stderr: false } };
     shell.stdin.write(step.text(this.marks, this.index));
@@ -335,12 +391,18 @@ class ShellSession {
     const [file, argv] = this.entry;
     const shell = spawn(file, argv, { detached: true, env: childEnv() });
     this.shell = shell;
-    const live = { shell, session: this, exited: new Promise<void>((resolve) => shell.once('exit', () => resolve())) };
+    // A shell that could not be started emits 'error' and no 'exit'.
+    const exited = new Promise<void>((resolve) => {
+      shell.once('exit', () => resolve());
+      shell.once('error', () => resolve());
+    });
+    const live = { shell, session: this, exited };
     LIVE_SHELLS.add(live);
-    void live.exited.then(() => LIVE_SHELLS.delete(live));
+    void exited.then(() => LIVE_SHELLS.delete(live));
+    this.ending = false;
     this.marks = new StepScript();
     this.index = 0;
-    this.output = { stdout: '', stderr: '' };
+    this.output = { stdout: new StreamOutput(), stderr: new StreamOutput() };
     for (const stream of ['stdout', 'stderr'] as const) {
       shell[stream].setEncoding('utf8');
       shell[stream].on('data', (chunk: string) => shell === this.shell && this.received(stream, chunk));
@@ -354,17 +416,20 @@ class ShellSession {
 
   private received(stream: 'stdout' | 'stderr', chunk: string) {
     const running = this.running;
-    const searchFrom = Math.max(0, this.output[stream].length - 200);
-    this.output[stream] += chunk;
+    const output = this.output[stream];
+    // Only a chunk that brings an end mark can end the step: the output is joined and searched once, not
+    // at every chunk (that is quadratic in megabytes of output).
+    const markCame = output.add(chunk, this.marks.ends(this.index)[stream]);
     if (running === undefined || running.failure !== undefined) return;
-    if (this.output[stream].length > MAX_OUTPUT_CHARS) return this.kill('too much output');
-    // Only a chunk that brings an end mark can end the step: no rescanning megabytes of output per chunk.
-    running.ended[stream] ||= this.output[stream].includes(this.marks.ends(this.index)[stream], searchFrom);
+    if (output.length > MAX_OUTPUT_CHARS) return this.kill('too much output');
+    running.ended[stream] ||= markCame;
     if (!running.ended.stdout || !running.ended.stderr) return;
-    const found = this.marks.find(this.index, this.output.stdout, this.output.stderr);
+    const stdout = this.output.stdout.text();
+    const stderr = this.output.stderr.text();
+    const found = this.marks.find(this.index, stdout, stderr);
     if (found === undefined) return;
     clearTimeout(running.timer);
-    this.output = { stdout: this.output.stdout.slice(found.next.stdout), stderr: this.output.stderr.slice(found.next.stderr) };
+    this.output = { stdout: new StreamOutput(stdout.slice(found.next.stdout)), stderr: new StreamOutput(stderr.slice(found.next.stderr)) };
     this.index += 1;
     this.running = undefined;
     running.step.resolve({ ...found.result, signal: null });
@@ -397,7 +462,8 @@ class ShellSession {
     this.running = undefined;
     if (running !== undefined) {
       clearTimeout(running.timer);
-      const { stdout, stderr } = this.output;
+      const stdout = this.output.stdout.text();
+      const stderr = this.output.stderr.text();
       // A shell that never began the step (nsenter could not enter the namespace) reports as the program would.
       const began = this.marks.began(this.index, stdout);
       const failure = running.failure ?? (began && how.exitCode !== null ? 'shell ended' : undefined);
