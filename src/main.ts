@@ -126,18 +126,16 @@ const escapeControls = (text: string) =>
 if (typeof __VERSION__ === 'string') {
   // A promise nobody awaited that fails is a bug here, not a crash with a stack dump and exit 1: report it
   // as one, with the internal error's code.
-  process.on('unhandledRejection', (error) => {
-    processOutput.stderr(`redirect-traffic: internal error, please report it: ${escapeControls((error as Error)?.message ?? String(error))}\n`);
-    process.exit(ExitCode.internal);
-  });
   // Output is written synchronously, so nothing is left to flush: exiting at once spares tearing down a heap
   // that may hold thousands of rules. The runners' shells go first (see endShells).
+  const exit = (code: number) => void endShells().then(() => process.exit(code));
+  process.on('unhandledRejection', (error) => {
+    processOutput.stderr(`redirect-traffic: internal error, please report it: ${escapeControls((error as Error)?.message ?? String(error))}\n`);
+    exit(ExitCode.internal);
+  });
   void run(process.argv.slice(2)).then(
-    async (code) => {
-      await endShells();
-      process.exit(code);
-    },
+    exit,
     // Only if even reporting failed (stderr closed, say): there is nothing left to tell.
-    () => process.exit(ExitCode.internal),
+    () => exit(ExitCode.internal),
   );
 }
