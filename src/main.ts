@@ -124,11 +124,11 @@ const escapeControls = (text: string) =>
 
 // Runs only as the bundled program, not when tests import this module.
 if (typeof __VERSION__ === 'string') {
-  // A promise nobody awaited that fails is a bug here, not a crash with a stack dump and exit 1: report it
-  // as one, with the internal error's code.
   // Output is written synchronously, so nothing is left to flush: exiting at once spares tearing down a heap
   // that may hold thousands of rules. The runners' shells go first (see endShells).
   const exit = (code: number) => void endShells().then(() => process.exit(code));
+  // A promise nobody awaited that fails is a bug here, not a crash with a stack dump and exit 1: report it
+  // as one, with the internal error's code.
   process.on('unhandledRejection', (error) => {
     processOutput.stderr(`redirect-traffic: internal error, please report it: ${escapeControls((error as Error)?.message ?? String(error))}\n`);
     exit(ExitCode.internal);
