@@ -109,6 +109,8 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family, noti
     // hold one writer's complete rules, and what a race with another writer leaves wrong shows in the hook
     // chains (two writers that both read "no jump" each add one), which are listed instead.
     async write(transaction, wanted) {
+      // One time limit for the restore and its check together, as the units' start limit counts on.
+      const deadline = Date.now() + lockTimeoutMs;
       const restored = await lockWatched(() => runner.run(restoreProgram, ['--noflush', ...wait], { input: transaction, timeoutMs: lockTimeoutMs }));
       if (restored.exitCode !== 0) throw tableError(`${name}-restore`, restored.stderr, restored.exitCode);
       const full = wanted.chainRules.length <= FULL_CHECK_MAX_RULES;
@@ -116,7 +118,11 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family, noti
         ? [[saveProgram, ['-t', 'nat']]]
         : HOOK_CHAINS.map((chain) => [program, [...wait, '-t', 'nat', '-S', chain]]);
       const listed = await Promise.all(
-        checks.map(([file, args]) => runner.run(file, args).then((result) => (result.exitCode === 0 ? result.stdout : undefined), () => undefined)),
+        checks.map(([file, args]) =>
+          runner
+            .run(file, args, { timeoutMs: Math.max(1, deadline - Date.now()) })
+            .then((result) => (result.exitCode === 0 ? result.stdout : undefined), () => undefined),
+        ),
       );
       const [first, ...rest] = listed;
       // A read that failed after a write that succeeded: reconcile reads the table again.

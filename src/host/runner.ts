@@ -1,5 +1,5 @@
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { accessSync, constants } from 'node:fs';
+import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { SystemCommandError, MissingProgramError, TemporaryError } from '../errors.ts';
 
@@ -83,9 +83,17 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
     async run(program, args, runOptions = {}) {
       const name = runOptions.name ?? program;
       const timeout = runOptions.timeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
-      // By path, never by name: a name could be one of the shell's builtins (echo, kill, exit, ...).
+      // By path, never by name: a name could be one of the shell's builtins (echo, kill, exit, ...). Checked
+      // here, as spawn did: each shell words its failure to run a file otherwise, and with a status (126, 127)
+      // a program could exit with too.
       const file = program.includes('/') ? program : findProgram(program);
       if (file === undefined) throw new SystemCommandError(`could not run ${program}: not found`);
+      try {
+        accessSync(file, constants.X_OK);
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        throw new SystemCommandError(`could not run ${file}: ${code === 'ENOENT' ? 'not found' : code === 'EACCES' ? 'permission denied' : code}`);
+      }
       const ended = await session.run(file, args, runOptions, timeout);
       const { stdout, stderr } = ended;
       if (ended.failure === 'timeout') throw new TemporaryError(`${name} did not finish within ${timeout / 1000}s and was killed`);
@@ -96,10 +104,6 @@ export function createRunner(options: { netns?: string | undefined } = {}): Comm
       }
       if (ended.failure === 'shell ended') throw new SystemCommandError(`${name} did not finish: the shell running it ended (exit ${ended.exitCode})`);
       if (ended.exitCode === null) throw new SystemCommandError(`${name} was killed by ${ended.signal}`);
-      // The shell's own words for a file it could not execute (dash: "/bin/sh: 1: /usr/sbin/nft: not found").
-      const lastLine = stderr.trimEnd().split('\n').pop() ?? '';
-      const unrunnable = /^\/bin\/sh: \d+: (.*): (not found|Permission denied)$/.exec(lastLine);
-      if ((ended.exitCode === 126 || ended.exitCode === 127) && unrunnable?.[1] === file) throw new SystemCommandError(`could not run ${file}: ${unrunnable[2]}`);
       // The shell reports a program killed by signal N as status 128 + N; none of the programs run here exits so.
       const signal = ended.exitCode > 128 ? signalName(ended.exitCode - 128) : undefined;
       if (signal !== undefined) throw new SystemCommandError(`${name} was killed by ${signal}`);
@@ -289,6 +293,19 @@ class StreamOutput {
 /** Longer than any end mark. */
 const MARK_WINDOW = 256;
 
+/** A new directory only this process's user can enter (mkdtemp: mode 0700), holding `input`; undefined if none can be made. */
+function inputDirectory(input: string): string | undefined {
+  let dir: string | undefined;
+  try {
+    dir = mkdtempSync(join(process.getBuiltinModule('node:os').tmpdir(), 'redirect-traffic-input-'));
+    writeFileSync(join(dir, 'input'), input, { mode: 0o600, flag: 'wx' });
+    return dir;
+  } catch {
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+    return undefined;
+  }
+}
+
 /** How long a shell with nothing to run waits for the next program before it is ended. */
 const SESSION_IDLE_MS = 1000;
 
@@ -338,7 +355,13 @@ class ShellSession {
     return this.entry[0];
   }
 
-  /** Runs `program` as the next step; its input, if any, as a here-document (a final newline is added if missing). */
+  /**
+   * Runs `program` as the next step. Its input, if any, is a file in a directory of its own under the
+   * temporary directory, removed once the step has ended: a shell reading its script from a pipe may read it
+   * one byte at a time (bash, /bin/sh on RHEL: 10,000 rules took twice as long), so megabytes of input do not
+   * go through the shell. Where no such directory can be made (a read-only /tmp), it goes as a here-document
+   * all the same (a final newline is then added if missing).
+   */
   run(program: string, args: readonly string[], options: RunOptions, timeoutMs: number): Promise<Ended> {
     // The shell would drop them silently; spawn refused them.
     if ([program, ...args, ...Object.values(options.env ?? {}), options.input ?? ''].some((text) => text.includes('\0'))) {
@@ -349,15 +372,25 @@ class ShellSession {
       return `${key}=${shellWord(value)} `;
     });
     const command = `${env.join('')}${shellCommand({ program, args })}`;
-    const input = options.input ? (options.input.endsWith('\n') ? options.input : `${options.input}\n`) : '';
-    let end = '';
-    // A terminator the input does not hold as a line (with a random part, it never does).
-    do end = `RT_INPUT_${Math.random().toString(36).slice(2)}`;
-    while (input !== '' && `\n${input}`.includes(`\n${end}\n`));
-    const text = (marks: StepScript, index: number) =>
-      input === '' ? `${marks.step(index, `${command} </dev/null`)}\n` : `${marks.step(index, `${command} <<'${end}'`)}\n${input}${end}\n`;
+    const input = options.input ?? '';
+    const inputDir = input === '' ? undefined : inputDirectory(input);
+    let text: Step['text'];
+    if (input === '') text = (marks, index) => `${marks.step(index, `${command} </dev/null`)}\n`;
+    else if (inputDir !== undefined) text = (marks, index) => `${marks.step(index, `${command} <${shellWord(join(inputDir, 'input'))}`)}\n`;
+    else {
+      const lines = input.endsWith('\n') ? input : `${input}\n`;
+      let end = '';
+      // A terminator the input does not hold as a line (with a random part, it never does).
+      do end = `RT_INPUT_${Math.random().toString(36).slice(2)}`;
+      while (`\n${lines}`.includes(`\n${end}\n`));
+      text = (marks, index) => `${marks.step(index, `${command} <<'${end}'`)}\n${lines}${end}\n`;
+    }
     return new Promise<Ended>((resolve) => {
-      this.queue.push({ text, timeoutMs, resolve });
+      const ended = (result: Ended) => {
+        if (inputDir !== undefined) rmSync(inputDir, { recursive: true, force: true });
+        resolve(result);
+      };
+      this.queue.push({ text, timeoutMs, resolve: ended });
       this.next();
     });
   }
@@ -399,7 +432,6 @@ class ShellSession {
     const live = { shell, session: this, exited };
     LIVE_SHELLS.add(live);
     void exited.then(() => LIVE_SHELLS.delete(live));
-    this.ending = false;
     this.marks = new StepScript();
     this.index = 0;
     this.output = { stdout: new StreamOutput(), stderr: new StreamOutput() };
@@ -487,7 +519,10 @@ class ShellSession {
     this.idle = setTimeout(end, SESSION_IDLE_MS).unref();
   }
 
-  /** Ends the shell once what it was given has run (its exit is awaited through LIVE_SHELLS). */
+  /**
+   * Ends the shell once what it was given has run (its exit is awaited through LIVE_SHELLS); a later run
+   * gets a shell of its own, ended as soon as it is done.
+   */
   end() {
     this.ending = true;
     if (this.running === undefined) this.rest();
@@ -504,11 +539,15 @@ const LIVE_SHELLS = new Set<{ shell: ChildProcessWithoutNullStreams; session: Sh
  * then waits out TimeoutStopSec for the cgroup to empty.
  */
 export async function endShells(): Promise<void> {
-  const shells = [...LIVE_SHELLS];
-  for (const { shell, session } of shells) {
-    // Awaited, so they must keep the event loop going until they have exited.
-    keepsProcessAlive(shell, true);
-    session.end();
+  // Until none is left: a run still under way may start one more step, and its session a shell for it
+  // (which, its session ending, it ends as soon as that step is done).
+  while (LIVE_SHELLS.size > 0) {
+    const shells = [...LIVE_SHELLS];
+    for (const { shell, session } of shells) {
+      // Awaited, so they must keep the event loop going until they have exited.
+      keepsProcessAlive(shell, true);
+      session.end();
+    }
+    await Promise.all(shells.map((live) => live.exited));
   }
-  await Promise.all(shells.map((live) => live.exited));
 }

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -29,9 +29,31 @@ describe('createRunner', () => {
     const session = createRunner();
     const tricky = ["RT_INPUT_x", "'EOF'", '$(touch x)', '#== redirect-traffic a step 0 status 0', ''].join('\n');
     const large = `${'-A CONSUL_PROXY_OUTPUT -d 198.18.0.1/32 -j RETURN\n'.repeat(20_000)}COMMIT\n`;
-    const echoed = await Promise.all([tricky, large, 'no final newline'].map((input) => session.run('/bin/cat', [], { input })));
-    expect(echoed.map((result) => result.stdout)).toEqual([tricky, large, 'no final newline\n']);
+    const inputs = [tricky, large, 'no final newline'];
+    const echoed = await Promise.all(inputs.map((input) => session.run('/bin/cat', [], { input })));
+    expect(echoed.map((result) => result.stdout)).toEqual(inputs);
     expect(await session.run('/bin/cat', [])).toEqual({ exitCode: 0, stdout: '', stderr: '' });
+  });
+
+  it('hands input over in a private file, removed once the step has ended, or as a here-document where none can be made', async () => {
+    const tmp = join(scratch.dir, 'tmp');
+    mkdirSync(tmp, { recursive: true });
+    const saved = process.env['TMPDIR'];
+    try {
+      process.env['TMPDIR'] = tmp;
+      const session = createRunner();
+      // The program sees a file in a directory only root may enter.
+      const seen = await session.run('/bin/sh', ['-c', 'stat -L -c %a /dev/stdin; stat -c %a "$(dirname "$(readlink /proc/self/fd/0)")"; cat'], { input: 'rules\n' });
+      expect(seen.stdout).toBe('600\n700\nrules\n');
+      await expect(session.run('/bin/sh', ['-c', 'exit 3'], { input: 'x\n' })).resolves.toMatchObject({ exitCode: 3 });
+      expect(readdirSync(tmp)).toEqual([]);
+      // A temporary directory that cannot be written to (read-only /tmp): a here-document, newline added.
+      process.env['TMPDIR'] = '/proc';
+      expect((await createRunner().run('/bin/cat', [], { input: 'no final newline' })).stdout).toBe('no final newline\n');
+    } finally {
+      if (saved === undefined) delete process.env['TMPDIR'];
+      else process.env['TMPDIR'] = saved;
+    }
   });
 
   it('hands a program only the environment asked for, taken literally', async () => {
@@ -42,7 +64,7 @@ describe('createRunner', () => {
   it('fails a program that cannot be run as such, and runs a name from PATH, never as a shell builtin', async () => {
     const session = createRunner();
     await expect(session.run(join(scratch.dir, 'no-such-program'), [])).rejects.toThrow(/^could not run .*no-such-program: not found$/);
-    await expect(session.run(scratch.write('not-executable', 'echo hi\n'), [])).rejects.toThrow(/^could not run .*not-executable: Permission denied$/);
+    await expect(session.run(scratch.write('not-executable', 'echo hi\n'), [])).rejects.toThrow(/^could not run .*not-executable: permission denied$/);
     await expect(session.run('no-such-program-anywhere', [])).rejects.toThrow('could not run no-such-program-anywhere: not found');
     // `exit` is a builtin of every shell, and a program nowhere on PATH.
     await expect(session.run('exit', ['3'])).rejects.toThrow('could not run exit: not found');
@@ -104,6 +126,17 @@ describe('createRunner', () => {
     expect(() => process.kill(pid, 0)).toThrow(/ESRCH/);
     // A run after that gets a new shell.
     expect(Number(await shellPid(session))).not.toBe(pid);
+  });
+
+  it('waits also for a shell started by a run asked for after it was called', async () => {
+    const session = createRunner();
+    await session.run('/bin/true', []);
+    const ending = endShells();
+    const late = session.run('/bin/sh', ['-c', 'sleep 0.3; echo $$']);
+    await ending;
+    const pid = Number((await Promise.race([late, sleep(0).then(() => ({ stdout: 'still running' }))])).stdout);
+    expect(pid).toBeGreaterThan(0);
+    expect(() => process.kill(pid, 0)).toThrow(/ESRCH/);
   });
 
   it('never keeps this process alive while it has nothing to run', async () => {
