@@ -1,7 +1,8 @@
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { accessSync, constants, mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { delimiter, dirname, join } from 'node:path';
 import { SystemCommandError, MissingProgramError, TemporaryError } from '../errors.ts';
+import { RECORD_DIR } from './record.ts';
 
 /** The one way this tool runs other programs; tests substitute fakes. */
 export interface CommandRunner {
@@ -76,9 +77,9 @@ export function namespaceEntry(netns: string | undefined): (program: string, arg
  * of short-lived commands, and execa's start-up and per-call cost measured ~20 ms of an apply that should be
  * close to the cost of the commands alone.
  */
-export function createRunner(options: { netns?: string | undefined } = {}): CommandRunner {
+export function createRunner(options: { netns?: string | undefined; inputDir?: string } = {}): CommandRunner {
   const command = namespaceEntry(options.netns);
-  const session = new ShellSession(command('/bin/sh', ['-s']));
+  const session = new ShellSession(command('/bin/sh', ['-s']), options.inputDir ?? INPUT_DIR);
   return {
     async run(program, args, runOptions = {}) {
       const name = runOptions.name ?? program;
@@ -293,16 +294,38 @@ class StreamOutput {
 /** Longer than any end mark. */
 const MARK_WINDOW = 256;
 
-/** A new directory only this process's user can enter (mkdtemp: mode 0700), holding `input`; undefined if none can be made. */
-function inputDirectory(input: string): string | undefined {
-  let dir: string | undefined;
+/** Where steps' inputs are written: under the runtime directory (records, locks), root's alone. */
+const INPUT_DIR = join(RECORD_DIR, 'input');
+
+let inputsWritten = 0;
+
+/** `input` in a new file of the input directory (0700, the file 0600); undefined if it cannot be written there. */
+function writeInput(dir: string, input: string): string | undefined {
+  const file = join(dir, `${process.pid}-${++inputsWritten}`);
   try {
-    dir = mkdtempSync(join(process.getBuiltinModule('node:os').tmpdir(), 'redirect-traffic-input-'));
-    writeFileSync(join(dir, 'input'), input, { mode: 0o600, flag: 'wx' });
-    return dir;
+    // Not `recursive`: Node's recursive mkdir spins for ever where mkdir says ENOENT under an existing parent
+    // (procfs). The runtime directory and this one, each made if missing.
+    for (const level of [dirname(dir), dir]) {
+      try {
+        mkdirSync(level, { mode: 0o700 });
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      }
+    }
+    // A file left by a killed run of the same PID is overwritten: the directory is root's alone.
+    writeFileSync(file, input, { mode: 0o600 });
+    return file;
   } catch {
-    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+    removeInput(file);
     return undefined;
+  }
+}
+
+function removeInput(file: string) {
+  try {
+    unlinkSync(file);
+  } catch {
+    // never written, or gone
   }
 }
 
@@ -346,9 +369,11 @@ class ShellSession {
   private ending = false;
 
   private readonly entry: [string, readonly string[]];
+  private readonly inputDir: string;
 
-  constructor(entry: [string, readonly string[]]) {
+  constructor(entry: [string, readonly string[]], inputDir: string) {
     this.entry = entry;
+    this.inputDir = inputDir;
   }
 
   get file(): string {
@@ -356,10 +381,10 @@ class ShellSession {
   }
 
   /**
-   * Runs `program` as the next step. Its input, if any, is a file in a directory of its own under the
-   * temporary directory, removed once the step has ended: a shell reading its script from a pipe may read it
-   * one byte at a time (bash, /bin/sh on RHEL: 10,000 rules took twice as long), so megabytes of input do not
-   * go through the shell. Where no such directory can be made (a read-only /tmp), it goes as a here-document
+   * Runs `program` as the next step. Its input, if any, is a file of its own in the input directory (root's
+   * alone, on /run's tmpfs), removed once the step has ended: a shell reading its script from a pipe may read
+   * it one byte at a time (bash, /bin/sh on RHEL: 10,000 rules took twice as long), so megabytes of input do
+   * not go through the shell. Where the directory cannot be written (not root), it goes as a here-document
    * all the same (a final newline is then added if missing).
    */
   run(program: string, args: readonly string[], options: RunOptions, timeoutMs: number): Promise<Ended> {
@@ -373,10 +398,10 @@ class ShellSession {
     });
     const command = `${env.join('')}${shellCommand({ program, args })}`;
     const input = options.input ?? '';
-    const inputDir = input === '' ? undefined : inputDirectory(input);
+    const inputFile = input === '' ? undefined : writeInput(this.inputDir, input);
     let text: Step['text'];
     if (input === '') text = (marks, index) => `${marks.step(index, `${command} </dev/null`)}\n`;
-    else if (inputDir !== undefined) text = (marks, index) => `${marks.step(index, `${command} <${shellWord(join(inputDir, 'input'))}`)}\n`;
+    else if (inputFile !== undefined) text = (marks, index) => `${marks.step(index, `${command} <${shellWord(inputFile)}`)}\n`;
     else {
       const lines = input.endsWith('\n') ? input : `${input}\n`;
       let end = '';
@@ -387,7 +412,7 @@ class ShellSession {
     }
     return new Promise<Ended>((resolve) => {
       const ended = (result: Ended) => {
-        if (inputDir !== undefined) rmSync(inputDir, { recursive: true, force: true });
+        if (inputFile !== undefined) removeInput(inputFile);
         resolve(result);
       };
       this.queue.push({ text, timeoutMs, resolve: ended });

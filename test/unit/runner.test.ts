@@ -26,7 +26,7 @@ describe('createRunner', () => {
   });
 
   it('gives a program its input exactly, whatever lines it holds, and no input at all otherwise', async () => {
-    const session = createRunner();
+    const session = createRunner({ inputDir: join(scratch.dir, 'exact') });
     const tricky = ["RT_INPUT_x", "'EOF'", '$(touch x)', '#== redirect-traffic a step 0 status 0', ''].join('\n');
     const large = `${'-A CONSUL_PROXY_OUTPUT -d 198.18.0.1/32 -j RETURN\n'.repeat(20_000)}COMMIT\n`;
     const inputs = [tricky, large, 'no final newline'];
@@ -35,25 +35,16 @@ describe('createRunner', () => {
     expect(await session.run('/bin/cat', [])).toEqual({ exitCode: 0, stdout: '', stderr: '' });
   });
 
-  it('hands input over in a private file, removed once the step has ended, or as a here-document where none can be made', async () => {
-    const tmp = join(scratch.dir, 'tmp');
-    mkdirSync(tmp, { recursive: true });
-    const saved = process.env['TMPDIR'];
-    try {
-      process.env['TMPDIR'] = tmp;
-      const session = createRunner();
-      // The program sees a file in a directory only root may enter.
-      const seen = await session.run('/bin/sh', ['-c', 'stat -L -c %a /dev/stdin; stat -c %a "$(dirname "$(readlink /proc/self/fd/0)")"; cat'], { input: 'rules\n' });
-      expect(seen.stdout).toBe('600\n700\nrules\n');
-      await expect(session.run('/bin/sh', ['-c', 'exit 3'], { input: 'x\n' })).resolves.toMatchObject({ exitCode: 3 });
-      expect(readdirSync(tmp)).toEqual([]);
-      // A temporary directory that cannot be written to (read-only /tmp): a here-document, newline added.
-      process.env['TMPDIR'] = '/proc';
-      expect((await createRunner().run('/bin/cat', [], { input: 'no final newline' })).stdout).toBe('no final newline\n');
-    } finally {
-      if (saved === undefined) delete process.env['TMPDIR'];
-      else process.env['TMPDIR'] = saved;
-    }
+  it('hands input over in a private file, removed once the step has ended, or as a here-document where none can be written', async () => {
+    const inputDir = join(scratch.dir, 'input');
+    const session = createRunner({ inputDir });
+    // The program reads a file only its owner may read, in a directory only its owner may enter.
+    const seen = await session.run('/bin/sh', ['-c', 'stat -L -c %a /dev/stdin; stat -c %a "$(dirname "$(readlink /proc/self/fd/0)")"; cat'], { input: 'rules\n' });
+    expect(seen.stdout).toBe('600\n700\nrules\n');
+    await expect(session.run('/bin/sh', ['-c', 'exit 3'], { input: 'x\n' })).resolves.toMatchObject({ exitCode: 3 });
+    expect(readdirSync(inputDir)).toEqual([]);
+    // A directory that cannot be written to (not root, say): a here-document, newline added.
+    expect((await createRunner({ inputDir: '/proc/no-such-dir' }).run('/bin/cat', [], { input: 'no final newline' })).stdout).toBe('no final newline\n');
   });
 
   it('hands a program only the environment asked for, taken literally', async () => {
