@@ -1,5 +1,5 @@
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { accessSync, constants, mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, readdirSync, unlinkSync, writeFileSync } from 'node:fs';
 import { delimiter, dirname, join } from 'node:path';
 import { SystemCommandError, MissingProgramError, TemporaryError } from '../errors.ts';
 import { RECORD_DIR } from './record.ts';
@@ -312,12 +312,26 @@ function writeInput(dir: string, input: string): string | undefined {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
       }
     }
+    removeLeftInputs(dir);
     // A file left by a killed run of the same PID is overwritten: the directory is root's alone.
     writeFileSync(file, input, { mode: 0o600 });
     return file;
   } catch {
     removeInput(file);
     return undefined;
+  }
+}
+
+/** Removes the inputs of runs that were killed before their steps ended (named by PID: one no longer running). */
+function removeLeftInputs(dir: string) {
+  for (const name of readdirSync(dir)) {
+    const pid = Number(name.slice(0, name.indexOf('-')));
+    if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) continue;
+    try {
+      process.kill(pid, 0);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ESRCH') removeInput(join(dir, name));
+    }
   }
 }
 

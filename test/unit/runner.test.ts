@@ -1,4 +1,5 @@
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -43,6 +44,12 @@ describe('createRunner', () => {
     expect(seen.stdout).toBe('600\n700\nrules\n');
     await expect(session.run('/bin/sh', ['-c', 'exit 3'], { input: 'x\n' })).resolves.toMatchObject({ exitCode: 3 });
     expect(readdirSync(inputDir)).toEqual([]);
+    // What a killed run left (its PID no longer runs) goes with the next input; a live run's stays.
+    const dead = spawnSync('/bin/true').pid;
+    writeFileSync(join(inputDir, `${dead}-1`), 'left\n');
+    writeFileSync(join(inputDir, `${process.ppid}-1`), 'in use\n');
+    await session.run('/bin/cat', [], { input: 'y\n' });
+    expect(readdirSync(inputDir)).toEqual([`${process.ppid}-1`]);
     // A directory that cannot be written to (not root, say): a here-document, newline added.
     expect((await createRunner({ inputDir: '/proc/no-such-dir' }).run('/bin/cat', [], { input: 'no final newline' })).stdout).toBe('no final newline\n');
   });
