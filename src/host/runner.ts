@@ -347,7 +347,7 @@ function removeInput(file: string) {
 const SESSION_IDLE_MS = 1000;
 
 interface Step {
-  /** The step's line and what follows it (its input, as a here-document). */
+  /** The step's line, and its input as a here-document after it where no input file could be written. */
   text: (marks: StepScript, index: number) => string;
   timeoutMs: number;
   resolve(ended: Ended): void;
