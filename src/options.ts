@@ -14,6 +14,7 @@ import {
   type RawOptions,
 } from './flags.ts';
 import { FILE_LIMITS, readUserFile } from './userFile.ts';
+import { isNamespaceFile } from './host/system.ts';
 
 export type { CommandName, RawOptions } from './flags.ts';
 
@@ -267,13 +268,14 @@ export function mergeSources(flags: RawOptions, env: NodeJS.ProcessEnv): { parse
   return { parsed: validate(raw, sources), sources };
 }
 
-/** Checks that a path option names something that exists, and is a file or directory when it must be. */
-function existingPath(key: FlagName, sources: Sources, path: string, kind: 'file' | 'directory' | 'any'): string {
+/** Checks that a path option names something that exists, and is a file, directory or namespace file when it must be. */
+function existingPath(key: FlagName, sources: Sources, path: string, kind: 'file' | 'directory' | 'namespace'): string {
   const problem = (() => {
     try {
       const stats = statSync(path);
       if (kind === 'file' && stats.isDirectory()) return 'is a directory, not a file';
       if (kind === 'directory' && !stats.isDirectory()) return 'is not a directory';
+      if (kind === 'namespace' && !isNamespaceFile(path)) return 'is not a namespace file (such as /var/run/netns/<name> or /proc/<pid>/ns/net)';
       return undefined;
     } catch {
       return 'no such file or directory';
@@ -285,7 +287,7 @@ function existingPath(key: FlagName, sources: Sources, path: string, kind: 'file
 
 function hostOptions(parsed: FlagValues, sources: Sources): HostOptions {
   return {
-    netns: parsed.netns === undefined ? undefined : existingPath('netns', sources, parsed.netns, 'any'),
+    netns: parsed.netns === undefined ? undefined : existingPath('netns', sources, parsed.netns, 'namespace'),
     backend: parsed.backend ?? 'auto',
     iptablesMode: parsed['iptables-mode'] ?? 'auto',
   };

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statfsSync } from 'node:fs';
 import { UsageError, PermissionError } from '../errors.ts';
 import type { Uid, UidSpec } from '../core/values.ts';
 import type { CommandRunner } from './runner.ts';
@@ -26,6 +26,21 @@ export function requireNetAdmin(action: string, offersDryRun = true): void {
     throw new PermissionError(
       `${action} needs root (CAP_NET_ADMIN): run it with sudo${offersDryRun ? ', or use --dry-run to only print the rules' : ''}`,
     );
+  }
+}
+
+/** statfs's type of the namespace filesystem (nsfs), where `ip netns` files and /proc/<pid>/ns/net are. */
+const NSFS_MAGIC = 0x6e736673;
+
+/**
+ * Whether `path` is a namespace file. statfs does not open it: nsenter opening a FIFO given as -netns would
+ * wait for a writer until its time limit.
+ */
+export function isNamespaceFile(path: string): boolean {
+  try {
+    return statfsSync(path).type === NSFS_MAGIC;
+  } catch {
+    return false;
   }
 }
 

@@ -312,6 +312,8 @@ describe('run: every bad value is one stderr line naming the flag and the value,
     const missing = `${scratch.dir}/no-such-ns`;
     expectOneLineFailure(await runCli(['--dry-run', ...REQUIRED, `-netns=${missing}`]), ExitCode.usage, '-netns', missing);
     expectOneLineFailure(await runCli(['cleanup', '--dry-run', '-netns', missing]), ExitCode.usage, '-netns', missing);
+    const file = scratch.write('not-a-namespace', '');
+    expectOneLineFailure(await runCli(['status', '-netns', file]), ExitCode.usage, '-netns', file, 'not a namespace file');
   });
 
   // A dry run may preview another host (issue 10): the name is kept and warned about; an apply refuses it

@@ -1,3 +1,5 @@
+import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CliError, ExitCode } from '../../src/errors.ts';
 import {
@@ -175,10 +177,21 @@ describe('-netns', () => {
     }
   });
 
-  it('an existing path is kept as given', () => {
-    const path = scratch.write('netns-file', '');
+  it('a namespace file is kept as given', () => {
+    const path = '/proc/self/ns/net';
     expect(applyOptions({ ...BASE, netns: path }, {}).host.netns).toBe(path);
     expect(cleanupOptions({ netns: path }, {}).host.netns).toBe(path);
+  });
+
+  // nsenter would fail on a file, and wait for a writer on a FIFO until its time limit (30 s, then exit 75).
+  it('must be a namespace file: a regular file, a directory or a FIFO is refused without being opened', () => {
+    const fifo = join(scratch.dir, 'netns-fifo');
+    execFileSync('mkfifo', [fifo]);
+    for (const path of [scratch.write('netns-file', ''), scratch.dir, fifo]) {
+      for (const parse of [applyOptions, cleanupOptions, statusOptions]) {
+        expectUsage(() => parse({ ...BASE, netns: path }, {}), '-netns', path, 'is not a namespace file');
+      }
+    }
   });
 });
 

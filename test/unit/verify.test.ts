@@ -174,12 +174,12 @@ describe('judging what the probe saw', () => {
 
 describe('redirect-traffic verify', () => {
   it('exits 0 with one line on stdout when the connection arrived', async () => {
-    const result = await verifyWith(['-netns', '/', ...FLAGS], () => ({ report: { outbound: seen() } }));
+    const result = await verifyWith(['-netns', '/proc/self/ns/net', ...FLAGS], () => ({ report: { outbound: seen() } }));
     expect(result.code).toBe(ExitCode.ok);
     expect(result.stderr).toBe('');
-    expect(result.stdout).toMatch(/^redirection works \(netns \/\): a connection from uid 65534 to 192\.0\.2\.1:\d+ arrived on port 15001\n$/);
+    expect(result.stdout).toMatch(/^redirection works \(netns \/proc\/self\/ns\/net\): a connection from uid 65534 to 192\.0\.2\.1:\d+ arrived on port 15001\n$/);
     expect(result.plans).toHaveLength(1);
-    expect(result.plans[0]).toMatchObject({ netns: '/', plan: { uid: 65534, outbound: { send: { host: '192.0.2.1' }, expect: { port: 15001 } } } });
+    expect(result.plans[0]).toMatchObject({ netns: '/proc/self/ns/net', plan: { uid: 65534, outbound: { send: { host: '192.0.2.1' }, expect: { port: 15001 } } } });
   });
 
   it('exits 5 with one line on stderr saying what did not arrive where', async () => {
