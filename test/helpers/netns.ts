@@ -73,6 +73,11 @@ export class Netns {
   ip(...args: string[]): Promise<string> {
     return mustRun('ip', ['-n', this.name, ...args]);
   }
+
+  /** The PIDs of the processes running inside this namespace. */
+  processes(): Promise<number[]> {
+    return processesIn(this.name);
+  }
 }
 
 let counter = 0;
