@@ -53,9 +53,8 @@ async function removeAll(steps: readonly TableStep[], options: CleanupOptions, c
     }
     const summary = survey.table.dialect.describe(survey.state);
     const chains = Object.keys(summary.chains).length;
-    const rules = Object.values(summary.chains).reduce((sum, count) => sum + count, 0) + summary.hooks.length;
     context.output.stdout(
-      `removed traffic redirection (${where(survey)}${netns ? `, netns ${netns}` : ''}): ${chains} chains, ${rules} rules\n`,
+      `removed traffic redirection (${where(survey)}${netns ? `, netns ${netns}` : ''}): ${chains} chains, ${summary.rules} rules\n`,
     );
   }
   const [first, ...more] = failures;

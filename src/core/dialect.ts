@@ -10,6 +10,8 @@ export interface TableSummary {
   chains: Record<string, number>;
   /** The rules that hook our chains in, in the backend's own spelling. */
   hooks: string[];
+  /** How many rules of ours, each counted once: in nftables the hooks are rules of our own base chains. */
+  rules: number;
   /** Named sets and how many elements each holds (nftables only). */
   sets?: Record<string, number>;
   /** Why the table holding ours could not be read (nftables only): then nothing else of it is known. */

@@ -250,7 +250,7 @@ function describe(state: OwnedState): TableSummary {
   const chains: Record<string, number> = {};
   for (const chain of state.chains) chains[chain] = state.chainRules.filter((rule) => rule.chain === chain).length;
   const hooks = [...state.jumps, ...state.otherReferences].map((rule) => `-A ${rule.chain} ${rule.spec}`);
-  return { chains, hooks };
+  return { chains, hooks, rules: state.chainRules.length + hooks.length };
 }
 
 /** The iptables dialect of one family's nat table. */

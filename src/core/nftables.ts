@@ -709,11 +709,12 @@ function foreignRemoved(installed: NftState): string[] {
 }
 
 function describe(state: NftState): TableSummary {
-  if (state?.unreadable !== undefined) return { chains: {}, hooks: [], sets: {}, unreadable: state.unreadable };
+  if (state?.unreadable !== undefined) return { chains: {}, hooks: [], rules: 0, sets: {}, unreadable: state.unreadable };
   const chains = Object.fromEntries((state?.chains ?? []).map((chain) => [chain.name, chain.rules.length]));
   const hooks = (state?.chains ?? []).filter((chain) => chain.base).flatMap((chain) => chain.rules.map((rule) => `${chain.name} ${rule}`));
   const sets = Object.fromEntries((state?.sets ?? []).map((set) => [set.name, set.elements.length]));
-  return { chains, hooks, sets };
+  const rules = (state?.chains ?? []).reduce((sum, chain) => sum + chain.rules.length, 0);
+  return { chains, hooks, rules, sets };
 }
 
 export const nftablesDialect: Dialect<NftState> = {

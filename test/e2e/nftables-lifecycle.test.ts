@@ -101,8 +101,10 @@ describeE2E(
       expect(during).toContain('ip saddr @blocked drop');
       expect(await natRules(ns, { backend: 'nft', family: 4 })).toContain('-A OUTPUT -d 198.18.7.7/32 -p tcp -j RETURN');
 
+      // Every rule counted once (the base chains' rules were counted twice, as hooks too).
+      const rules = (await ns.must('nft', '-a', 'list', 'table', 'inet', 'consul_tproxy')).split('\n').filter((line) => / # handle \d+$/.test(line) && !/^\s*(chain|set|table) /.test(line)).length;
       const cleaned = await cli(['cleanup', '-netns', ns.path]);
-      expect(cleaned.stdout).toContain('nftables');
+      expect(cleaned.stdout).toContain(`(nftables, inet consul_tproxy, netns ${ns.path}): 7 chains, ${rules} rules\n`);
       expect(await nftRuleset(ns)).toBe(prior);
       // A second cleanup has nothing left to do and still changes nothing.
       await cli(['cleanup', '-netns', ns.path]);

@@ -15,9 +15,9 @@ const snapshot = (overrides: Partial<MetricsSnapshot> = {}): MetricsSnapshot => 
     {
       backend: 'nftables',
       table: 'inet consul_tproxy',
-      summary: { chains: { CONSUL_PROXY_OUTPUT: 4, CONSUL_NAT_OUTPUT: 2 }, hooks: ['a', 'b'], sets: { excluded_v4: 3 } },
+      summary: { chains: { CONSUL_PROXY_OUTPUT: 4, CONSUL_NAT_OUTPUT: 2 }, hooks: ['a', 'b'], rules: 6, sets: { excluded_v4: 3 } },
     },
-    { backend: 'iptables-nft', table: 'IPv4', summary: { chains: { CONSUL_PROXY_INBOUND: 1 }, hooks: ['-A PREROUTING -p tcp -j CONSUL_PROXY_INBOUND'] } },
+    { backend: 'iptables-nft', table: 'IPv4', summary: { chains: { CONSUL_PROXY_INBOUND: 1 }, hooks: ['-A PREROUTING -p tcp -j CONSUL_PROXY_INBOUND'], rules: 2 } },
   ],
   ...overrides,
 });
@@ -95,7 +95,7 @@ describe('renderMetrics', () => {
   it('escapes label values: backslash, double quote and line feed', () => {
     expect(escapeLabelValue('a\\b"c\nd')).toBe('a\\\\b\\"c\\nd');
     const text = renderMetrics(
-      snapshot({ tables: [{ backend: 'nftables', table: 'inet "x"\\y\nz', summary: { chains: { 'C"1': 1 }, hooks: [] } }] }),
+      snapshot({ tables: [{ backend: 'nftables', table: 'inet "x"\\y\nz', summary: { chains: { 'C"1': 1 }, hooks: [], rules: 1 } }] }),
     );
     parseExposition(text);
     expect(text).toContain('redirect_traffic_rules{backend="nftables",table="inet \\"x\\"\\\\y\\nz",chain="C\\"1"} 1\n');

@@ -37,6 +37,7 @@ const dialect: Dialect<State> = {
   describe: (state) => ({
     chains: Object.fromEntries(Object.entries(state.chains).map(([chain, rules]) => [chain, rules.length])),
     hooks: state.hooks,
+    rules: Object.values(state.chains).reduce((sum, rules) => sum + rules.length, 0) + state.hooks.length,
   }),
 };
 

@@ -37,7 +37,7 @@ const toyDialect: Dialect<string[]> = {
   ],
   transaction: (_installed, wanted) => wanted.join('\n'),
   foreignRulesRemoved: () => [],
-  describe: (state) => ({ chains: { OURS: state.length }, hooks: [] }),
+  describe: (state) => ({ chains: { OURS: state.length }, hooks: [], rules: state.length }),
 };
 
 /** One in-memory table: `foreign` lines someone else owns, `ours` the rules a write sets. */
