@@ -150,11 +150,19 @@ async function recorded<T>(netns: string | undefined, plan: RecordPlan, context:
     context.records.write(netns, { ...record, finished: true });
     return result;
   } catch (error) {
+    // The chosen backend holds this run's rules, the other one still some: this run's record, unfinished.
+    if (error instanceof StaleRulesLeft) throw error;
     if (previous) context.records.write(netns, previous);
     else context.records.remove(netns);
     throw error;
   }
 }
+
+/**
+ * The chosen backend was written, but our rules in another could not be removed: they still take part in
+ * the redirection (their exclusions may override the new ones), so the apply fails, as Consul's own does.
+ */
+class StaleRulesLeft extends CliError {}
 
 /** The previous record; a damaged one is only a warning here: the record this run writes replaces it. */
 function readablePrevious(netns: string | undefined, context: CommandContext): ApplyRecord | undefined {
@@ -176,8 +184,8 @@ const WRITE_LIMIT_MS = 20_000;
 
 /**
  * Writes the chosen backend's tables; if one fails, every table touched so far, the failing one included,
- * is put back as the survey found it. Then removes our rules from every other backend. True if anything
- * changed.
+ * is put back as the survey found it. Then removes our rules from every other backend, each tried even if
+ * one fails (StaleRulesLeft then). True if anything changed.
  */
 async function execute(plan: ApplyPlan, context: CommandContext): Promise<boolean> {
   const { log } = context;
@@ -199,14 +207,28 @@ async function execute(plan: ApplyPlan, context: CommandContext): Promise<boolea
       throw error;
     }
   }
+  const left: StaleRulesLeft[] = [];
   for (const { survey, wanted } of plan.sweeps) {
     try {
       await reconcile(survey.table, wanted, { firstDump: survey.dump, onForeignRemoved: reportForeign(survey, context) });
       log.info(`removed the redirection rules from ${survey.table.label}: ${plan.choice.backend} holds them now`);
       anyChange = true;
     } catch (error) {
-      log.warn(`applied, but could not remove the stale rules in ${survey.table.label}: ${(error as Error).message}`);
+      if (!(error instanceof CliError)) throw error;
+      left.push(
+        new StaleRulesLeft(
+          `applied with ${plan.choice.backend}, but could not remove the old rules in ${survey.table.label}, which still ` +
+            `redirect traffic: ${error.message}; run the apply again, or cleanup`,
+          error.kind,
+          { cause: error },
+        ),
+      );
     }
+  }
+  const [first, ...more] = left;
+  if (first) {
+    for (const failure of more) log.error(failure.message);
+    throw first;
   }
   return anyChange;
 }

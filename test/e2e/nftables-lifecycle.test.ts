@@ -139,6 +139,24 @@ describeE2E(
       },
     );
 
+    // As Consul's own nftables branch does: the old rules still redirect, and their exclusions may override ours.
+    it('fails when the old iptables rules cannot be removed after the nft transaction, and the next apply removes them', async () => {
+      const ns = await testNamespace();
+      await cli(applyArgs(ns, A));
+      const failed = await runCli(applyArgs(ns, A, '-backend=nftables'), { env: failingRestorePath() });
+      expect(failed.exitCode, describeRun(applyArgs(ns, A, '-backend=nftables'), failed)).toBe(71);
+      expect(failed.stdout).toBe('');
+      expect(failed.stderr).toMatch(/error: applied with nftables, but could not remove the old rules in iptables-nft IPv4, which still redirect traffic: .*run the apply again, or cleanup/);
+      expect(await nftTable(ns)).toContain('table inet consul_tproxy');
+      expect(await natRules(ns, { family: 4 })).toContain('CONSUL_PROXY_OUTPUT');
+      // A bare status: the last apply did not finish.
+      expect((await runCli(['status', '-netns', ns.path])).exitCode).not.toBe(0);
+      const repaired = await cli(applyArgs(ns, A, '-backend=nftables'));
+      expect(repaired.stderr).toMatch(/removed the redirection rules from iptables-nft IPv4/);
+      await expectNoIptablesRules(ns);
+      await cli(['status', '-netns', ns.path], 0);
+    });
+
     it('moves our own iptables rules to nftables; auto then keeps nftables', async () => {
       const ns = await testNamespace();
       const flags = { ...A, dualStack: true };
