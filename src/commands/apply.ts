@@ -111,7 +111,7 @@ export async function converge(
   context: CommandContext,
   record = planRecord(host, config, context),
 ): Promise<Converged> {
-  requireSomeBackend(surveys);
+  requireSomeBackend(surveys, host);
   const choice = chooseBackend(surveys, host, context.backends.systemDefault());
   context.log.debug(`using ${choice.backend}: ${choice.reason}`);
   const plan = planApply(surveys, config, choice);

@@ -20,7 +20,7 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
   const lock = await context.lockNamespace(netns);
   try {
     const surveys = (await context.backends.survey(netns)).tables;
-    requireSomeBackend(surveys);
+    requireSomeBackend(surveys, options.host);
     const steps = planCleanup(surveys, options.host);
     if (steps.length === 0) {
       output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);

@@ -38,15 +38,27 @@ const PACKAGE_HINT: Record<BackendKind, string> = {
   nftables: "install the 'nftables' package, or use -backend=iptables",
 };
 
-/** Nothing to read and nothing to write with: neither backend's programs are installed. */
-export function requireSomeBackend(surveys: readonly TableSurvey[]): void {
+/**
+ * Nothing to read and nothing to write with: neither backend's programs are installed; or not the backend
+ * -backend names, whose tables then cannot be read (status would say "absent", cleanup "nothing to clean up").
+ */
+export function requireSomeBackend(surveys: readonly TableSurvey[], host: Pick<HostOptions, 'backend'>): void {
   if (surveys.length === 0) {
     throw notFound(
       'neither iptables (with iptables-save and iptables-restore) nor nft',
       "install the 'iptables' package (RHEL/Fedora: iptables-nft) or the 'nftables' package",
     );
   }
+  const forced = host.backend;
+  if (forced !== 'auto' && !surveys.some((survey) => kindOf(survey.table.backend) === forced)) {
+    throw new MissingProgramError(`${unusable(forced)}: ${PACKAGE_HINT[forced]}`);
+  }
 }
+
+const unusable = (kind: BackendKind) =>
+  kind === 'nftables'
+    ? 'nftables is not usable here: nft is not installed or the kernel has no nf_tables'
+    : 'iptables is not usable here: its programs (iptables, -save, -restore) are not installed';
 
 /**
  * The backend to write: a forced one (-backend, or -iptables-mode for iptables' variant), else the one
@@ -96,7 +108,7 @@ export function planApply(surveys: readonly TableSurvey[], config: RedirectConfi
       // No nftables survey: nft is missing, or the kernel has no nf_tables (see the nftables provider).
       const missing =
         kindOf(choice.backend) === 'nftables'
-          ? 'nftables is not usable here: nft is not installed or the kernel has no nf_tables'
+          ? unusable('nftables')
           : `the ${familyLabel(family)} programs of ${choice.backend} (iptables, -save, -restore) are not installed`;
       throw new MissingProgramError(`${missing}: ${PACKAGE_HINT[kindOf(choice.backend)]}`);
     }

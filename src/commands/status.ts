@@ -43,7 +43,7 @@ export async function status(options: StatusOptions, context: CommandContext): P
   const reference = referenceOf(options, record);
   const config = reference.rules === undefined ? undefined : await resolveConfig(reference.rules, reference.agent, context);
   const surveys = (await context.backends.survey(netns)).tables;
-  requireSomeBackend(surveys);
+  requireSomeBackend(surveys, reference.host);
   const installed = surveys.filter((s) => s.holdsOurs);
   const report: StatusReport = {
     status: installed.length === 0 ? 'absent' : 'installed',

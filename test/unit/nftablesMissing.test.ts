@@ -67,12 +67,14 @@ const FLAGS = ['-proxy-uid=101', '-proxy-inbound-port=20000', '-dual-stack', '-b
 
 describe('-backend=nftables without nft installed', () => {
   it.each([
-    ['apply on a clean host', [] as string[], false],
-    ['apply over our iptables rules', [] as string[], true],
-    // With nothing installed anywhere, status just says absent (4); with our iptables rules it must compare.
-    ['status over our iptables rules', ['status'], true],
-  ])('%s fails in one line naming the nftables package, and writes nothing', async (_name, command, holding) => {
-    const result = await runWith([...command, ...FLAGS], [iptablesSurvey(4, holding), iptablesSurvey(6, holding)]);
+    ['apply on a clean host', FLAGS, false],
+    ['apply over our iptables rules', FLAGS, true],
+    // A table nft cannot read is no absent table, nor one with nothing to clean up.
+    ['status on a clean host', ['status', ...FLAGS], false],
+    ['status over our iptables rules', ['status', ...FLAGS], true],
+    ['cleanup', ['cleanup', '-backend=nftables'], false],
+  ])('%s fails in one line naming the nftables package, and writes nothing', async (_name, argv, holding) => {
+    const result = await runWith(argv, [iptablesSurvey(4, holding), iptablesSurvey(6, holding)]);
     expect(result.code).toBe(ExitCode.missingProgram);
     expect(result.stdout).toBe('');
     expect(result.stderrLines).toHaveLength(1);

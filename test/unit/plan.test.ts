@@ -152,9 +152,19 @@ describe('planApply', () => {
   });
 
   it('neither backend installed: exit 72, naming both packages', () => {
-    expect(() => requireSomeBackend([])).toThrow(/install the 'iptables' package .* or the 'nftables' package/);
-    expect(exitCodeOf(() => requireSomeBackend([]))).toBe(ExitCode.missingProgram);
-    expect(() => requireSomeBackend([survey('nftables', 'inet')])).not.toThrow();
+    const auto = { backend: 'auto' } as const;
+    expect(() => requireSomeBackend([], auto)).toThrow(/install the 'iptables' package .* or the 'nftables' package/);
+    expect(exitCodeOf(() => requireSomeBackend([], auto))).toBe(ExitCode.missingProgram);
+    expect(() => requireSomeBackend([survey('nftables', 'inet')], auto)).not.toThrow();
+  });
+
+  // Else status said "absent" and cleanup "nothing to clean up" of a table they could not read.
+  it('the backend -backend names not usable: exit 72, naming its package', () => {
+    const ipv4 = [survey('iptables-nft', 4)];
+    expect(() => requireSomeBackend(ipv4, { backend: 'nftables' })).toThrow(/^nftables is not usable here: .*install the 'nftables' package/);
+    expect(exitCodeOf(() => requireSomeBackend(ipv4, { backend: 'nftables' }))).toBe(ExitCode.missingProgram);
+    expect(() => requireSomeBackend([survey('nftables', 'inet')], { backend: 'iptables' })).toThrow(/install the 'iptables' package/);
+    expect(() => requireSomeBackend(ipv4, { backend: 'iptables' })).not.toThrow();
   });
 });
 
