@@ -10,6 +10,7 @@ import {
   transformed,
   uidSchema,
 } from './core/values.ts';
+import { tcpServicePort } from './host/services.ts';
 
 // The one description of every flag: commander's options (cli.ts), the config-file keys, the environment
 // fallbacks and the validation (options.ts) are all derived from this table. A flag name is also its
@@ -97,12 +98,12 @@ export const FLAGS = {
     description: "proxy's outbound listener port (default: 15001)",
   },
   'exclude-inbound-port': {
-    arity: 'list', placeholder: '<port|a:b>', group: RULES, commands: WITH_RULES, rule: true, schema: z.array(portOrRangeSchema),
-    description: 'inbound port or range never redirected; repeatable, comma lists allowed',
+    arity: 'list', placeholder: '<port|a:b>', group: RULES, commands: WITH_RULES, rule: true, schema: z.array(portOrRangeSchema(tcpServicePort)),
+    description: 'inbound port, service name or range never redirected; repeatable, comma lists allowed',
   },
   'exclude-outbound-port': {
-    arity: 'list', placeholder: '<port|a:b>', group: RULES, commands: WITH_RULES, rule: true, schema: z.array(portOrRangeSchema),
-    description: 'outbound port or range never redirected; repeatable, comma lists allowed',
+    arity: 'list', placeholder: '<port|a:b>', group: RULES, commands: WITH_RULES, rule: true, schema: z.array(portOrRangeSchema(tcpServicePort)),
+    description: 'outbound port, service name or range never redirected; repeatable, comma lists allowed',
   },
   'exclude-outbound-cidr': {
     arity: 'list', placeholder: '<cidr>', group: RULES, commands: WITH_RULES, rule: true, schema: cidrListSchema,

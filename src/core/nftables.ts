@@ -243,8 +243,9 @@ function cidrInterval(cidr: Cidr): Interval {
   return elementInterval(domain(FAMILY_DOMAIN[cidr.family]), cidr.cidr);
 }
 
+// Port 0 included: iptables and nft take it, so Consul passes it on.
 const portInterval = ({ low, high }: PortRange): Interval => ({
-  low: integer(low, 1, 65535),
+  low: integer(low, 0, 65535),
   high: integer(high, low, 65535),
 });
 

@@ -78,17 +78,28 @@ export const portSchema = transformed(scalarString, (text, ctx) => {
   return portNumber(text) ?? fail(ctx, 'must be a port number from 1 to 65535');
 });
 
-/** A port or an inclusive range `a:b` (a <= b), as iptables writes it. */
-export const portOrRangeSchema = transformed(scalarString, (text, ctx): PortRange => {
-  const match = /^(\d+)(?::(\d+))?$/.exec(text);
-  const low = match?.[1] === undefined ? undefined : portNumber(match[1]);
-  const high = match?.[2] === undefined ? low : portNumber(match[2]);
-  if (low === undefined || high === undefined) {
-    return fail(ctx, 'must be a port from 1 to 65535 or a range low:high');
-  }
-  if (low > high) return fail(ctx, `range start ${low} is above its end ${high}`);
-  return { low, high };
-});
+/** A service name as services(5) spells them (`ssh`, `kerberos-adm`, `x11`): never all digits. */
+const SERVICE_NAME = /^[A-Za-z][A-Za-z0-9._+-]{0,63}$/;
+
+/**
+ * A port, 0 to 65535, or an inclusive range: `a:b`, or open `a:` (to 65535) and `:b` (from 0), as iptables
+ * takes them, and `a-b` as nft writes it. A port may be a TCP service name, looked up with `tcpService`
+ * (/etc/services), as iptables and Consul's nftables branch do. What both accept, Consul passes on.
+ */
+export function portOrRangeSchema(tcpService: (name: string) => number | undefined) {
+  const port = (text: string) => (SERVICE_NAME.test(text) ? tcpService(text) : portText(text));
+  return transformed(scalarString, (text, ctx): PortRange => {
+    const sides = /^\d+-\d+$/.test(text) ? text.split('-') : text.split(':');
+    const [lowText = '', highText = lowText] = sides;
+    const low = lowText === '' ? 0 : port(lowText);
+    const high = highText === '' ? 65535 : port(highText);
+    if (low === undefined || high === undefined || sides.length > 2 || (lowText === '' && highText === '')) {
+      return fail(ctx, 'must be a port from 0 to 65535, a TCP service name (/etc/services) or a range low:high (also low-high, low:, :high)');
+    }
+    if (low > high) return fail(ctx, `range start ${low} is above its end ${high}`);
+    return { low, high };
+  });
+}
 
 // POSIX portable user names, plus the trailing $ of machine accounts.
 const USER_NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$/;

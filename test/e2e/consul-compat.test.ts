@@ -42,6 +42,8 @@ const CASES: [string, RedirectFlags][] = [
   ['DNS redirection with -consul-dns-ip only', { ...BASE, dnsIp: '198.18.0.53' }],
   ['DNS redirection with -consul-dns-port', { ...BASE, dnsPort: 8600 }],
   ['DNS redirection with -consul-dns-ip and -consul-dns-port', { ...EVERY_EXCLUSION, dnsIp: '198.18.0.53', dnsPort: 8600 }],
+  // Consul hands these to iptables verbatim, which takes them all.
+  ['ports as iptables takes them: 0, open ranges, service names', { ...BASE, excludeInboundPorts: ['ssh', '0', '1024:'], excludeOutboundPorts: [':1023', 'http:https'] }],
 ];
 
 describeE2E(

@@ -219,6 +219,11 @@ describe('overlapping and duplicate exclusions', () => {
     });
   });
 
+  it('take port 0 and the whole port range, as Consul passes them on', () => {
+    const config = { ...BASE, excludeInboundPorts: [{ low: 0, high: 0 }, { low: 1024, high: 65535 }], excludeOutboundPorts: [{ low: 0, high: 1023 }] };
+    expect(elements(wantedTable(config))).toEqual({ excluded_inbound_ports: ['0', '1024-65535'], excluded_outbound_ports: ['0-1023'] });
+  });
+
   it('keep adjacent CIDRs as given, and a /32 reads as its address, as nft lists them', () => {
     const config = { ...BASE, excludeOutboundCidrs: ['10.0.0.0/9', '10.128.0.0/9', '192.0.2.1/32', '2001:db8::1/128'].map(cidr) };
     expect(elements(wantedTable(config))).toEqual({ excluded_v4: ['10.0.0.0/9', '10.128.0.0/9', '192.0.2.1'], excluded_v6: ['2001:db8::1'] });

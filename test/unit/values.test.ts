@@ -51,22 +51,34 @@ describe('portSchema', () => {
   });
 });
 
+/** portOrRangeSchema with a services file of three names. */
+const portOrRange = portOrRangeSchema((name) => new Map([['ssh', 22], ['http', 80], ['kerberos-adm', 749]]).get(name));
+
+// What iptables and Consul's nftables branch accept (open ranges, 0, a-b, service names), Consul passes on.
 describe('portOrRangeSchema', () => {
-  accepts(portOrRangeSchema, [
+  accepts(portOrRange, [
     ['22', { low: 22, high: 22 }],
     [22, { low: 22, high: 22 }],
     ['80:90', { low: 80, high: 90 }],
     ['1:65535', { low: 1, high: 65535 }],
     ['8080:8080', { low: 8080, high: 8080 }],
+    ['0', { low: 0, high: 0 }],
+    ['0:10', { low: 0, high: 10 }],
+    ['1024:', { low: 1024, high: 65535 }],
+    [':1024', { low: 0, high: 1024 }],
+    ['8000-8100', { low: 8000, high: 8100 }],
+    ['ssh', { low: 22, high: 22 }],
+    ['kerberos-adm', { low: 749, high: 749 }],
+    ['ssh:http', { low: 22, high: 80 }],
   ]);
-  rejects(portOrRangeSchema, ['90:80', '80:', ':80', '0:10', '1:65536', '80-90', '80:90:100', '80,90', '80 :90', 'a:b', '']);
+  rejects(portOrRange, ['90:80', ':', '1:65536', '65536', '80:90:100', '80,90', '80 :90', 'a:b', '', '80-', '-80', '80-90-100', '8000-http', 'telnet', 'SSH', 'ssh ', 's;sh', '1e3', '0x50']);
   it('names both ends when the range is backwards', () => {
-    expect(check(portOrRangeSchema, '90:80')).toEqual({ ok: false, message: expect.stringMatching(/90.*80/) });
+    expect(check(portOrRange, '90:80')).toEqual({ ok: false, message: expect.stringMatching(/90.*80/) });
   });
 });
 
 describe('leading zeros are rejected (Go and iptables read 010 as octal 8)', () => {
-  const schemas: Record<string, Schema> = { port: portSchema, portOrRange: portOrRangeSchema, uid: uidSchema, cidr: cidrSchema };
+  const schemas: Record<string, Schema> = { port: portSchema, portOrRange, uid: uidSchema, cidr: cidrSchema };
   it.each([
     ['port', '08'],
     ['port', '010'],
@@ -267,7 +279,7 @@ describe('splitList', () => {
   });
   it('does not trim other whitespace, so it is rejected later', () => {
     expect(splitList(['22\n'])).toEqual(['22\n']);
-    expect(check(portOrRangeSchema, splitList(['22\t'])[0]).ok).toBe(false);
+    expect(check(portOrRange, splitList(['22\t'])[0]).ok).toBe(false);
   });
   it('returns nothing for no values', () => {
     expect(splitList([])).toEqual([]);
@@ -278,7 +290,7 @@ describe('no accepted value can smuggle anything into a restore line', () => {
   /** The text each schema's output puts into a rule. */
   const tokenOf: [string, Schema, (value: unknown) => string[]][] = [
     ['port', portSchema, (v) => [String(v)]],
-    ['portOrRange', portOrRangeSchema, (v) => [String((v as PortRange).low), String((v as PortRange).high)]],
+    ['portOrRange', portOrRange, (v) => [String((v as PortRange).low), String((v as PortRange).high)]],
     ['uid', uidSchema, (v) => [(v as UidSpec).kind === 'id' ? String((v as { uid: number }).uid) : (v as { name: string }).name]],
     ['cidr', cidrSchema, (v) => [(v as { cidr: string }).cidr]],
     ['ip', ipAddressSchema, (v) => [(v as { address: string }).address]],
