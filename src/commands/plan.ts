@@ -3,7 +3,7 @@ import type { RedirectConfig } from '../core/ruleset.ts';
 import { redirectedFamilies } from '../core/ruleset.ts';
 import { familyLabel } from '../core/values.ts';
 import type { BackendKind, BackendName, TableSurvey } from '../host/backend.ts';
-import { notFound } from '../host/runner.ts';
+import { notFound, outsidePath } from '../host/runner.ts';
 import type { HostOptions } from '../options.ts';
 
 // Deciding what to write where, from what the tables hold: pure, so every case is a unit test.
@@ -45,8 +45,9 @@ const PACKAGE_HINT: Record<BackendKind, string> = {
 export function requireSomeBackend(surveys: readonly TableSurvey[], host: Pick<HostOptions, 'backend'>): void {
   if (surveys.length === 0) {
     throw notFound(
-      'neither iptables (with iptables-save and iptables-restore) nor nft',
+      'iptables (with iptables-save and iptables-restore) or nft',
       "install the 'iptables' package (RHEL/Fedora: iptables-nft) or the 'nftables' package",
+      ['iptables', 'nft'],
     );
   }
   const forced = host.backend;
@@ -57,8 +58,8 @@ export function requireSomeBackend(surveys: readonly TableSurvey[], host: Pick<H
 
 const unusable = (kind: BackendKind) =>
   kind === 'nftables'
-    ? 'nftables is not usable here: nft is not installed or the kernel has no nf_tables'
-    : 'iptables is not usable here: its programs (iptables, -save, -restore) are not installed';
+    ? `nftables is not usable here: nft is not installed or the kernel has no nf_tables${outsidePath(['nft'])}`
+    : `iptables is not usable here: its programs (iptables, -save, -restore) are not installed${outsidePath(['iptables'])}`;
 
 /**
  * The backend to write: a forced one (-backend, or -iptables-mode for iptables' variant), else the one
@@ -109,7 +110,7 @@ export function planApply(surveys: readonly TableSurvey[], config: RedirectConfi
       const missing =
         kindOf(choice.backend) === 'nftables'
           ? unusable('nftables')
-          : `the ${familyLabel(family)} programs of ${choice.backend} (iptables, -save, -restore) are not installed`;
+          : `the ${familyLabel(family)} programs of ${choice.backend} (iptables, -save, -restore) are not installed${outsidePath(['iptables'])}`;
       throw new MissingProgramError(`${missing}: ${PACKAGE_HINT[kindOf(choice.backend)]}`);
     }
   }

@@ -38,13 +38,16 @@ export interface CommandResult {
 
 export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
 
-// systemd hands services a fixed PATH and sudo may strip sbin; iptables lives there.
+/** Where programs are looked for without a PATH (an emptied environment), and where a hint looks. */
 const SYSTEM_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
 
-/** Absolute path of an executable on PATH or in the system directories, or undefined. */
+/**
+ * Absolute path of an executable on PATH, or undefined. PATH decides, as it does for Consul and any shell:
+ * an operator or a test can put a program first, or leave one out. Without a PATH, the system directories.
+ */
 export function findProgram(name: string, pathEnv = process.env['PATH'] ?? ''): string | undefined {
-  const dirs = [...pathEnv.split(delimiter).filter((dir) => dir.startsWith('/')), ...SYSTEM_DIRS];
-  for (const dir of dirs) {
+  const onPath = pathEnv.split(delimiter).filter((dir) => dir.startsWith('/'));
+  for (const dir of onPath.length > 0 ? onPath : SYSTEM_DIRS) {
     const candidate = join(dir, name);
     try {
       accessSync(candidate, constants.X_OK);
@@ -56,9 +59,21 @@ export function findProgram(name: string, pathEnv = process.env['PATH'] ?? ''): 
   return undefined;
 }
 
-/** A program looked for and not found, and what to install. */
-export const notFound = (program: string, hint: string) =>
-  new MissingProgramError(`${program} was not found on PATH or in the system directories (/usr/sbin, /sbin, ...): ${hint}`);
+/** A program looked for and not found (`programs`: its files), and what to install. */
+export const notFound = (program: string, hint: string, programs = [program]) =>
+  new MissingProgramError(`${program} was not found on PATH${outsidePath(programs)}: ${hint}`);
+
+/**
+ * " (/usr/sbin/nft is installed, but PATH lacks /usr/sbin)" when one of `programs` is in a system directory
+ * PATH leaves out (cron's PATH, /usr/bin:/bin, does), else nothing.
+ */
+export function outsidePath(programs: readonly string[]): string {
+  for (const program of programs) {
+    const file = findProgram(program, SYSTEM_DIRS.join(delimiter));
+    if (file !== undefined && findProgram(program) === undefined) return ` (${file} is installed, but PATH lacks ${dirname(file)})`;
+  }
+  return '';
+}
 
 // iptables-save of a large table can be megabytes; beyond this, something is wrong.
 const MAX_OUTPUT_CHARS = 256 * 1024 * 1024;

@@ -1,9 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { expect, it } from 'vitest';
-import { applyArgs, CLI, cli, describeE2E, describeRun, runCli, statusArgs, testNamespace, type RedirectFlags } from '../helpers/e2e.ts';
+import { expect, it, onTestFinished } from 'vitest';
+import { applyArgs, CLI, cli, describeE2E, describeRun, findProgram, runCli, statusArgs, testNamespace, type RedirectFlags } from '../helpers/e2e.ts';
 import type { Netns } from '../helpers/netns.ts';
 import { nftTable, waitForNoProcesses } from '../helpers/nft.ts';
 
@@ -117,6 +119,27 @@ describeE2E(
       expect(outcomes.killed, 'at least one apply was killed mid-run').toBeGreaterThan(0);
       await cli(applyArgs(ns, A, NFT));
       await cli(statusArgs(ns, A), 0);
+    });
+
+    // PATH decides which programs exist, as for Consul: a PATH without nft is a host without nft.
+    it('with nft left out of PATH, -backend=nftables apply, status and cleanup exit 72 naming the package and where nft is', async () => {
+      const ns = await testNamespace();
+      await cli(applyArgs(ns, B, NFT));
+      const table = await nftTable(ns);
+      // Every program of nft's directory but nft, then the usual directories without it.
+      const nft = findProgram('nft')!;
+      const dir = mkdtempSync(join(tmpdir(), 'rt-e2e-no-nft-'));
+      onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+      for (const name of readdirSync(dirname(nft))) if (name !== 'nft') symlinkSync(join(dirname(nft), name), join(dir, name));
+      const PATH = [dir, ...['/usr/local/bin', '/usr/bin', '/bin'].filter((other) => other !== dirname(nft))].join(':');
+      for (const args of [applyArgs(ns, B, NFT), statusArgs(ns, B, NFT), ['cleanup', '-netns', ns.path, NFT]]) {
+        const result = await runCli(args, { env: { PATH } });
+        expect(result.exitCode, describeRun(args, result)).toBe(72);
+        expect(result.stderrLines, describeRun(args, result)).toEqual([
+          expect.stringMatching(new RegExp(`nft is not installed .*\\(${nft} is installed, but PATH lacks ${dirname(nft)}\\).*install the 'nftables' package`)),
+        ]);
+      }
+      expect(await nftTable(ns)).toBe(table);
     });
 
     it('16 applies with different inbound ports racing on one namespace leave exactly one run’s table', async () => {

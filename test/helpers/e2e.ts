@@ -27,7 +27,8 @@ const CLI_TIMEOUT_MS = 45_000;
 
 const SYSTEM_DIRS = ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
 
-function findProgram(name: string): string | undefined {
+/** A program's file on PATH or in the system directories. */
+export function findProgram(name: string): string | undefined {
   if (name.startsWith('/')) return isExecutable(name) ? name : undefined;
   const dirs = [...(process.env['PATH'] ?? '').split(delimiter).filter(Boolean), ...SYSTEM_DIRS];
   return dirs.map((dir) => join(dir, name)).find(isExecutable);

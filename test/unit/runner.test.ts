@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import { TemporaryError } from '../../src/errors.ts';
 import { batchedReads } from '../../src/host/namespaceReads.ts';
-import { createRunner, endShells, startShellEarly } from '../../src/host/runner.ts';
+import { createRunner, endShells, findProgram, outsidePath, startShellEarly } from '../../src/host/runner.ts';
 import { scratchDir } from '../helpers/fakes.ts';
 
 // The runner with real processes (no namespace, no root): /bin/sh, printf, cat.
@@ -173,6 +173,29 @@ describe('createRunner', () => {
     const idle = handles();
     await session.run('/bin/true', []);
     expect(handles()).toBeLessThanOrEqual(idle);
+  });
+});
+
+describe('findProgram', () => {
+  it('looks on PATH only, as a shell does; without a PATH, in the system directories', () => {
+    const bin = join(scratch.dir, 'path-bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(join(bin, 'sh'), '#!/bin/sh\n', { mode: 0o755 });
+    expect(findProgram('sh', `relative:${bin}:/bin`)).toBe(join(bin, 'sh'));
+    expect(findProgram('sh', bin)).toBe(join(bin, 'sh'));
+    expect(findProgram('cat', bin)).toBeUndefined();
+    expect(findProgram('cat', '')).toMatch(/^\/(usr\/)?(s)?bin\/cat$/);
+  });
+
+  it('says where a program left out of PATH is', () => {
+    const path = process.env['PATH'];
+    process.env['PATH'] = join(scratch.dir, 'empty-bin');
+    try {
+      expect(outsidePath(['no-such-program-anywhere', 'cat'])).toMatch(/^ \(\/(usr\/)?(s)?bin\/cat is installed, but PATH lacks \/(usr\/)?(s)?bin\)$/);
+    } finally {
+      process.env['PATH'] = path;
+    }
+    expect(outsidePath(['cat'])).toBe('');
   });
 });
 
