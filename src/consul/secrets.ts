@@ -10,26 +10,51 @@ const PLACEHOLDER = '[hidden]';
 const MIN_EMBEDDED_SECRET_LENGTH = 12;
 
 // The characters of Consul's tokens (UUIDs) and of base64url: a short secret next to one is part of a longer word.
-const WORD_CHARACTER = '[A-Za-z0-9_-]';
-
-const escapeRegExp = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const WORD_CHARACTER = /[A-Za-z0-9_-]/;
 
 /**
- * Hides the ACL token and the basic-auth password in `text`. Applied to every answer as it arrives (so a
- * truncated excerpt can never hold part of one) and again to every message and log line.
+ * Hides the ACL token and the basic-auth password in `text`, as they are and as JSON writes them inside a
+ * string (a message quoting a value the agent echoed: `"abc\"def"`). Applied to every answer as it arrives
+ * (so a truncated excerpt can never hold part of one) and again to every message and log line. Searched
+ * for as plain text, never as a regular expression: V8 refuses one built from a 32 KiB token.
  */
 export function secretHider(agent: AgentOptions): (text: string) => string {
   const secrets = [agent.token, agent.basicAuth?.password].filter((secret): secret is string => !!secret);
   if (secrets.length === 0) return (text) => text;
-  const patterns = secrets
-    // Longest first: where one secret holds another, the whole of it is hidden.
-    .sort((a, b) => b.length - a.length)
-    .map((secret) =>
-      secret.length >= MIN_EMBEDDED_SECRET_LENGTH
-        ? escapeRegExp(secret)
-        : `(?<!${WORD_CHARACTER})${escapeRegExp(secret)}(?!${WORD_CHARACTER})`,
-    );
-  // One pass, and the placeholder matched as itself: text hidden once is never hidden again inside "[hidden]".
-  const pattern = new RegExp([...patterns, escapeRegExp(PLACEHOLDER)].join('|'), 'g');
-  return (text) => text.replace(pattern, PLACEHOLDER);
+  // Longest first: where one secret holds another, the whole of it is hidden.
+  const forms = [...new Set(secrets.flatMap((secret) => [secret, JSON.stringify(secret).slice(1, -1)]))].sort((a, b) => b.length - a.length);
+  return (text) => hide(text, forms);
+}
+
+/**
+ * `text` with each occurrence of `forms` replaced, left to right in one pass; the placeholder is matched as
+ * itself, so text hidden once is never hidden again inside "[hidden]".
+ */
+function hide(text: string, forms: readonly string[]): string {
+  const wanted = [PLACEHOLDER, ...forms];
+  // Where each is next found from `at` on (-1: nowhere): searched again only once passed.
+  const next = wanted.map(() => -2);
+  let hidden = '';
+  let at = 0;
+  for (;;) {
+    let found = -1;
+    wanted.forEach((form, index) => {
+      if (next[index]! !== -1 && next[index]! < at) next[index] = occurrence(text, form, at, index === 0);
+      const where = next[index]!;
+      // The earliest; at one place, the longer (the placeholder and the forms are sorted so).
+      if (where !== -1 && (found === -1 || where < next[found]! || (where === next[found]! && form.length > wanted[found]!.length))) found = index;
+    });
+    if (found === -1) return hidden + text.slice(at);
+    hidden += `${text.slice(at, next[found])}${PLACEHOLDER}`;
+    at = next[found]! + wanted[found]!.length;
+  }
+}
+
+/** Where `form` next occurs from `from` on; a short secret only where it stands alone (see above). */
+function occurrence(text: string, form: string, from: number, anywhere: boolean): number {
+  for (let at = text.indexOf(form, from); at !== -1; at = text.indexOf(form, at + 1)) {
+    if (anywhere || form.length >= MIN_EMBEDDED_SECRET_LENGTH) return at;
+    if (!WORD_CHARACTER.test(text[at - 1] ?? '') && !WORD_CHARACTER.test(text[at + form.length] ?? '')) return at;
+  }
+  return -1;
 }

@@ -63,6 +63,21 @@ describe('secretHider', () => {
     expect(hider('(x)*')('((x)*)')).toBe('([hidden])');
   });
 
+  // A regular expression built from the token: V8 refused one of 32 KiB, and the error message held the token.
+  it('a token as long as a token file may hold (64 KiB) is hidden', () => {
+    const token = 'b'.repeat(65_536);
+    const hide = hider(token);
+    expect(hide(`a ${token} b ${token}`)).toBe('a [hidden] b [hidden]');
+    expect(hide('b'.repeat(1_000_000)).replaceAll('[hidden]', '')).toBe('b'.repeat(1_000_000 % 65_536));
+  });
+
+  it('a secret as JSON writes it inside a string is hidden too (a message quoting a value the agent echoed)', () => {
+    for (const token of ['abc"defghijklmnop', 'abc\\defghijklmnop', 'a"b']) {
+      const hide = hider(token);
+      expect(hide(`Port must be a port number (got ${JSON.stringify(token)})`), token).toBe('Port must be a port number (got "[hidden]")');
+    }
+  });
+
   it('without secrets, text is unchanged', () => {
     expect(secretHider(agentOptions())(MESSAGE)).toBe(MESSAGE);
   });
