@@ -144,10 +144,13 @@ async function recorded<T>(netns: string | undefined, plan: RecordPlan, context:
   const { previous, flags } = plan;
   if (plan.unchanged) return writes();
   const record = { flags, pid: process.pid, startedAt: new Date().toISOString(), finished: false };
-  if (!context.records.write(netns, record)) context.log.debug(`could not record this apply under ${RECORD_DIR}`);
+  // A record that cannot be written is removed (see writeRecord); the finished one may still be written then.
+  if (!context.records.write(netns, record)) context.log.debug(`could not record this apply's start under ${RECORD_DIR}`);
   try {
     const result = await writes();
-    context.records.write(netns, { ...record, finished: true });
+    if (!context.records.write(netns, { ...record, finished: true })) {
+      context.log.warn(`could not record this apply's settings under ${RECORD_DIR} (is /run full?): a bare status has nothing to compare with`);
+    }
     return result;
   } catch (error) {
     // The chosen backend holds this run's rules, the other one still some: this run's record, unfinished.

@@ -30,18 +30,28 @@ const recordSchema = z.object({
 
 const recordPath = (netns: string | undefined) => join(RECORD_DIR, `${namespaceKey(netns)}.json`);
 
-/** Writes the record atomically; a host where /run is not writable simply has none (status then needs flags). */
+/**
+ * Writes the record atomically. Where it cannot be written (a full /run), the namespace has none: an older
+ * one left in place would have a bare status compare against another run's settings.
+ */
 export function writeRecord(netns: string | undefined, record: ApplyRecord): boolean {
   const path = recordPath(netns);
+  // One name per namespace: records are written under the namespace lock, and a run killed mid-write leaves
+  // a file the next one simply overwrites, instead of one more per PID.
+  const temporary = `${path}.tmp`;
   try {
     mkdirSync(RECORD_DIR, { recursive: true, mode: 0o700 });
-    // One name per namespace: records are written under the namespace lock, and a run killed mid-write leaves
-    // a file the next one simply overwrites, instead of one more per PID.
-    const temporary = `${path}.tmp`;
     writeFileSync(temporary, `${JSON.stringify(record)}\n`, { mode: 0o600 });
     renameSync(temporary, path);
     return true;
   } catch {
+    for (const file of [temporary, path]) {
+      try {
+        rmSync(file, { force: true });
+      } catch {
+        // not there, or /run is read-only: then nothing was written either
+      }
+    }
     return false;
   }
 }

@@ -20,7 +20,7 @@ import {
   testNamespace,
   type RedirectFlags,
 } from '../helpers/e2e.ts';
-import type { Netns } from '../helpers/netns.ts';
+import { runCommand, type Netns } from '../helpers/netns.ts';
 import { PYTHON } from '../helpers/traffic.ts';
 
 // Issue 10: the attacks that found defects 2 to 6, replayed as they were made, each in namespaces of its own.
@@ -317,6 +317,37 @@ describeE2E(
       const json = await cli(['status', '-netns', ns.path, '--json'], 4);
       expect(JSON.parse(json.stdout)).toMatchObject({ status: 'absent', comparedWith: 'nothing', installed: [] });
       expect(JSON.parse(json.stdout)).not.toHaveProperty('lastApply');
+    });
+
+    // Found by a hostile review: the older record stayed, and a bare status compared against its settings.
+    it('an apply whose record cannot be written (a full /run) leaves no older record to compare against', async () => {
+      const ns = await recordedNamespace();
+      await cli(applyArgs(ns, { ...FLAGS, inboundPort: 21111 }));
+      // In a mount namespace of its own: /run/redirect-traffic a tmpfs holding the record, then filled up.
+      const script = [
+        'set -e',
+        'cp -a "$RECORD_DIR" /tmp/rt-record-copy-$$',
+        'mount -t tmpfs -o size=64k tmpfs "$RECORD_DIR"',
+        'cp -a /tmp/rt-record-copy-$$/. "$RECORD_DIR"/ && rm -rf /tmp/rt-record-copy-$$',
+        'dd if=/dev/zero of="$RECORD_DIR/fill" bs=4k 2>/dev/null || true',
+        '"$NODE" "$CLI" "$@" 2>&1 || echo "apply exit $?"',
+        'echo "---"',
+        '"$NODE" "$CLI" status -netns "$NETNS" 2>&1 || echo "status exit $?"',
+        'ls "$RECORD_DIR"',
+      ].join('\n');
+      const result = await runCommand('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'full-run', ...applyArgs(ns, { ...FLAGS, inboundPort: 22222 })], {
+        env: { PATH: process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin', NO_COLOR: '1', RECORD_DIR, NODE: process.execPath, CLI, NETNS: ns.path },
+      });
+      const [applyOutput, after] = result.stdout.split('---\n');
+      expect(applyOutput, result.stderr).toMatch(/^applied traffic redirection /m);
+      expect(applyOutput).not.toContain('apply exit');
+      // The older record went to make room (then the finished one may fit), or there is none and the apply
+      // said so: a bare status never compares against port 21111. No temporary file is left.
+      const record = `${namespaceKey(ns.path)}.json`;
+      if (after!.includes(record)) expect(after).toMatch(/^status: in-sync \(compared with the last apply's settings\)/);
+      else expect(applyOutput).toMatch(/^redirect-traffic: warning: could not record this apply's settings under \/run\/redirect-traffic/m);
+      expect(after).not.toContain('status exit');
+      expect(after).not.toContain(`${record}.tmp`);
     });
   },
   { requires: ['iptables-nft', 'iptables-legacy', 'nft', 'flock'] },
