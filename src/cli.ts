@@ -31,7 +31,10 @@ export function normaliseArgv(args: readonly string[]): string[] {
       if (!arg.startsWith('-') || arg === '--') {
         // The word itself is not shown: it may be a value (a token) whose flag was mistyped.
         if (subcommandAt !== undefined || !COMMANDS.includes(arg as CommandName)) {
-          throw new UsageError('unexpected argument: the commands are apply (the default), cleanup and status, and every value follows its flag');
+          const others = COMMANDS.filter((command) => command !== 'apply');
+          throw new UsageError(
+            `unexpected argument: the commands are apply (the default), ${others.slice(0, -1).join(', ')} and ${others.at(-1)}; every value follows its flag`,
+          );
         }
         subcommandAt = out.length;
       }

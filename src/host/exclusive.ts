@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { Server } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CannotWriteError, TemporaryError } from '../errors.ts';
+import { makeDirAndParent } from './runtimeDir.ts';
 
 // One writer per network namespace at a time. The lock is a unix socket a run listens on, in a directory
 // only root may write (/run/redirect-traffic/locks, 0700): no other user can take it or squat on it, as
@@ -109,6 +110,9 @@ async function removeDeadSocket(path: string): Promise<void> {
   }
   try {
     if ((await holderPid(path)).refused) rmSync(path, { force: true });
+  } catch (error) {
+    // Not a socket (a directory someone made there): nobody can hold the lock until it is removed.
+    throw new CannotWriteError(`cannot remove ${path}, where this namespace's lock goes: ${(error as NodeJS.ErrnoException).code ?? 'failed'}`);
   } finally {
     rmSync(guard, { recursive: true, force: true });
   }
@@ -128,7 +132,7 @@ export async function lockNamespace(
   options: { waitMs: number; onWait?: (holder: string) => void },
 ): Promise<NamespaceLock> {
   try {
-    mkdirSync(LOCK_DIR, { recursive: true, mode: 0o700 });
+    makeDirAndParent(LOCK_DIR);
   } catch (error) {
     throw new CannotWriteError(`cannot create the lock directory ${LOCK_DIR}: ${(error as NodeJS.ErrnoException).code ?? 'failed'}`);
   }

@@ -1,10 +1,11 @@
-import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as z from 'zod/mini';
 import { ConfigError } from '../errors.ts';
 import type { RawOptions } from '../flags.ts';
 import { FILE_LIMITS, readUserFile } from '../userFile.ts';
 import { namespaceKey } from './exclusive.ts';
+import { makeDirAndParent } from './runtimeDir.ts';
 
 // What the last apply in a namespace asked for, so that a bare `status` can compare against it and tell a
 // run that was killed halfway. Explicit flags only (the agent's answer written out as ports), never a
@@ -40,7 +41,7 @@ export function writeRecord(netns: string | undefined, record: ApplyRecord): boo
   // a file the next one simply overwrites, instead of one more per PID.
   const temporary = `${path}.tmp`;
   try {
-    mkdirSync(RECORD_DIR, { recursive: true, mode: 0o700 });
+    makeDirAndParent(RECORD_DIR);
     writeFileSync(temporary, `${JSON.stringify(record)}\n`, { mode: 0o600 });
     renameSync(temporary, path);
     return true;

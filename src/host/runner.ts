@@ -1,8 +1,9 @@
 import type { ChildProcessWithoutNullStreams } from 'node:child_process';
-import { accessSync, constants, mkdirSync, readdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, readdirSync, unlinkSync, writeFileSync } from 'node:fs';
 import { delimiter, dirname, join } from 'node:path';
 import { SystemCommandError, MissingProgramError, TemporaryError } from '../errors.ts';
 import { RECORD_DIR } from './record.ts';
+import { makeDirAndParent } from './runtimeDir.ts';
 
 /** The one way this tool runs other programs; tests substitute fakes. */
 export interface CommandRunner {
@@ -343,15 +344,7 @@ let inputsWritten = 0;
 function writeInput(dir: string, input: string): string | undefined {
   const file = join(dir, `${process.pid}-${++inputsWritten}`);
   try {
-    // Not `recursive`: Node's recursive mkdir spins for ever where mkdir says ENOENT under an existing parent
-    // (procfs). The runtime directory and this one, each made if missing.
-    for (const level of [dirname(dir), dir]) {
-      try {
-        mkdirSync(level, { mode: 0o700 });
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      }
-    }
+    makeDirAndParent(dir);
     removeLeftInputs(dir);
     // A file left by a killed run of the same PID is overwritten: the directory is root's alone.
     writeFileSync(file, input, { mode: 0o600 });

@@ -71,7 +71,7 @@ describe('normaliseArgv', () => {
   it.each([[['-dry-run', '--', 'cleanup']], [['extra']], [['']], [['cleanup', 'status']], [['s3cr3t-token-value']]])(
     'refuses a positional argument other than one subcommand (and --, which would hide one), without echoing it: %j',
     (argv) => {
-      expect(() => normaliseArgv(argv)).toThrow('unexpected argument: the commands are');
+      expect(() => normaliseArgv(argv)).toThrow('unexpected argument: the commands are apply (the default), cleanup, status, watch and verify; every value follows its flag');
       try {
         normaliseArgv(argv);
       } catch (error) {
