@@ -31,10 +31,7 @@ export function normaliseArgv(args: readonly string[]): string[] {
       if (!arg.startsWith('-') || arg === '--') {
         // The word itself is not shown: it may be a value (a token) whose flag was mistyped.
         if (subcommandAt !== undefined || !COMMANDS.includes(arg as CommandName)) {
-          const others = COMMANDS.filter((command) => command !== 'apply');
-          throw new UsageError(
-            `unexpected argument: the commands are apply (the default), ${others.slice(0, -1).join(', ')} and ${others.at(-1)}; every value follows its flag`,
-          );
+          throw new UsageError(`unexpected argument: the commands are ${COMMAND_LIST}; every value follows its flag`);
         }
         subcommandAt = out.length;
       }
@@ -54,11 +51,15 @@ export function normaliseArgv(args: readonly string[]): string[] {
   return out;
 }
 
+const OTHER_COMMANDS = COMMANDS.filter((command) => command !== 'apply');
+/** "apply (the default), cleanup, status, watch and verify" */
+const COMMAND_LIST = `apply (the default), ${OTHER_COMMANDS.slice(0, -1).join(', ')} and ${OTHER_COMMANDS.at(-1)}`;
+
 function helpArgv(rest: readonly string[]): string[] {
   const [command, ...extra] = rest;
   if (command === undefined) return ['--help'];
   if (!COMMANDS.includes(command as CommandName) || extra.length > 0) {
-    throw new UsageError('help takes one command name at most: apply, cleanup or status');
+    throw new UsageError(`help takes one command name at most: ${COMMAND_LIST}`);
   }
   return [command, '--help'];
 }

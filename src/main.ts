@@ -12,7 +12,7 @@ import { lockNamespace, withSignalsDeferred } from './host/exclusive.ts';
 import { readRecord, removeRecord, writeRecord } from './host/record.ts';
 import { notifySystemdReady, untilSignalled } from './host/lifecycle.ts';
 import { createRunner, endShells, startShellEarly } from './host/runner.ts';
-import { hasNetAdmin, isNamespaceFile } from './host/system.ts';
+import { hasNetAdmin, isNetworkNamespaceFile } from './host/system.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
 import { COMMANDS as COMMAND_NAMES } from './flags.ts';
 import {
@@ -139,7 +139,7 @@ function startShellForArgs(args: readonly string[]) {
     if (arg === '--netns') netns = args[index + 1];
     else if (arg.startsWith('--netns=')) netns = arg.slice('--netns='.length);
   });
-  if ((netns === undefined || isNamespaceFile(netns)) && hasNetAdmin()) startShellEarly(netns);
+  if ((netns === undefined || isNetworkNamespaceFile(netns)) && hasNetAdmin()) startShellEarly(netns);
 }
 
 const escapeControls = (text: string) =>

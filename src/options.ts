@@ -14,7 +14,7 @@ import {
   type RawOptions,
 } from './flags.ts';
 import { FILE_LIMITS, readUserFile } from './userFile.ts';
-import { isNamespaceFile } from './host/system.ts';
+import { isNetworkNamespaceFile } from './host/system.ts';
 
 export type { CommandName, RawOptions } from './flags.ts';
 
@@ -275,7 +275,7 @@ function existingPath(key: FlagName, sources: Sources, path: string, kind: 'file
       const stats = statSync(path);
       if (kind === 'file' && stats.isDirectory()) return 'is a directory, not a file';
       if (kind === 'directory' && !stats.isDirectory()) return 'is not a directory';
-      if (kind === 'namespace' && !isNamespaceFile(path)) return 'is not a namespace file (such as /var/run/netns/<name> or /proc/<pid>/ns/net)';
+      if (kind === 'namespace' && !isNetworkNamespaceFile(path)) return 'is not a network namespace file (such as /var/run/netns/<name> or /proc/<pid>/ns/net)';
       return undefined;
     } catch {
       return 'no such file or directory';

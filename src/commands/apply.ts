@@ -142,7 +142,15 @@ function planRecord(host: HostOptions, config: RedirectConfig, context: CommandC
  */
 async function recorded<T>(netns: string | undefined, plan: RecordPlan, context: CommandContext, writes: () => Promise<T>): Promise<T> {
   const { previous, flags } = plan;
-  if (plan.unchanged) return writes();
+  if (plan.unchanged) {
+    try {
+      return await writes();
+    } catch (error) {
+      // A failed write was rolled back, and the record (these settings) still holds; a failed sweep is noted as below.
+      if (error instanceof StaleRulesLeft && previous) context.records.write(netns, { ...previous, finished: false });
+      throw error;
+    }
+  }
   const record = { flags, pid: process.pid, startedAt: new Date().toISOString(), finished: false };
   // A record that cannot be written is removed (see writeRecord); the finished one may still be written then.
   if (!context.records.write(netns, record)) context.log.debug(`could not record this apply's start under ${RECORD_DIR}`);

@@ -43,7 +43,8 @@ export async function status(options: StatusOptions, context: CommandContext): P
   const reference = referenceOf(options, record);
   const config = reference.rules === undefined ? undefined : await resolveConfig(reference.rules, reference.agent, context);
   const surveys = (await context.backends.survey(netns)).tables;
-  requireSomeBackend(surveys, reference.host);
+  // The backend this command line names (a recorded one may be pinned by watch, never named by the operator).
+  requireSomeBackend(surveys, options.host);
   const installed = surveys.filter((s) => s.holdsOurs);
   const report: StatusReport = {
     status: installed.length === 0 ? 'absent' : 'installed',

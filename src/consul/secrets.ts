@@ -14,16 +14,23 @@ const WORD_CHARACTER = /[A-Za-z0-9_-]/;
 
 /**
  * Hides the ACL token and the basic-auth password in `text`, as they are and as JSON writes them inside a
- * string (a message quoting a value the agent echoed: `"abc\"def"`). Applied to every answer as it arrives
- * (so a truncated excerpt can never hold part of one) and again to every message and log line. Searched
- * for as plain text, never as a regular expression: V8 refuses one built from a 32 KiB token.
+ * string: ours (a message quoting a value: `"abc\"def"`) and Go's, the agent's, which also escapes < > & and
+ * U+2028/9 (`\u003c`). Applied to every answer as it arrives (so a truncated excerpt can never hold part of
+ * one) and again to every message and log line. Searched for as plain text, never as a regular expression:
+ * V8 refuses one built from a 32 KiB token.
  */
 export function secretHider(agent: AgentOptions): (text: string) => string {
   const secrets = [agent.token, agent.basicAuth?.password].filter((secret): secret is string => !!secret);
   if (secrets.length === 0) return (text) => text;
   // Longest first: where one secret holds another, the whole of it is hidden.
-  const forms = [...new Set(secrets.flatMap((secret) => [secret, JSON.stringify(secret).slice(1, -1)]))].sort((a, b) => b.length - a.length);
+  const forms = [...new Set(secrets.flatMap((secret) => [secret, ...jsonForms(secret)]))].sort((a, b) => b.length - a.length);
   return (text) => hide(text, forms);
+}
+
+/** `secret` inside a JSON string, as JavaScript and as Go write it. */
+function jsonForms(secret: string): string[] {
+  const javascript = JSON.stringify(secret).slice(1, -1);
+  return [javascript, javascript.replace(/[<>&\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`)];
 }
 
 /**

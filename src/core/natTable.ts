@@ -33,7 +33,11 @@ export function ruleSpec(rule: Rule): string {
   // A /0 destination matches everything, and iptables-save leaves it out.
   if (destination !== undefined && !destination.cidr.endsWith('/0')) match += `-d ${destination.cidr} `;
   if (rule.protocol !== undefined) match += `-p ${rule.protocol} `;
-  if (destinationPort !== undefined) match += `-m ${rule.protocol ?? 'tcp'} --dport ${portText(destinationPort)} `;
+  // Every port (0:65535) matches like no --dport, and iptables-save leaves it out.
+  if (destinationPort !== undefined) {
+    const everyPort = destinationPort.low === 0 && destinationPort.high === 65535;
+    match += `-m ${rule.protocol ?? 'tcp'} ${everyPort ? '' : `--dport ${portText(destinationPort)} `}`;
+  }
   if (uidOwner !== undefined) match += `-m owner --uid-owner ${uidOwner} `;
   return match + targetSpec(rule.target);
 }

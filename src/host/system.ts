@@ -1,4 +1,4 @@
-import { readFileSync, statfsSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readlinkSync, statfsSync } from 'node:fs';
 import { UsageError, PermissionError } from '../errors.ts';
 import type { Uid, UidSpec } from '../core/values.ts';
 import type { CommandRunner } from './runner.ts';
@@ -33,12 +33,21 @@ export function requireNetAdmin(action: string, offersDryRun = true): void {
 const NSFS_MAGIC = 0x6e736673;
 
 /**
- * Whether `path` is a namespace file. statfs does not open it: nsenter opening a FIFO given as -netns would
- * wait for a writer until its time limit.
+ * Whether `path` is a network namespace file. Opened only once statfs says it is on nsfs: nsenter opening
+ * a FIFO given as -netns would wait for a writer until its time limit. A /proc/<pid>/ns file's descriptor
+ * then names its type (`mnt:[4026531840]` is on nsfs too); one bound elsewhere (`ip netns add`) names its
+ * path only, and nsenter tells if it is of another type.
  */
-export function isNamespaceFile(path: string): boolean {
+export function isNetworkNamespaceFile(path: string): boolean {
   try {
-    return statfsSync(path).type === NSFS_MAGIC;
+    if (statfsSync(path).type !== NSFS_MAGIC) return false;
+    const fd = openSync(path, 'r');
+    try {
+      const type = /^([a-z_]+):\[\d+\]$/.exec(readlinkSync(`/proc/self/fd/${fd}`))?.[1];
+      return type === undefined || type === 'net';
+    } finally {
+      closeSync(fd);
+    }
   } catch {
     return false;
   }

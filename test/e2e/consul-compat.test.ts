@@ -44,6 +44,7 @@ const CASES: [string, RedirectFlags][] = [
   ['DNS redirection with -consul-dns-ip and -consul-dns-port', { ...EVERY_EXCLUSION, dnsIp: '198.18.0.53', dnsPort: 8600 }],
   // Consul hands these to iptables verbatim, which takes them all.
   ['ports as iptables takes them: 0, open ranges, service names', { ...BASE, excludeInboundPorts: ['ssh', '0', '1024:'], excludeOutboundPorts: [':1023', 'http:https'] }],
+  ['every port (iptables-save then prints no --dport)', { ...BASE, excludeOutboundPorts: ['0:'] }],
 ];
 
 describeE2E(
@@ -56,6 +57,8 @@ describeE2E(
         await installConsulStyle(consul, flags);
         await cli(applyArgs(ours, flags));
         expect(await natRules(ours)).toBe(await natRules(consul));
+        // And read back as what was wanted: the next apply finds it in place.
+        expect((await cli(applyArgs(ours, flags))).stdout).toMatch(/^traffic redirection already in place/);
       });
     });
 

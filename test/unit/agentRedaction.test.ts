@@ -78,6 +78,11 @@ describe('secretHider', () => {
     }
   });
 
+  it("a password as the agent's Go JSON writes it (< > & escaped) is hidden too", () => {
+    const hide = hider('token-of-some-length', 'p<a>s&s');
+    expect(hide('{"Password":"p\\u003ca\\u003es\\u0026s"}')).toBe('{"Password":"[hidden]"}');
+  });
+
   it('without secrets, text is unchanged', () => {
     expect(secretHider(agentOptions())(MESSAGE)).toBe(MESSAGE);
   });

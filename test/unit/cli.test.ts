@@ -200,6 +200,13 @@ describe('run: --dry-run', () => {
     expectOneLineFailure(result, ExitCode.noPermission, 'root');
   });
 
+  // A runner made for nothing would take the shell started early for the survey's reads (see startShellEarly).
+  it('makes no runner for UIDs given as numbers or known to /etc/passwd', async () => {
+    const result = await runCli(['--dry-run', '-proxy-uid=0', '-exclude-uid=root', '-proxy-inbound-port=20000']);
+    expect(result.code).toBe(0);
+    expect(result.runner.made).toEqual([]);
+  });
+
   it('resolves a user name through NSS (getent) when /etc/passwd does not know it, and nothing else', async () => {
     const result = await runCli(['--dry-run', '-proxy-uid=envoy-unit-test', '-proxy-inbound-port=20000'], {
       allow: fakeNss({ 'envoy-unit-test': 4242 }),
@@ -313,7 +320,7 @@ describe('run: every bad value is one stderr line naming the flag and the value,
     expectOneLineFailure(await runCli(['--dry-run', ...REQUIRED, `-netns=${missing}`]), ExitCode.usage, '-netns', missing);
     expectOneLineFailure(await runCli(['cleanup', '--dry-run', '-netns', missing]), ExitCode.usage, '-netns', missing);
     const file = scratch.write('not-a-namespace', '');
-    expectOneLineFailure(await runCli(['status', '-netns', file]), ExitCode.usage, '-netns', file, 'not a namespace file');
+    expectOneLineFailure(await runCli(['status', '-netns', file]), ExitCode.usage, '-netns', file, 'not a network namespace file');
   });
 
   // A dry run may preview another host (issue 10): the name is kept and warned about; an apply refuses it

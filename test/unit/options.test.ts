@@ -184,12 +184,12 @@ describe('-netns', () => {
   });
 
   // nsenter would fail on a file, and wait for a writer on a FIFO until its time limit (30 s, then exit 75).
-  it('must be a namespace file: a regular file, a directory or a FIFO is refused without being opened', () => {
+  it('must be a network namespace file: a regular file, a directory, a FIFO (never opened), another namespace type are refused', () => {
     const fifo = join(scratch.dir, 'netns-fifo');
     execFileSync('mkfifo', [fifo]);
-    for (const path of [scratch.write('netns-file', ''), scratch.dir, fifo]) {
+    for (const path of [scratch.write('netns-file', ''), scratch.dir, fifo, '/proc/self/ns/mnt']) {
       for (const parse of [applyOptions, cleanupOptions, statusOptions]) {
-        expectUsage(() => parse({ ...BASE, netns: path }, {}), '-netns', path, 'is not a namespace file');
+        expectUsage(() => parse({ ...BASE, netns: path }, {}), '-netns', path, 'is not a network namespace file');
       }
     }
   });
