@@ -11,10 +11,8 @@ import { installedBackends } from './host/backends.ts';
 import { lockNamespace, withSignalsDeferred } from './host/exclusive.ts';
 import { readRecord, removeRecord, writeRecord } from './host/record.ts';
 import { notifySystemdReady, untilSignalled } from './host/lifecycle.ts';
-import { createRunner, endShells, startShellEarly } from './host/runner.ts';
-import { hasNetAdmin, isNetworkNamespaceFile } from './host/system.ts';
+import { createRunner, endShells } from './host/runner.ts';
 import { createLogger, processOutput, stderrPalette, type Output } from './log.ts';
-import { COMMANDS as COMMAND_NAMES } from './flags.ts';
 import {
   applyOptions,
   cleanupOptions,
@@ -53,7 +51,6 @@ export async function run(
   } catch (error) {
     argvError = error;
   }
-  if (overrides.runner === undefined && argvError === undefined) startShellForArgs(args);
   const debug = args.includes('--debug');
   const env = overrides.env ?? process.env;
   const palette = output === processOutput ? await stderrPalette(env) : undefined;
@@ -120,26 +117,6 @@ export async function run(
     if (debug) output.stderr(`${(error as Error)?.stack ?? ''}\n`);
     return ExitCode.internal;
   }
-}
-
-/** The commands whose first work in the namespace is reading its rules. */
-const READING_COMMANDS: readonly CommandName[] = ['apply', 'cleanup', 'status', 'watch'];
-
-/**
- * Starts the shell for the namespace that `args` name (see startShellEarly) when they ask, as root, for a
- * command that reads the rules: not for a dry run or help, nor with -config, which may name the namespace.
- * Guessed from the arguments before they are checked (the last -netns wins, as in parsing): a wrong guess
- * costs only an unused shell. Never a path that is no namespace file: nsenter would wait on a FIFO.
- */
-function startShellForArgs(args: readonly string[]) {
-  const command = COMMAND_NAMES.find((name) => name === args[0]) ?? 'apply';
-  if (!READING_COMMANDS.includes(command) || args.some((arg) => /^(--(dry-run|config|help|version)(=.*)?|-h|-v)$/s.test(arg))) return;
-  let netns: string | undefined;
-  args.forEach((arg, index) => {
-    if (arg === '--netns') netns = args[index + 1];
-    else if (arg.startsWith('--netns=')) netns = arg.slice('--netns='.length);
-  });
-  if ((netns === undefined || isNetworkNamespaceFile(netns)) && hasNetAdmin()) startShellEarly(netns);
 }
 
 const escapeControls = (text: string) =>

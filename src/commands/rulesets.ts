@@ -2,7 +2,6 @@ import type { ProxyPorts } from '../core/registration.ts';
 import type { RedirectConfig } from '../core/ruleset.ts';
 import type { PortRange, Uid, UidSpec } from '../core/values.ts';
 import { resolveUid } from '../host/system.ts';
-import type { CommandRunner } from '../host/runner.ts';
 import type { RawOptions } from '../flags.ts';
 import type { AgentOptions, HostOptions, RuleOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
@@ -31,12 +30,7 @@ export interface ResolvedUids {
 
 /** With `preview` (a dry run), a name unknown here stays a name, with a warning. */
 export async function resolveUids(rules: RuleOptions, context: CommandContext, preview = false): Promise<ResolvedUids> {
-  // Made only if a name needs getent: made at once, it would take the shell started early for the survey.
-  let made: CommandRunner | undefined;
-  const runner: CommandRunner = {
-    run: (...args) => (made ??= context.runner()).run(...args),
-    spawnLines: (...args) => (made ??= context.runner()).spawnLines(...args),
-  };
+  const runner = context.runner();
   const uid = async (spec: UidSpec, flag: string): Promise<Uid> => {
     const resolved = await resolveUid(spec, flag, runner, preview);
     if (typeof resolved === 'string') {

@@ -95,7 +95,7 @@ export function namespaceEntry(netns: string | undefined): (program: string, arg
  */
 export function createRunner(options: { netns?: string | undefined; inputDir?: string } = {}): CommandRunner {
   const command = namespaceEntry(options.netns);
-  const session = takeShellStartedEarly(options) ?? new ShellSession(command('/bin/sh', ['-s']), options.inputDir ?? INPUT_DIR);
+  const session = new ShellSession(command('/bin/sh', ['-s']), options.inputDir ?? INPUT_DIR);
   return {
     async run(program, args, runOptions = {}) {
       const name = runOptions.name ?? program;
@@ -254,31 +254,6 @@ export class StepScript {
   }
 }
 
-let startedEarly: { netns: string | undefined; session: ShellSession } | undefined;
-
-/**
- * Starts the shell that the next runner for `netns` will use, before this process knows it needs one: the
- * ~10 ms of nsenter and the shell starting then overlap the parsing and checks that come before the first
- * read. A hint only: a runner for another namespace starts its own, and an unused shell ends like an idle one.
- * Best effort: a shell that cannot start here fails, and says why, when a runner starts it for a program.
- */
-export function startShellEarly(netns: string | undefined): void {
-  try {
-    const session = new ShellSession(namespaceEntry(netns)('/bin/sh', ['-s']), INPUT_DIR);
-    session.startIdle();
-    startedEarly = { netns, session };
-  } catch {
-    // reported by the runner that needs the shell
-  }
-}
-
-function takeShellStartedEarly(options: { netns?: string | undefined; inputDir?: string }): ShellSession | undefined {
-  const early = startedEarly;
-  if (early === undefined || early.netns !== options.netns || options.inputDir !== undefined) return undefined;
-  startedEarly = undefined;
-  return early.session;
-}
-
 /** SIGKILL for 9; undefined for a number that is no signal. */
 const signalName = (number: number) =>
   Object.entries(process.getBuiltinModule('node:os').constants.signals).find(([, value]) => value === number)?.[0];
@@ -398,10 +373,10 @@ interface Running {
  * One shell (inside the namespace) running the programs asked of it one after another, StepScript marks
  * telling their outputs and statuses apart. Each process this one starts costs a fork of its heap (~10 ms
  * here) and nsenter's start; the shell pays that once and starts each program for the price of a fork of
- * dash. It starts with the first program (or earlier: startShellEarly), ends once idle for SESSION_IDLE_MS
- * (it holds the namespace open), and never keeps this process alive by itself. It is its own process group:
- * a limit kills the group, so no program it started can go on writing after we have given up on it, and a
- * terminal's Ctrl-C reaches this process alone, which finishes its writes or rolls back. What it costs: a step's time limit
+ * dash. It starts with the first program, ends once idle for SESSION_IDLE_MS (it holds the namespace
+ * open), and never keeps this process alive by itself. It is its own process group: a limit kills the
+ * group, so no program it started can go on writing after we have given up on it, and a terminal's Ctrl-C
+ * reaches this process alone, which finishes its writes or rolls back. What it costs: a step's time limit
  * runs from when the shell gets it, not while it waits its turn; and what a program leaves running in the
  * background writes into the steps after it (none of the programs run here does).
  */
@@ -425,13 +400,6 @@ class ShellSession {
 
   get file(): string {
     return this.entry[0];
-  }
-
-  /** Starts the shell with nothing to run yet: it waits for its first step as an idle shell does. */
-  startIdle(): void {
-    if (this.shell !== undefined) return;
-    this.start();
-    this.rest();
   }
 
   /**

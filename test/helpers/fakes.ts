@@ -75,8 +75,6 @@ export interface FakeRunner {
   calls: RecordedCall[];
   /** Calls the handler did not allow: a test expecting no process must see this empty. */
   unexpected: RecordedCall[];
-  /** The namespace of each runner made. */
-  made: (string | undefined)[];
 }
 
 /**
@@ -86,12 +84,10 @@ export interface FakeRunner {
 export function fakeRunner(handler: CallHandler = () => undefined): FakeRunner {
   const calls: RecordedCall[] = [];
   const unexpected: RecordedCall[] = [];
-  const made: (string | undefined)[] = [];
   return {
     calls,
     unexpected,
-    made,
-    factory: (netns) => (made.push(netns), {
+    factory: (netns) => ({
       async run(program, args, options = {}) {
         const call = { netns, program, args: [...args], input: options.input };
         calls.push(call);

@@ -200,13 +200,6 @@ describe('run: --dry-run', () => {
     expectOneLineFailure(result, ExitCode.noPermission, 'root');
   });
 
-  // A runner made for nothing would take the shell started early for the survey's reads (see startShellEarly).
-  it('makes no runner for UIDs given as numbers or known to /etc/passwd', async () => {
-    const result = await runCli(['--dry-run', '-proxy-uid=0', '-exclude-uid=root', '-proxy-inbound-port=20000']);
-    expect(result.code).toBe(0);
-    expect(result.runner.made).toEqual([]);
-  });
-
   it('resolves a user name through NSS (getent) when /etc/passwd does not know it, and nothing else', async () => {
     const result = await runCli(['--dry-run', '-proxy-uid=envoy-unit-test', '-proxy-inbound-port=20000'], {
       allow: fakeNss({ 'envoy-unit-test': 4242 }),

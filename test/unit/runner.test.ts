@@ -1,11 +1,11 @@
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, describe, expect, it } from 'vitest';
 import { TemporaryError } from '../../src/errors.ts';
 import { batchedReads } from '../../src/host/namespaceReads.ts';
-import { createRunner, endShells, findProgram, outsidePath, startShellEarly } from '../../src/host/runner.ts';
+import { createRunner, endShells, findProgram, outsidePath } from '../../src/host/runner.ts';
 import { scratchDir } from '../helpers/fakes.ts';
 
 // The runner with real processes (no namespace, no root): /bin/sh, printf, cat.
@@ -135,34 +135,6 @@ describe('createRunner', () => {
     const pid = Number((await Promise.race([late, sleep(0).then(() => ({ stdout: 'still running' }))])).stdout);
     expect(pid).toBeGreaterThan(0);
     expect(() => process.kill(pid, 0)).toThrow(/ESRCH/);
-  });
-
-  it('uses the shell started early for its namespace, once; any other runner starts its own; an unused one ends', async () => {
-    await endShells();
-    const children = () =>
-      readdirSync('/proc')
-        .filter((entry) => /^\d+$/.test(entry))
-        .filter((pid) => {
-          try {
-            return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').split(' ')[1] === String(process.pid);
-          } catch {
-            return false; // gone meanwhile
-          }
-        });
-    startShellEarly(undefined);
-    const [early] = children();
-    expect(early).toBeDefined();
-    // Not taken by a runner with its own input directory, nor by one for another namespace.
-    expect(await shellPid(createRunner({ inputDir: join(scratch.dir, 'other') }))).not.toBe(`${early}\n`);
-    const session = createRunner();
-    expect(await shellPid(session)).toBe(`${early}\n`);
-    // Taken once: the next runner starts its own.
-    expect(await shellPid()).not.toBe(`${early}\n`);
-    startShellEarly('/proc/self/ns/net');
-    const unused = children().find((pid) => pid !== early);
-    expect(await shellPid()).not.toBe(`${unused}\n`);
-    await endShells();
-    expect(children()).toEqual([]);
   });
 
   it('never keeps this process alive while it has nothing to run', async () => {
