@@ -147,7 +147,7 @@ async function recorded<T>(netns: string | undefined, plan: RecordPlan, context:
       return await writes();
     } catch (error) {
       // A failed write was rolled back, and the record (these settings) still holds; a failed sweep is noted as below.
-      if (error instanceof StaleRulesLeft && previous) context.records.write(netns, { ...previous, finished: false });
+      if (error instanceof StaleRulesLeft) context.records.write(netns, { flags, pid: process.pid, startedAt: new Date().toISOString(), finished: false });
       throw error;
     }
   }

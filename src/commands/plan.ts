@@ -35,7 +35,7 @@ export const kindOf = (backend: BackendName): BackendKind => (backend === 'nftab
 
 const PACKAGE_HINT: Record<BackendKind, string> = {
   iptables: "install the 'iptables' package (on RHEL, 'iptables-legacy' for the legacy variant)",
-  nftables: "install the 'nftables' package, or use -backend=iptables",
+  nftables: "install the 'nftables' package, or use -backend=iptables (-iptables-mode=legacy on a kernel without nf_tables)",
 };
 
 /**

@@ -216,7 +216,7 @@ export async function expectFailureChangesNothing(
   const errors = options.allowWarnings ? result.stderrLines.filter((line) => !/^redirect-traffic: warning: /.test(line)) : result.stderrLines;
   expect(errors, context).toHaveLength(1);
   expect(await saveEverything(ns)).toEqual(before);
-  // Nothing left running in it either (the shell started before the arguments were checked, say).
+  // Nothing left running in it either: no shell or program outlives a failed run.
   expect(await ns.processes(), context).toEqual([]);
   return result;
 }

@@ -146,7 +146,7 @@ describe('planApply', () => {
   it("nftables chosen but nft missing: exit 72, naming the 'nftables' package", () => {
     const attempt = () => planApply([survey('iptables-nft', 4)], CONFIG, { backend: 'nftables', reason: 'set by -backend' });
     expect(attempt).toThrow(
-      "nftables is not usable here: nft is not installed or the kernel has no nf_tables: install the 'nftables' package, or use -backend=iptables",
+      "nftables is not usable here: nft is not installed or the kernel has no nf_tables: install the 'nftables' package, or use -backend=iptables (-iptables-mode=legacy on a kernel without nf_tables)",
     );
     expect(exitCodeOf(attempt)).toBe(ExitCode.missingProgram);
   });
