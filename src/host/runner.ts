@@ -105,11 +105,14 @@ export function createRunner(options: { netns?: string | undefined; inputDir?: s
       // a program could exit with too.
       const file = program.includes('/') ? program : findProgram(program);
       if (file === undefined) throw new SystemCommandError(`could not run ${program}: not found`);
-      try {
-        accessSync(file, constants.X_OK);
-      } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code;
-        throw new SystemCommandError(`could not run ${file}: ${code === 'ENOENT' ? 'not found' : code === 'EACCES' ? 'permission denied' : code}`);
+      // findProgram checked a file it found already.
+      if (file === program) {
+        try {
+          accessSync(file, constants.X_OK);
+        } catch (error) {
+          const code = (error as NodeJS.ErrnoException).code;
+          throw new SystemCommandError(`could not run ${file}: ${code === 'ENOENT' ? 'not found' : code === 'EACCES' ? 'permission denied' : code}`);
+        }
       }
       const ended = await session.run(file, args, runOptions, timeout);
       const { stdout, stderr } = ended;
