@@ -13,8 +13,8 @@ import {
   type FlagValues,
   type RawOptions,
 } from './flags.ts';
-import { FILE_LIMITS, readUserFile } from './userFile.ts';
-import { isNetworkNamespaceFile } from './host/system.ts';
+import { FILE_LIMITS, openFailureText, readUserFile } from './userFile.ts';
+import { networkNamespaceProblem } from './host/system.ts';
 
 export type { CommandName, RawOptions } from './flags.ts';
 
@@ -236,8 +236,9 @@ export function mergeSources(flags: RawOptions, env: NodeJS.ProcessEnv): { parse
   const sources: Sources = Object.create(null);
   const merged: ConfigValues = Object.create(null);
   const configPath = typeof flags.config === 'string' ? flags.config : undefined;
+  const config = configPath === undefined ? undefined : readConfigFile(configPath);
   const layers: [ConfigValues, Source][] = [
-    ...(configPath === undefined ? [] : [[readConfigFile(configPath), { kind: 'file', path: configPath }] as [ConfigValues, Source]]),
+    ...(config === undefined ? [] : [[config, { kind: 'file', path: configPath }] as [ConfigValues, Source]]),
     [flags, { kind: 'flag' }],
   ];
   for (const [values, source] of layers) {
@@ -247,6 +248,8 @@ export function mergeSources(flags: RawOptions, env: NodeJS.ProcessEnv): { parse
       sources[key] = source;
     }
   }
+  // A file value a flag overrides is checked all the same: the file is shared, and the next run may lack the flag.
+  if (config !== undefined && configPath !== undefined) checkOverridden(config, configPath, sources);
   if (merged['proxy-id'] !== undefined) {
     for (const [key, variable] of ENV_FALLBACKS) {
       const value = env[variable];
@@ -256,16 +259,32 @@ export function mergeSources(flags: RawOptions, env: NodeJS.ProcessEnv): { parse
       }
     }
   }
-  for (const key of FLAG_NAMES) {
-    if (merged[key] !== undefined) checkShape(key, sources, merged[key]);
+  return { parsed: checked(merged, sources), sources };
+}
+
+function checkOverridden(config: ConfigValues, path: string, sources: Sources): void {
+  const overridden: ConfigValues = Object.create(null);
+  const fileSources: Sources = Object.create(null);
+  for (const key of Object.keys(config) as FlagName[]) {
+    if (sources[key]?.kind === 'file') continue;
+    overridden[key] = config[key];
+    fileSources[key] = { kind: 'file', path };
   }
-  const raw = merged as RawOptions;
+  checked(overridden, fileSources);
+}
+
+/** Shape-checks, splits the lists of and validates layered values. */
+function checked(values: ConfigValues, sources: Sources): FlagValues {
+  for (const key of FLAG_NAMES) {
+    if (values[key] !== undefined) checkShape(key, sources, values[key]);
+  }
+  const raw = values as RawOptions;
   // Comma lists become single items; config files may give a list or one comma-separated string.
   for (const key of LIST_FLAGS) {
     const value = raw[key];
     if (value !== undefined) raw[key] = splitList((Array.isArray(value) ? value : [value]).map(String));
   }
-  return { parsed: validate(raw, sources), sources };
+  return validate(raw, sources);
 }
 
 /** Checks that a path option names something that exists, and is a file, directory or namespace file when it must be. */
@@ -275,10 +294,9 @@ function existingPath(key: FlagName, sources: Sources, path: string, kind: 'file
       const stats = statSync(path);
       if (kind === 'file' && stats.isDirectory()) return 'is a directory, not a file';
       if (kind === 'directory' && !stats.isDirectory()) return 'is not a directory';
-      if (kind === 'namespace' && !isNetworkNamespaceFile(path)) return 'is not a network namespace file (such as /var/run/netns/<name> or /proc/<pid>/ns/net)';
-      return undefined;
-    } catch {
-      return 'no such file or directory';
+      return kind === 'namespace' ? networkNamespaceProblem(path) : undefined;
+    } catch (error) {
+      return openFailureText(error);
     }
   })();
   if (problem === undefined) return path;

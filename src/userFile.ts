@@ -9,6 +9,12 @@ export const FILE_LIMITS = { config: 16 * MiB, token: 64 * KiB, tls: 1 * MiB } a
 
 const sizeText = (bytes: number) => (bytes >= MiB ? `${bytes / MiB} MiB` : `${bytes / KiB} KiB`);
 
+/** Why a path could not be opened or looked at, worded to follow the path: "does not exist", "cannot be opened (EACCES)". */
+export function openFailureText(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
+  return code === 'ENOENT' ? 'does not exist' : `cannot be opened (${code})`;
+}
+
 function kindOf(stats: Stats): string {
   if (stats.isDirectory()) return 'a directory';
   if (stats.isFIFO()) return 'a FIFO';
@@ -48,8 +54,7 @@ export function readUserFile(
     // Non-blocking, so opening a FIFO returns at once (and fstat refuses it); never a controlling terminal.
     fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code ?? 'unreadable';
-    throw failure(code === 'ENOENT' ? 'does not exist' : `cannot be opened (${code})`);
+    throw failure(openFailureText(error));
   }
   try {
     const stats = fstatSync(fd);

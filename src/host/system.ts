@@ -1,5 +1,6 @@
 import { closeSync, constants, openSync, readFileSync, readlinkSync, statfsSync } from 'node:fs';
 import { UsageError, PermissionError } from '../errors.ts';
+import { openFailureText } from '../userFile.ts';
 import type { Uid, UidSpec } from '../core/values.ts';
 import type { CommandRunner } from './runner.ts';
 
@@ -33,26 +34,27 @@ export function requireNetAdmin(action: string, offersDryRun = true): void {
 const NSFS_MAGIC = 0x6e736673;
 
 /**
- * Whether `path` is a network namespace file. Opened only once statfs says it is on nsfs (opening a device
- * can have effects; nsenter opening a FIFO given as -netns would wait for a writer until its time limit),
- * without blocking, and checked again through the descriptor, in case the path changed in between. A
- * /proc/<pid>/ns file's descriptor names its type (`mnt:[4026531840]` is on nsfs too); one bound elsewhere
- * (`ip netns add`) names its path only, and nsenter tells if it is of another type.
+ * Why `path` is not a network namespace file, or undefined if it is one. Opened only once statfs says it is
+ * on nsfs (opening a device can have effects; nsenter opening a FIFO given as -netns would wait for a writer
+ * until its time limit), without blocking, and checked again through the descriptor, in case the path
+ * changed in between. A /proc/<pid>/ns file's descriptor names its type (`mnt:[4026531840]` is on nsfs
+ * too); one bound elsewhere (`ip netns add`) names its path only, and nsenter tells if it is of another type.
  */
-export function isNetworkNamespaceFile(path: string): boolean {
+export function networkNamespaceProblem(path: string): string | undefined {
+  const notOne = 'is not a network namespace file (such as /var/run/netns/<name> or /proc/<pid>/ns/net)';
   try {
-    if (statfsSync(path).type !== NSFS_MAGIC) return false;
+    if (statfsSync(path).type !== NSFS_MAGIC) return notOne;
     const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
     try {
       const opened = `/proc/self/fd/${fd}`;
-      if (statfsSync(opened).type !== NSFS_MAGIC) return false;
+      if (statfsSync(opened).type !== NSFS_MAGIC) return notOne;
       const type = /^([a-z_]+):\[\d+\]$/.exec(readlinkSync(opened))?.[1];
-      return type === undefined || type === 'net';
+      return type === undefined || type === 'net' ? undefined : notOne;
     } finally {
       closeSync(fd);
     }
-  } catch {
-    return false;
+  } catch (error) {
+    return openFailureText(error);
   }
 }
 

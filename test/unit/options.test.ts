@@ -173,8 +173,13 @@ describe('-netns', () => {
   it('must exist', () => {
     const missing = `${scratch.dir}/no-such-netns`;
     for (const parse of [applyOptions, cleanupOptions, statusOptions]) {
-      expectUsage(() => parse({ ...BASE, netns: missing }, {}), '-netns', missing);
+      expectUsage(() => parse({ ...BASE, netns: missing }, {}), '-netns', missing, 'does not exist');
     }
+  });
+
+  it('a path that cannot be looked at says why, not that it does not exist', () => {
+    const underFile = join(scratch.write('netns-parent', ''), 'net');
+    expectUsage(() => applyOptions({ ...BASE, netns: underFile }, {}), '-netns', underFile, 'cannot be opened (ENOTDIR)');
   });
 
   it('a namespace file is kept as given', () => {
@@ -288,6 +293,19 @@ describe('config file (-config)', () => {
   it('a missing -netns given in the file is reported as a config-file error', () => {
     const path = configFile({ 'proxy-uid': 1, 'proxy-inbound-port': 2, netns: `${scratch.dir}/gone` });
     expectConfigError(() => applyOptions({ config: path }, {}), '"netns"', `${scratch.dir}/gone`, path);
+  });
+
+  // The file is shared between hosts and runs: the next run may lack the flag that hid its bad value.
+  it('a bad value in the file is refused even where a flag overrides it', () => {
+    const port = configFile({ 'proxy-uid': 1, 'proxy-inbound-port': 70000 });
+    expectConfigError(() => applyOptions({ config: port, 'proxy-inbound-port': '21000' }, {}), '"proxy-inbound-port"', '70000', port);
+    const list = configFile({ 'proxy-uid': 1, 'proxy-inbound-port': 2, 'exclude-outbound-cidr': ['db.internal'] });
+    expectConfigError(
+      () => applyOptions({ config: list, 'exclude-outbound-cidr': ['10.0.0.0/8'] }, {}),
+      '"exclude-outbound-cidr"', 'db.internal', list,
+    );
+    const shape = configFile({ 'proxy-uid': 1, 'proxy-inbound-port': { nested: true } });
+    expectConfigError(() => applyOptions({ config: shape, 'proxy-inbound-port': '21000' }, {}), '"proxy-inbound-port"', shape);
   });
 
   it('a bad flag value is still a usage error when a file is in play', () => {
