@@ -207,7 +207,7 @@ function methodsFor(setup, configDir) {
   writeFileSync(rulesetFile, ruleset);
   const perRule = consulPerRuleCommands(setup);
   return {
-    order: ['floor', 'apply', 'minimal', 'perRule', 'dryRun'],
+    order: ['floor', 'apply', 'minimal', 'processes', 'perRule', 'dryRun'],
     ruleCount: ruleset.split('\n').filter((line) => line.startsWith('-A ')).length.toLocaleString('en-US'),
     /** node -e 0 + iptables-save + iptables-restore: what any restore-based tool must at least spend. */
     floor(round) {
@@ -223,7 +223,11 @@ function methodsFor(setup, configDir) {
     },
     minimal(round) {
       resetNatTable();
-      round.minimal = time([process.execPath, MINIMAL, 'iptables', NAMESPACE_PATH, rulesetFile]);
+      round.minimal = time([process.execPath, MINIMAL, 'iptables', 'read-write', NAMESPACE_PATH, rulesetFile]);
+    },
+    processes(round) {
+      resetNatTable();
+      round.processes = time([process.execPath, MINIMAL, 'iptables', 'processes', NAMESPACE_PATH, rulesetFile]);
     },
     perRule(round) {
       resetNatTable();
@@ -287,7 +291,7 @@ function nftMethodsFor(setup, configDir) {
   const scriptFile = join(configDir, `${setup.excludeOutboundCidrs.length}-cidrs.nft`);
   writeFileSync(scriptFile, script);
   return {
-    order: ['floor', 'apply', 'minimal', 'dryRun'],
+    order: ['floor', 'apply', 'minimal', 'processes', 'dryRun'],
     ruleCount: nftSize(script),
     floor(round) {
       resetNatTable();
@@ -301,7 +305,11 @@ function nftMethodsFor(setup, configDir) {
     },
     minimal(round) {
       resetNatTable();
-      round.minimal = time([process.execPath, MINIMAL, 'nftables', NAMESPACE_PATH, scriptFile]);
+      round.minimal = time([process.execPath, MINIMAL, 'nftables', 'read-write', NAMESPACE_PATH, scriptFile]);
+    },
+    processes(round) {
+      resetNatTable();
+      round.processes = time([process.execPath, MINIMAL, 'nftables', 'processes', NAMESPACE_PATH, scriptFile]);
     },
     dryRun(round) {
       round.node = time([process.execPath, '-e', '0']);
@@ -537,10 +545,12 @@ function printTable(results, backend) {
     [iptables ? 'floor: node + save + restore' : 'floor: node + nft -f', ...cells((r) => ms(r.median.floor))],
     ['redirect-traffic (apply)', ...cells((r) => ms(r.median.apply))],
     [iptables ? 'minimal Node program: save, restore' : 'minimal Node program: list, nft -f', ...cells((r) => ms(r.median.minimal))],
+    ['Node program, the apply\'s processes, no logic', ...cells((r) => ms(r.median.processes))],
     ...(iptables ? [['Consul, one iptables per rule', ...cells((r) => ms(r.median.perRule))]] : []),
     ['redirect-traffic --dry-run', ...cells((r) => ms(r.median.dryRun))],
     ['apply / floor', ...cells((r) => ratio(r.ratio.applyToFloor))],
     ['minimal Node program / floor', ...cells((r) => ratio(r.ratio.minimalToFloor))],
+    ['the apply\'s processes / floor', ...cells((r) => ratio(r.ratio.processesToFloor))],
     ['dry-run / node -e 0', ...cells((r) => ratio(r.ratio.dryRunToNode))],
     ...(iptables ? [['per-rule / apply (speed-up)', ...cells((r) => ratio(r.ratio.perRuleToApply))]] : []),
   ];
@@ -618,11 +628,12 @@ function measure(setup, configDir) {
   return {
     label: setup.label,
     ruleCount: methods.ruleCount,
-    median: Object.fromEntries(['node', 'floor', 'apply', 'minimal', 'perRule', 'dryRun'].map((name) => [name, medianOf((r) => r[name])])),
+    median: Object.fromEntries(['node', 'floor', 'apply', 'minimal', 'processes', 'perRule', 'dryRun'].map((name) => [name, medianOf((r) => r[name])])),
     // Ratios within a round, then their median: load from other processes drifts, a round is seconds long.
     ratio: {
       applyToFloor: medianOf((r) => r.apply / r.floor),
       minimalToFloor: medianOf((r) => r.minimal / r.floor),
+      processesToFloor: medianOf((r) => r.processes / r.floor),
       dryRunToNode: medianOf((r) => r.dryRun / r.node),
       perRuleToApply: medianOf((r) => r.perRule / r.apply),
     },
