@@ -1,7 +1,7 @@
 import { Command, Option } from 'commander';
 import { parseBoolean } from './core/values.ts';
 import { UsageError } from './errors.ts';
-import { COMMANDS, describeFlag, FLAG_NAMES, FLAG_SPECS, isFlagName, type CommandName, type RawOptions } from './flags.ts';
+import { COMMANDS, describeFlag, FLAG_NAMES, FLAG_SPECS, isFlagName, type CommandName, type FlagName, type RawOptions } from './flags.ts';
 
 // Commander wiring only: the flags of flags.ts as options, and how a consul-style `-flag` is accepted.
 // Values stay raw strings here; options.ts validates them.
@@ -11,23 +11,35 @@ import { COMMANDS, describeFlag, FLAG_NAMES, FLAG_SPECS, isFlagName, type Comman
  * only where a flag can stand (not as the value of the previous flag). A subcommand given after flags
  * (`--dry-run cleanup`) is moved first, so those flags reach it instead of the default command. No command
  * takes arguments, so any other word (and `--`, which would hide a subcommand) is refused here. `help` and
- * `help <command>` are `--help` and `<command> --help`.
+ * `help <command>` are `--help` and `<command> --help`. The values of a repeated list flag become one
+ * comma list where the flag first stands, in their order: options.ts splits every list at commas anyway,
+ * and commander's per-option work (~2 µs, an event each) would otherwise cost more than validating them.
  */
 export function normaliseArgv(args: readonly string[]): string[] {
   if (args[0] === 'help') return helpArgv(args.slice(1));
   const out: string[] = [];
+  const lists = new Map<FlagName, { at: number; values: string[] }>();
+  const addToList = (name: FlagName, value: string) => {
+    const list = lists.get(name);
+    if (list) list.values.push(value);
+    else lists.set(name, { at: out.push('') - 1, values: [value] });
+  };
   let subcommandAt: number | undefined;
   let expectValue = false;
+  let valueOfList: FlagName | undefined;
   for (const arg of args) {
     if (expectValue) {
-      out.push(arg);
+      if (valueOfList === undefined) out.push(arg);
+      else addToList(valueOfList, arg);
       expectValue = false;
+      valueOfList = undefined;
       continue;
     }
-    const match = /^--?([a-z][a-z0-9-]*)(=[\s\S]*)?$/.exec(arg);
-    const name = match?.[1];
-    const spec = name !== undefined && isFlagName(name) ? FLAG_SPECS[name] : undefined;
-    if (!match || !spec) {
+    // `-name`, `--name`, either with `=value`; plain string work (20,000 flags are handled here one by one).
+    const dashes = arg.startsWith('--') ? 2 : arg.startsWith('-') ? 1 : 0;
+    const equals = dashes === 0 ? -1 : arg.indexOf('=');
+    const name = dashes === 0 ? '' : equals < 0 ? arg.slice(dashes) : arg.slice(dashes, equals);
+    if (!isFlagName(name)) {
       if (!arg.startsWith('-') || arg === '--') {
         // The word itself is not shown: it may be a value (a token) whose flag was mistyped.
         if (subcommandAt !== undefined || !COMMANDS.includes(arg as CommandName)) {
@@ -38,15 +50,25 @@ export function normaliseArgv(args: readonly string[]): string[] {
       out.push(arg === '-help' ? '--help' : arg === '-version' ? '--version' : arg);
       continue;
     }
-    const inline = match[2];
+    const spec = FLAG_SPECS[name];
+    const inline = equals < 0 ? undefined : arg.slice(equals + 1);
     if (spec.arity === 'switch' && inline !== undefined) {
       // Go accepts -dual-stack=true / =false; false must still override a config file's true.
-      out.push(parseBoolean(`-${name}`, inline.slice(1)) ? `--${name}` : `--no-${name}`);
+      out.push(parseBoolean(`-${name}`, inline) ? `--${name}` : `--no-${name}`);
       continue;
     }
-    out.push(`--${name}${inline ?? ''}`);
-    expectValue = spec.arity !== 'switch' && inline === undefined;
+    if (spec.arity === 'list' && inline !== undefined) addToList(name, inline);
+    else if (spec.arity === 'list') {
+      expectValue = true;
+      valueOfList = name;
+    } else {
+      out.push(inline === undefined ? `--${name}` : `--${name}=${inline}`);
+      expectValue = spec.arity !== 'switch' && inline === undefined;
+    }
   }
+  for (const [name, { at, values }] of lists) out[at] = `--${name}=${values.join(',')}`;
+  // A list flag with no value after it: commander says so.
+  if (valueOfList !== undefined) out.push(`--${valueOfList}`);
   if (subcommandAt !== undefined && subcommandAt > 0) out.unshift(...out.splice(subcommandAt, 1));
   return out;
 }

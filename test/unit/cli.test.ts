@@ -55,13 +55,25 @@ describe('normaliseArgv', () => {
   });
 
   it.each([
-    [['-exclude-uid', '-proxy-uid'], ['--exclude-uid', '-proxy-uid']],
+    [['-exclude-uid', '-proxy-uid'], ['--exclude-uid=-proxy-uid']],
     [['-proxy-uid', '-1'], ['--proxy-uid', '-1']],
     [['-proxy-id', '-dry-run', '-dry-run'], ['--proxy-id', '-dry-run', '--dry-run']],
     [['-proxy-id', 'cleanup'], ['--proxy-id', 'cleanup']],
     [['--proxy-uid', '-exclude-uid=1'], ['--proxy-uid', '-exclude-uid=1']],
   ])('never rewrites a value, even one that looks like a flag: %j', (argv, expected) => {
     expect(normaliseArgv(argv)).toEqual(expected);
+  });
+
+  it('gathers a repeated list flag into one comma list where it first stands, values in order, either spelling', () => {
+    expect(normaliseArgv(['-exclude-uid=1', '-proxy-uid', '9', '-exclude-uid', '2', '--exclude-uid=3,4', '-exclude-inbound-port=22']))
+      .toEqual(['--exclude-uid=1,2,3,4', '--proxy-uid', '9', '--exclude-inbound-port=22']);
+    expect(normaliseArgv(['-dry-run', '-exclude-uid=', '-exclude-uid=1'])).toEqual(['--dry-run', '--exclude-uid=,1']);
+    expect(normaliseArgv(['-exclude-uid=1', 'cleanup', '-exclude-uid=2'])).toEqual(['cleanup', '--exclude-uid=1,2']);
+  });
+
+  it('leaves a list flag without its value for commander to report', () => {
+    expect(normaliseArgv(['-exclude-uid=1', '-dry-run', '-exclude-uid'])).toEqual(['--exclude-uid=1', '--dry-run', '--exclude-uid']);
+    expect(normaliseArgv(['-exclude-uid'])).toEqual(['--exclude-uid']);
   });
 
   it('a boolean flag does not take the next argument as its value', () => {
