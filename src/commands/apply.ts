@@ -202,34 +202,38 @@ async function execute(plan: ApplyPlan, context: CommandContext): Promise<boolea
   const { log } = context;
   const deadline = Date.now() + WRITE_LIMIT_MS;
   const touched: TableStep[] = [];
+  const written = new Set<TableStep>();
   let anyChange = false;
   for (const step of plan.writes) {
     touched.push(step);
     try {
       const result = await reconcile(step.survey.table, step.wanted, {
         firstDump: step.survey.dump,
+        alsoInTransaction: step.disarming,
         deadline,
         onForeignRemoved: reportForeign(step.survey, context),
         onRetry: (reason) => log.debug(`retrying ${step.survey.table.label}: ${reason}`),
       });
       anyChange ||= result.changed;
+      if (result.changed) written.add(step);
     } catch (error) {
       await rollBack(touched, context);
       throw error;
     }
   }
   const left: StaleRulesLeft[] = [];
-  for (const { survey, wanted } of plan.sweeps) {
+  for (const { survey, wanted, disarmedBy } of plan.sweeps) {
     try {
       await reconcile(survey.table, wanted, { firstDump: survey.dump, onForeignRemoved: reportForeign(survey, context) });
       log.info(`removed the redirection rules from ${survey.table.label}: ${plan.choice.backend} holds them now`);
       anyChange = true;
     } catch (error) {
       if (!(error instanceof CliError)) throw error;
+      const state = disarmedBy !== undefined && written.has(disarmedBy) ? 'emptied by the same transaction, no longer redirecting, but left behind' : 'which still redirect traffic';
       left.push(
         new StaleRulesLeft(
-          `applied with ${plan.choice.backend}, but could not remove the old rules in ${survey.table.label}, which still ` +
-            `redirect traffic: ${error.message}; run the apply again, or cleanup`,
+          `applied with ${plan.choice.backend}, but could not remove the old rules in ${survey.table.label}, ${state}: ` +
+            `${error.message}; run the apply again, or cleanup`,
           error.kind,
           { cause: error },
         ),

@@ -17,6 +17,10 @@ export interface BackendChoice {
 export interface TableStep {
   survey: TableSurvey;
   wanted: unknown;
+  /** Added to this write's transaction: empties sweeps' chains in the same commit (Dialect.disarming). */
+  disarming?: string;
+  /** A sweep's chains are emptied by that write's transaction, if it writes. */
+  disarmedBy?: TableStep;
 }
 
 export interface ApplyPlan {
@@ -114,13 +118,23 @@ export function planApply(surveys: readonly TableSurvey[], config: RedirectConfi
       throw new MissingProgramError(`${missing}: ${PACKAGE_HINT[kindOf(choice.backend)]}`);
     }
   }
-  return {
-    choice,
-    writes: chosen.map((survey) => ({ survey, wanted: survey.table.dialect.wanted(config) })),
-    sweeps: surveys
-      .filter((s) => s.table.backend !== choice.backend && s.holdsOurs)
-      .map((survey) => ({ survey, wanted: survey.table.dialect.wanted(undefined) })),
-  };
+  const sweeps: TableStep[] = surveys
+    .filter((s) => s.table.backend !== choice.backend && s.holdsOurs)
+    .map((survey) => ({ survey, wanted: survey.table.dialect.wanted(undefined) }));
+  const writes: TableStep[] = chosen.map((survey) => ({ survey, wanted: survey.table.dialect.wanted(config) }));
+  // nftables is written in one step, which can empty iptables-nft's chains of ours in the same commit.
+  const [only] = writes;
+  if (only !== undefined && writes.length === 1) {
+    for (const sweep of sweeps) {
+      const { table, state } = sweep.survey;
+      const held = { backend: table.backend, families: table.families, chains: Object.keys(table.dialect.describe(state).chains) };
+      const lines = only.survey.table.dialect.disarming?.([held]) ?? '';
+      if (lines === '') continue;
+      only.disarming = `${only.disarming ?? ''}${lines}`;
+      sweep.disarmedBy = only;
+    }
+  }
+  return { choice, writes, sweeps };
 }
 
 /**

@@ -1,4 +1,5 @@
 import type { RedirectConfig } from './ruleset.ts';
+import type { Family } from './values.ts';
 
 // What a firewall backend knows about its own language, as pure functions: the state it wants, the state
 // a dump shows, how they compare, and the one transaction that turns one into the other. The host side
@@ -16,6 +17,13 @@ export interface TableSummary {
   sets?: Record<string, number>;
   /** Why the table holding ours could not be read (nftables only): then nothing else of it is known. */
   unreadable?: string;
+}
+
+/** Chains of ours another backend (named as "iptables-nft") holds, for Dialect.disarming. */
+export interface HeldElsewhere {
+  backend: string;
+  families: readonly Family[];
+  chains: readonly string[];
 }
 
 export interface Dialect<State> {
@@ -36,4 +44,11 @@ export interface Dialect<State> {
    */
   foreignRulesRemoved(installed: State, wanted: State): string[];
   describe(state: State): TableSummary;
+  /**
+   * Lines for this backend's transaction that empty, in the same kernel commit, chains of ours that another
+   * backend holds in kernel tables this one can write too (iptables-nft's chains are nf_tables chains). A
+   * switch of backend then never has both redirecting, even if the run dies before it sweeps the old ones.
+   * Empty where there are none; absent in a backend that shares no tables with another.
+   */
+  disarming?(elsewhere: readonly HeldElsewhere[]): string;
 }

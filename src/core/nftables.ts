@@ -1,5 +1,5 @@
 import { formatIpv4, formatIpv6, parseIpv4, parseIpv6 } from './addresses.ts';
-import type { Dialect, TableSummary } from './dialect.ts';
+import type { Dialect, HeldElsewhere, TableSummary } from './dialect.ts';
 import { buildInetRuleset, isValueSet, OWNED_CHAINS, SET_NAMES, type Hook, type RedirectConfig, type Rule, type Target, type ValueSet } from './ruleset.ts';
 import type { Cidr, PortRange, Uid } from './values.ts';
 
@@ -718,6 +718,23 @@ function describe(state: NftState): TableSummary {
   return { chains, hooks, rules, sets };
 }
 
+/**
+ * iptables-nft keeps each family's nat table as `ip nat` / `ip6 nat`: its chains of ours, emptied. `add` first,
+ * so a chain gone since the survey makes no failure (the sweep after removes what this leaves).
+ */
+function disarming(elsewhere: readonly HeldElsewhere[]): string {
+  const lines: string[] = [];
+  for (const { backend, families, chains } of elsewhere) {
+    if (backend !== 'iptables-nft' || chains.length === 0) continue;
+    for (const family of families) {
+      const table = `${FAMILY_PAYLOAD[family]} nat`;
+      lines.push(`add table ${table}`);
+      for (const chain of chains) lines.push(`add chain ${table} ${name(chain)}`, `flush chain ${table} ${name(chain)}`);
+    }
+  }
+  return lines.length === 0 ? '' : `${lines.join('\n')}\n`;
+}
+
 export const nftablesDialect: Dialect<NftState> = {
   wanted: (config) => (config === undefined ? undefined : wantedTable(config)),
   parse: (dump) => (dump.trim() === '' ? undefined : parseTable(dump)),
@@ -728,4 +745,5 @@ export const nftablesDialect: Dialect<NftState> = {
   // Nothing outside the table can jump into it (nft jumps stay within a table), but someone may add to it.
   foreignRulesRemoved: foreignRemoved,
   describe,
+  disarming,
 };

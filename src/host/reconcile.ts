@@ -25,6 +25,8 @@ export async function reconcile<State>(
     onForeignRemoved?: (rules: readonly string[]) => void;
     /** No new attempt starts after this time (epoch ms): the whole run must end within its caller's limit. */
     deadline?: number;
+    /** More of the backend's language for the same transaction, for tables outside this one (Dialect.disarming). */
+    alsoInTransaction?: string | undefined;
   } = {},
 ): Promise<{ changed: boolean }> {
   const { dialect } = table;
@@ -49,7 +51,7 @@ export async function reconcile<State>(
       }
       misspelt = key;
     }
-    const transaction = dialect.transaction(installed, wanted);
+    const transaction = dialect.transaction(installed, wanted) + (options.alsoInTransaction ?? '');
     let readBack: string | undefined;
     try {
       const check = await table.write(transaction, wanted);

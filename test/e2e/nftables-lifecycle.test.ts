@@ -139,16 +139,22 @@ describeE2E(
       },
     );
 
-    // As Consul's own nftables branch does: the old rules still redirect, and their exclusions may override ours.
-    it('fails when the old iptables rules cannot be removed after the nft transaction, and the next apply removes them', async () => {
+    // As Consul's own nftables branch does, the run fails. But iptables-nft's chains are nf_tables chains: the
+    // nft transaction itself empties them, so a run that dies (or fails) before the sweep never leaves the old
+    // configuration redirecting beside the new one.
+    it('fails when the old iptables rules cannot be removed after the nft transaction, which emptied them; the next apply removes them', async () => {
       const ns = await testNamespace();
-      await cli(applyArgs(ns, A));
+      await cli(applyArgs(ns, { ...A, dualStack: true }));
       const failed = await runCli(applyArgs(ns, A, '-backend=nftables'), { env: failingRestorePath() });
       expect(failed.exitCode, describeRun(applyArgs(ns, A, '-backend=nftables'), failed)).toBe(71);
       expect(failed.stdout).toBe('');
-      expect(failed.stderr).toMatch(/error: applied with nftables, but could not remove the old rules in iptables-nft IPv4, which still redirect traffic: .*run the apply again, or cleanup/);
+      expect(failed.stderr).toMatch(/error: applied with nftables, but could not remove the old rules in iptables-nft IPv4, emptied by the same transaction, no longer redirecting, but left behind: .*run the apply again, or cleanup/);
       expect(await nftTable(ns)).toContain('table inet consul_tproxy');
-      expect(await natRules(ns, { family: 4 })).toContain('CONSUL_PROXY_OUTPUT');
+      for (const family of [4, 6] as const) {
+        const left = await natRules(ns, { family });
+        expect(left, `IPv${family}: the chains and the jumps into them are still there`).toContain('-N CONSUL_PROXY_OUTPUT');
+        expect(left, `IPv${family}: but the chains hold no rule`).not.toMatch(/^-A CONSUL_/m);
+      }
       // A bare status: the last apply did not finish.
       expect((await runCli(['status', '-netns', ns.path])).exitCode).not.toBe(0);
       const repaired = await cli(applyArgs(ns, A, '-backend=nftables'));

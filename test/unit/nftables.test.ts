@@ -424,6 +424,29 @@ describe('transaction', () => {
   });
 });
 
+describe('disarming', () => {
+  it("empties iptables-nft's chains of ours in each of its families (created first, so a vanished one is no failure)", () => {
+    const text = nft.disarming?.([
+      { backend: 'iptables-nft', families: [4, 6], chains: ['CONSUL_PROXY_OUTPUT', 'CONSUL_DNS_REDIRECT'] },
+      { backend: 'iptables-legacy', families: [4], chains: ['CONSUL_PROXY_OUTPUT'] },
+      { backend: 'iptables-nft', families: [6], chains: [] },
+    ]);
+    expect(text).toBe(
+      [
+        'add table ip nat', 'add chain ip nat CONSUL_PROXY_OUTPUT', 'flush chain ip nat CONSUL_PROXY_OUTPUT',
+        'add chain ip nat CONSUL_DNS_REDIRECT', 'flush chain ip nat CONSUL_DNS_REDIRECT',
+        'add table ip6 nat', 'add chain ip6 nat CONSUL_PROXY_OUTPUT', 'flush chain ip6 nat CONSUL_PROXY_OUTPUT',
+        'add chain ip6 nat CONSUL_DNS_REDIRECT', 'flush chain ip6 nat CONSUL_DNS_REDIRECT', '',
+      ].join('\n'),
+    );
+    expect(nft.disarming?.([{ backend: 'iptables-legacy', families: [4, 6], chains: ['CONSUL_PROXY_OUTPUT'] }])).toBe('');
+  });
+
+  it('never writes a chain name that is not a plain name', () => {
+    expect(() => nft.disarming?.([{ backend: 'iptables-nft', families: [4], chains: ['X; flush ruleset'] }])).toThrow();
+  });
+});
+
 describe('only validated values reach the script', () => {
   it.each([
     ['a CIDR with a statement after it', { excludeOutboundCidrs: [{ family: 4, cidr: '10.0.0.0/8 } ; flush ruleset' }] }],

@@ -126,6 +126,25 @@ describe('planApply', () => {
     for (const sweep of plan.sweeps) expect(sweep.survey.table.dialect.isEmpty(sweep.wanted)).toBe(true);
   });
 
+  it("to nftables: the one transaction also empties iptables-nft's chains of ours (nf_tables chains), not iptables-legacy's", () => {
+    const surveys = all({ 'iptables-nft': { ours: true }, 'iptables-legacy': { ours: true } });
+    const plan = planApply(surveys, CONFIG, { backend: 'nftables', reason: 'test' });
+    const [write] = plan.writes;
+    expect(plan.writes).toHaveLength(1);
+    const chains = ['CONSUL_PROXY_INBOUND', 'CONSUL_PROXY_IN_REDIRECT', 'CONSUL_PROXY_OUTPUT', 'CONSUL_PROXY_REDIRECT', 'CONSUL_DNS_REDIRECT'];
+    expect(write!.disarming).toBe(
+      `${['add table ip nat', ...chains.flatMap((chain) => [`add chain ip nat ${chain}`, `flush chain ip nat ${chain}`])].join('\n')}\n`,
+    );
+    const [nftSweep, legacySweep] = plan.sweeps;
+    expect(nftSweep!.survey.table.label).toBe('iptables-nft IPv4');
+    expect(nftSweep!.disarmedBy).toBe(write);
+    expect(legacySweep!.survey.table.label).toBe('iptables-legacy IPv4');
+    expect(legacySweep!.disarmedBy).toBeUndefined();
+    // Back to iptables: no backend shares the iptables transaction's tables.
+    const back = planApply(all({ nftables: { ours: true } }), CONFIG, { backend: 'iptables-nft', reason: 'test' });
+    expect(back.writes.map((step) => step.disarming)).toEqual([undefined, undefined]);
+  });
+
   it('with -dual-stack, both families of the chosen backend get rules', () => {
     const plan = planApply(all(), DUAL, { backend: 'iptables-legacy', reason: 'test' });
     expect(plan.writes.map((step) => step.survey.table.dialect.isEmpty(step.wanted))).toEqual([false, false]);
