@@ -4,10 +4,19 @@ import { familyLabel, type Family, type PortRange } from '../core/values.ts';
 import { reconcile } from '../host/reconcile.ts';
 import { RECORD_DIR, type ApplyRecord } from '../host/record.ts';
 import { requireNetAdmin, sshServerEndpoint } from '../host/system.ts';
-import type { TableSurvey } from '../host/backend.ts';
+import type { BackendName, TableSurvey } from '../host/backend.ts';
 import type { ApplyOptions, HostOptions } from '../options.ts';
 import type { RawOptions } from '../flags.ts';
-import { chooseBackend, planApply, planDifferences, planNeedsWrites, requireSomeBackend, type ApplyPlan, type TableStep } from './plan.ts';
+import {
+  chooseBackend,
+  planApply,
+  planDifferences,
+  planNeedsWrites,
+  requireRecordedBackend,
+  requireSomeBackend,
+  type ApplyPlan,
+  type TableStep,
+} from './plan.ts';
 import { reportForeign } from './report.ts';
 import { flagsOf, resolveConfig } from './rulesets.ts';
 import type { CommandContext, Survey } from './context.ts';
@@ -112,18 +121,21 @@ export async function converge(
   record = planRecord(host, config, context),
 ): Promise<Converged> {
   requireSomeBackend(surveys, host);
+  requireRecordedBackend(surveys, record.previous?.backend);
   const choice = chooseBackend(surveys, host, context.backends.systemDefault());
   context.log.debug(`using ${choice.backend}: ${choice.reason}`);
   const plan = planApply(surveys, config, choice);
   // Nothing to write: not even a process to start (reconcile would only compare again).
   const writes = async () => planNeedsWrites(plan) && (await execute(plan, context));
-  const changed = await context.deferSignals(() => recorded(host.netns, record, context, writes));
+  const changed = await context.deferSignals(() => recorded(host.netns, { ...record, backend: choice.backend }, context, writes));
   return { plan, differences: () => planDifferences(plan, { absentAsOneLine: false }), changed };
 }
 
 /** The record an apply writes: the settings it is for, the one it replaces, and whether that one is the same. */
 interface RecordPlan {
   flags: RawOptions;
+  /** The backend the writes go to, once chosen. */
+  backend?: BackendName;
   previous: ApplyRecord | undefined;
   /** The same settings, already recorded as finished: nothing to write (watch compares every few seconds). */
   unchanged: boolean;
@@ -141,17 +153,18 @@ function planRecord(host: HostOptions, config: RedirectConfig, context: CommandC
  * which a bare `status` reports.
  */
 async function recorded<T>(netns: string | undefined, plan: RecordPlan, context: CommandContext, writes: () => Promise<T>): Promise<T> {
-  const { previous, flags } = plan;
-  if (plan.unchanged) {
+  const { previous, flags, backend } = plan;
+  const record: ApplyRecord = { flags, pid: process.pid, startedAt: new Date().toISOString(), finished: false, ...(backend && { backend }) };
+  // The same settings, and the same backend, already recorded as finished: that record stands.
+  if (plan.unchanged && previous?.backend === backend) {
     try {
       return await writes();
     } catch (error) {
       // A failed write was rolled back, and the record (these settings) still holds; a failed sweep is noted as below.
-      if (error instanceof StaleRulesLeft) context.records.write(netns, { flags, pid: process.pid, startedAt: new Date().toISOString(), finished: false });
+      if (error instanceof StaleRulesLeft) context.records.write(netns, record);
       throw error;
     }
   }
-  const record = { flags, pid: process.pid, startedAt: new Date().toISOString(), finished: false };
   // A record that cannot be written is removed (see writeRecord); the finished one may still be written then.
   if (!context.records.write(netns, record)) context.log.debug(`could not record this apply's start under ${RECORD_DIR}`);
   try {

@@ -1,11 +1,11 @@
 import { CliError, ExitCode } from '../errors.ts';
-import type { TableSurvey } from '../host/backend.ts';
+import type { BackendName, TableSurvey } from '../host/backend.ts';
 import { reconcile } from '../host/reconcile.ts';
 import { hasNetAdmin, requireNetAdmin } from '../host/system.ts';
 import type { CleanupOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
 import { reportForeign } from './report.ts';
-import { planCleanup, requireSomeBackend, type TableStep } from './plan.ts';
+import { planCleanup, requireRecordedBackend, requireSomeBackend, type TableStep } from './plan.ts';
 
 /** Removes our rules (ours or Consul's) from every backend and family, and nothing else. */
 export async function cleanup(options: CleanupOptions, context: CommandContext): Promise<number> {
@@ -21,6 +21,7 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
   try {
     const surveys = (await context.backends.survey(netns)).tables;
     requireSomeBackend(surveys, options.host);
+    requireRecordedBackend(surveys, recordedBackend(netns, context));
     const steps = planCleanup(surveys, options.host);
     if (steps.length === 0) {
       output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
@@ -34,6 +35,16 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
     return ExitCode.ok;
   } finally {
     lock.release();
+  }
+}
+
+/** The backend the last apply here wrote, if recorded; a damaged record does not stop a cleanup. */
+function recordedBackend(netns: string | undefined, context: CommandContext): BackendName | undefined {
+  try {
+    return context.records.read(netns)?.backend;
+  } catch (error) {
+    if (error instanceof CliError) return undefined;
+    throw error;
   }
 }
 

@@ -60,6 +60,21 @@ export function requireSomeBackend(surveys: readonly TableSurvey[], host: Pick<H
   }
 }
 
+/**
+ * The backend the last apply here wrote must still be readable: its rules are in the kernel whatever happened
+ * to its programs since, and unread, status would call them absent, cleanup would find nothing, and an apply
+ * would put a second redirection beside them.
+ */
+export function requireRecordedBackend(surveys: readonly TableSurvey[], written: BackendName | undefined): void {
+  if (written === undefined) return;
+  const kind = kindOf(written);
+  if (surveys.some((survey) => kindOf(survey.table.backend) === kind)) return;
+  throw new MissingProgramError(
+    `the last apply here wrote its rules with ${written}, which cannot be read now: ${unusable(kind)}: ` +
+      `install the '${kind}' package to read or remove them`,
+  );
+}
+
 const unusable = (kind: BackendKind) =>
   kind === 'nftables'
     ? `nftables is not usable here: nft is not installed or the kernel has no nf_tables${outsidePath(['nft'])}`

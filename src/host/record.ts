@@ -2,6 +2,7 @@ import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as z from 'zod/mini';
 import { ConfigError } from '../errors.ts';
+import type { BackendName } from './backend.ts';
 import type { RawOptions } from '../flags.ts';
 import { FILE_LIMITS, readUserFile } from '../userFile.ts';
 import { namespaceKey } from './exclusive.ts';
@@ -20,6 +21,8 @@ export interface ApplyRecord {
   pid: number;
   startedAt: string;
   finished: boolean;
+  /** The backend it wrote (records of older versions have none). */
+  backend?: BackendName;
 }
 
 const recordSchema = z.object({
@@ -27,6 +30,7 @@ const recordSchema = z.object({
   pid: z.int(),
   startedAt: z.string(),
   finished: z.boolean(),
+  backend: z.optional(z.enum(['iptables-nft', 'iptables-legacy', 'nftables'])),
 });
 
 const recordPath = (netns: string | undefined) => join(RECORD_DIR, `${namespaceKey(netns)}.json`);

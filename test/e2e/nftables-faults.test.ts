@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { expect, it, onTestFinished } from 'vitest';
-import { applyArgs, CLI, cli, describeE2E, describeRun, findProgram, runCli, statusArgs, testNamespace, type RedirectFlags } from '../helpers/e2e.ts';
+import { applyArgs, CLI, cli, describeE2E, describeRun, findProgram, natRules, runCli, statusArgs, testNamespace, type RedirectFlags } from '../helpers/e2e.ts';
 import type { Netns } from '../helpers/netns.ts';
 import { nftTable, waitForNoProcesses } from '../helpers/nft.ts';
 
@@ -126,12 +126,8 @@ describeE2E(
       const ns = await testNamespace();
       await cli(applyArgs(ns, B, NFT));
       const table = await nftTable(ns);
-      // Every program of nft's directory but nft, then the usual directories without it.
       const nft = findProgram('nft')!;
-      const dir = mkdtempSync(join(tmpdir(), 'rt-e2e-no-nft-'));
-      onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
-      for (const name of readdirSync(dirname(nft))) if (name !== 'nft') symlinkSync(join(dirname(nft), name), join(dir, name));
-      const PATH = [dir, ...['/usr/local/bin', '/usr/bin', '/bin'].filter((other) => other !== dirname(nft))].join(':');
+      const PATH = pathWithoutNft();
       for (const args of [applyArgs(ns, B, NFT), statusArgs(ns, B, NFT), ['cleanup', '-netns', ns.path, NFT]]) {
         const result = await runCli(args, { env: { PATH } });
         expect(result.exitCode, describeRun(args, result)).toBe(72);
@@ -140,6 +136,26 @@ describeE2E(
         ]);
       }
       expect(await nftTable(ns)).toBe(table);
+    });
+
+    // The table is in the kernel whatever happened to nft: unread, status would call it absent, cleanup would
+    // find nothing (and drop the record), and an auto apply would add iptables rules beside it.
+    it('with nft gone after an nftables apply, an auto apply, a bare status and cleanup exit 72 and change nothing', async () => {
+      const ns = await testNamespace();
+      await cli(applyArgs(ns, B, NFT));
+      const table = await nftTable(ns);
+      const env = { PATH: pathWithoutNft() };
+      for (const args of [applyArgs(ns, B), ['status', '-netns', ns.path], ['cleanup', '-netns', ns.path]]) {
+        const result = await runCli(args, { env });
+        expect(result.exitCode, describeRun(args, result)).toBe(72);
+        expect(result.stderrLines, describeRun(args, result)).toEqual([
+          expect.stringMatching(/the last apply here wrote its rules with nftables, which cannot be read now: nftables is not usable here: .*install the 'nftables' package to read or remove them$/),
+        ]);
+      }
+      expect(await nftTable(ns)).toBe(table);
+      for (const family of [4, 6] as const) expect(await natRules(ns, { family }), `IPv${family}`).not.toContain('CONSUL_');
+      // The record is still there: with nft back, a bare status compares against it.
+      await cli(['status', '-netns', ns.path], 0);
     });
 
     it('16 applies with different inbound ports racing on one namespace leave exactly one run’s table', async () => {
@@ -160,3 +176,12 @@ describeE2E(
   },
   { requires: ['nft'] },
 );
+
+/** A PATH where nft is not, but every other program of its directory is: a host without nft. */
+function pathWithoutNft(): string {
+  const nft = findProgram('nft')!;
+  const dir = mkdtempSync(join(tmpdir(), 'rt-e2e-no-nft-'));
+  onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
+  for (const name of readdirSync(dirname(nft))) if (name !== 'nft') symlinkSync(join(dirname(nft), name), join(dir, name));
+  return [dir, ...['/usr/local/bin', '/usr/bin', '/bin'].filter((other) => other !== dirname(nft))].join(':');
+}

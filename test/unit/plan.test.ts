@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { chooseBackend, planApply, planCleanup, requireSomeBackend } from '../../src/commands/plan.ts';
+import { chooseBackend, planApply, planCleanup, requireRecordedBackend, requireSomeBackend } from '../../src/commands/plan.ts';
 import type { Dialect } from '../../src/core/dialect.ts';
 import { iptablesDialect } from '../../src/core/natTable.ts';
 import { nftablesDialect } from '../../src/core/nftables.ts';
@@ -111,6 +111,19 @@ describe('chooseBackend', () => {
     const nftOnly = [survey('nftables', 'inet')];
     expect(chooseBackend(nftOnly, host(), undefined)).toEqual({ backend: 'nftables', reason: 'iptables is not installed, nft is' });
     expect(chooseBackend(nftOnly, host('iptables'), undefined).backend).toBe('iptables-nft');
+  });
+});
+
+describe('requireRecordedBackend', () => {
+  it('the backend the last apply wrote must still be readable, whichever variant; no record, no demand', () => {
+    const iptablesOnly = [survey('iptables-nft', 4), survey('iptables-nft', 6)];
+    expect(exitCodeOf(() => requireRecordedBackend(iptablesOnly, 'nftables'))).toBe(ExitCode.missingProgram);
+    expect(() => requireRecordedBackend(iptablesOnly, 'nftables')).toThrow(
+      /^the last apply here wrote its rules with nftables, which cannot be read now: nftables is not usable here: .*install the 'nftables' package to read or remove them$/,
+    );
+    expect(() => requireRecordedBackend(iptablesOnly, 'iptables-legacy')).not.toThrow();
+    expect(() => requireRecordedBackend(iptablesOnly, undefined)).not.toThrow();
+    expect(exitCodeOf(() => requireRecordedBackend([survey('nftables', 'inet')], 'iptables-nft'))).toBe(ExitCode.missingProgram);
   });
 });
 
