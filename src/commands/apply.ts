@@ -12,6 +12,7 @@ import {
   planApply,
   planDifferences,
   planNeedsWrites,
+  requireManageable,
   requireRecordedBackend,
   requireSomeBackend,
   type ApplyPlan,
@@ -91,6 +92,7 @@ export async function applyOnce(
     // as long as they do); under the lock, as records are written under it.
     const record = planRecord(options.host, config, context);
     survey = await surveying;
+    requireManageable(survey.unmanageable);
     converged = await converge(survey.tables, config, options.host, context, record);
   } finally {
     lock.release();

@@ -5,7 +5,7 @@ import { hasNetAdmin, requireNetAdmin } from '../host/system.ts';
 import type { CleanupOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
 import { reportForeign } from './report.ts';
-import { planCleanup, requireRecordedBackend, requireSomeBackend, type TableStep } from './plan.ts';
+import { planCleanup, requireManageable, requireRecordedBackend, requireSomeBackend, type TableStep } from './plan.ts';
 
 /** Removes our rules (ours or Consul's) from every backend and family, and nothing else. */
 export async function cleanup(options: CleanupOptions, context: CommandContext): Promise<number> {
@@ -19,17 +19,19 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
   requireNetAdmin('removing traffic redirection rules');
   const lock = await context.lockNamespace(netns);
   try {
-    const surveys = (await context.backends.survey(netns)).tables;
+    const { tables: surveys, unmanageable } = await context.backends.survey(netns);
     requireSomeBackend(surveys, options.host);
     requireRecordedBackend(surveys, recordedBackend(netns, context));
     const steps = planCleanup(surveys, options.host);
-    if (steps.length === 0) {
-      output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
-    } else if (options.dryRun) {
+    if (steps.length > 0 && options.dryRun) {
       for (const { survey, wanted } of steps) output.stdout(`# ${where(survey)}\n${survey.table.dialect.transaction(survey.state, wanted)}`);
-    } else {
+    } else if (steps.length > 0) {
       await context.deferSignals(() => removeAll(steps, options, context));
+    } else if (unmanageable.length === 0) {
+      output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
     }
+    // What no installed program can remove is said last, once the rest is gone (a stop hook removes what it can).
+    requireManageable(unmanageable);
     // Nothing is installed any more (or nothing was): a bare status has nothing to compare.
     if (!options.dryRun) context.records.remove(netns);
     return ExitCode.ok;

@@ -16,6 +16,8 @@ export interface Survey {
   tables: TableSurvey[];
   /** The namespace has a global IPv6 address, whose traffic IPv4-only rules would not see. */
   globalIpv6: boolean;
+  /** Our chains in tables no installed program can read or write (nft sees iptables-nft's): a full survey only. */
+  unmanageable: { label: string; chains: string[] }[];
 }
 
 /** The firewall backends, as the commands see them. */

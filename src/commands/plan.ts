@@ -61,6 +61,18 @@ export function requireSomeBackend(surveys: readonly TableSurvey[], host: Pick<H
 }
 
 /**
+ * Our chains (or Consul's) where no installed program can read or remove them: nothing here could keep them
+ * in step with what runs beside them, or take them away.
+ */
+export function requireManageable(unmanageable: readonly { label: string; chains: readonly string[] }[]): void {
+  if (unmanageable.length === 0) return;
+  const held = unmanageable.map(({ label, chains }) => `${label} holds ${chains.join(', ')}`).join('; ');
+  throw new MissingProgramError(
+    `${held} (Consul's classic rules, or ours), and no installed program can read or remove them: ${PACKAGE_HINT.iptables}`,
+  );
+}
+
+/**
  * The backend the last apply here wrote must still be readable: its rules are in the kernel whatever happened
  * to its programs since, and unread, status would call them absent, cleanup would find nothing, and an apply
  * would put a second redirection beside them.

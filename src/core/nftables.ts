@@ -1,7 +1,7 @@
 import { formatIpv4, formatIpv6, parseIpv4, parseIpv6 } from './addresses.ts';
 import type { Dialect, HeldElsewhere, TableSummary } from './dialect.ts';
 import { buildInetRuleset, isValueSet, OWNED_CHAINS, SET_NAMES, type Hook, type RedirectConfig, type Rule, type Target, type ValueSet } from './ruleset.ts';
-import type { Cidr, PortRange, Uid } from './values.ts';
+import type { Cidr, Family, PortRange, Uid } from './values.ts';
 
 // The native nftables backend's language, as pure functions: Consul's `inet consul_tproxy` table (reference
 // section 3.7) as a canonical state, read back from `nft -j list table inet consul_tproxy`, and written as one
@@ -716,6 +716,29 @@ function describe(state: NftState): TableSummary {
   const sets = Object.fromEntries((state?.sets ?? []).map((set) => [set.name, set.elements.length]));
   const rules = (state?.chains ?? []).reduce((sum, chain) => sum + chain.rules.length, 0);
   return { chains, hooks, rules, sets };
+}
+
+/**
+ * Our chains in iptables-nft's nat tables (`ip nat`, `ip6 nat`), from `nft -j list chains`: what nft sees of
+ * iptables-nft where no iptables-nft program is installed to read them. Family by family, in `families`.
+ */
+export function iptablesNftChains(dump: string, families: readonly Family[]): { family: Family; chains: string[] }[] {
+  let document: Json;
+  try {
+    document = JSON.parse(dump) as Json;
+  } catch {
+    return [];
+  }
+  const objects = isObject(document) && Array.isArray(document['nftables']) ? document['nftables'] : [];
+  const owned: ReadonlySet<string> = new Set(OWNED_CHAINS);
+  return families.flatMap((family) => {
+    const chains = objects.flatMap((object) => {
+      const [kind, body] = single(object) ?? [];
+      const ours = kind === 'chain' && isObject(body) && body['family'] === FAMILY_PAYLOAD[family] && body['table'] === 'nat';
+      return ours && typeof body['name'] === 'string' && owned.has(body['name']) ? [body['name']] : [];
+    });
+    return chains.length === 0 ? [] : [{ family, chains }];
+  });
 }
 
 /**

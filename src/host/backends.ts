@@ -4,7 +4,10 @@ import type { BackendProvider, TableAccess } from './backend.ts';
 import { batchedReads } from './namespaceReads.ts';
 import type { CommandRunner } from './runner.ts';
 import { iptablesProvider, systemDefaultVariant } from './iptables.ts';
-import { nftablesProvider } from './nftables.ts';
+import { iptablesNftChainsSeen, nftablesProvider } from './nftables.ts';
+import { familyLabel, type Family } from '../core/values.ts';
+
+const FAMILIES: readonly Family[] = [4, 6];
 
 /** Every backend this build knows; adding one is adding it here. */
 const PROVIDERS: readonly BackendProvider[] = [iptablesProvider, nftablesProvider];
@@ -26,7 +29,15 @@ export function installedBackends(runner: (netns?: string) => CommandRunner, not
         access.reads.file('/proc/net/if_inet6'),
         Promise.all(providers.map((provider) => provider.survey(access))),
       ]);
-      return { tables: surveys.flat(), globalIpv6: listsGlobalIpv6(ifInet6) };
+      const tables = surveys.flat();
+      // Where no iptables-nft program can read a family's table, nft still sees its chains.
+      const unread = kinds === undefined ? FAMILIES.filter((family) => !tables.some((s) => s.table.backend === 'iptables-nft' && s.table.families.includes(family))) : [];
+      const seen = await iptablesNftChainsSeen(access.reads, unread);
+      return {
+        tables,
+        globalIpv6: listsGlobalIpv6(ifInet6),
+        unmanageable: seen.map(({ family, chains }) => ({ label: `iptables-nft ${familyLabel(family)}`, chains })),
+      };
     },
     systemDefault: systemDefaultVariant,
     dryRunProvider(host) {

@@ -1,5 +1,7 @@
-import { NFT_FAMILY, NFT_TABLE, nftablesDialect, type NftState } from '../core/nftables.ts';
+import { iptablesNftChains, NFT_FAMILY, NFT_TABLE, nftablesDialect, type NftState } from '../core/nftables.ts';
+import type { Family } from '../core/values.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
+import type { NamespaceReads } from './namespaceReads.ts';
 import { nftMonitor } from './monitor.ts';
 import { findProgram, type CommandResult, type CommandRunner } from './runner.ts';
 
@@ -83,3 +85,14 @@ export const nftablesProvider: BackendProvider = {
     return nftMonitor(runner, nft, [TABLE], onChange);
   },
 };
+
+/**
+ * Our chains in iptables-nft's nat tables, as nft sees them (both are nf_tables), for families that no
+ * iptables-nft program can read here; none without nft.
+ */
+export async function iptablesNftChainsSeen(reads: NamespaceReads, families: readonly Family[]): Promise<{ family: Family; chains: string[] }[]> {
+  const nft = findProgram('nft');
+  if (nft === undefined || families.length === 0) return [];
+  const listed = await reads.run(nft, ['-j', 'list', 'chains']);
+  return listed.exitCode === 0 ? iptablesNftChains(listed.stdout, families) : [];
+}

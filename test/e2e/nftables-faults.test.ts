@@ -158,6 +158,26 @@ describeE2E(
       await cli(['status', '-netns', ns.path], 0);
     });
 
+    // nft sees iptables-nft's chains (both are nf_tables) but cannot remove them the way iptables wrote them.
+    it('on a host with nft alone, CONSUL_* chains in iptables-nft make apply, status and cleanup exit 72 naming them, changing nothing', async () => {
+      const ns = await testNamespace();
+      await ns.must('iptables', '-t', 'nat', '-N', 'CONSUL_PROXY_OUTPUT');
+      await ns.must('iptables', '-t', 'nat', '-A', 'CONSUL_PROXY_OUTPUT', '-p', 'tcp', '-j', 'REDIRECT', '--to-ports', '15001');
+      await ns.must('iptables', '-t', 'nat', '-A', 'OUTPUT', '-p', 'tcp', '-j', 'CONSUL_PROXY_OUTPUT');
+      const before = await natRules(ns, { family: 4 });
+      const env = { PATH: pathWithoutIptables() };
+      for (const args of [applyArgs(ns, B), applyArgs(ns, B, NFT), statusArgs(ns, B), ['status', '-netns', ns.path], ['cleanup', '-netns', ns.path]]) {
+        const result = await runCli(args, { env });
+        expect(result.exitCode, describeRun(args, result)).toBe(72);
+        expect(result.stderrLines, describeRun(args, result)).toEqual([
+          expect.stringMatching(/iptables-nft IPv4 holds CONSUL_PROXY_OUTPUT \(Consul's classic rules, or ours\), and no installed program can read or remove them: install the 'iptables' package/),
+        ]);
+        expect(result.stdout, describeRun(args, result)).toBe('');
+      }
+      expect(await natRules(ns, { family: 4 })).toBe(before);
+      expect(await nftTable(ns)).toBeUndefined();
+    });
+
     it('16 applies with different inbound ports racing on one namespace leave exactly one run’s table', async () => {
       const ns = await testNamespace();
       const configs = Array.from({ length: 16 }, (_, i): RedirectFlags => ({ ...B, inboundPort: 20000 + i, dualStack: i % 2 === 0 }));
@@ -178,10 +198,16 @@ describeE2E(
 );
 
 /** A PATH where nft is not, but every other program of its directory is: a host without nft. */
-function pathWithoutNft(): string {
-  const nft = findProgram('nft')!;
-  const dir = mkdtempSync(join(tmpdir(), 'rt-e2e-no-nft-'));
+const pathWithoutNft = () => pathWithout('nft', (name) => name === 'nft');
+
+/** The same without any iptables program: a host with nft alone. */
+const pathWithoutIptables = () => pathWithout('iptables', (name) => /^(ip6?tables|xtables|arptables|ebtables)/.test(name));
+
+/** A PATH with `program`'s directory but for the programs `left` names, then the usual directories without it. */
+function pathWithout(program: string, left: (name: string) => boolean): string {
+  const found = findProgram(program)!;
+  const dir = mkdtempSync(join(tmpdir(), `rt-e2e-no-${program}-`));
   onTestFinished(() => rmSync(dir, { recursive: true, force: true }));
-  for (const name of readdirSync(dirname(nft))) if (name !== 'nft') symlinkSync(join(dirname(nft), name), join(dir, name));
-  return [dir, ...['/usr/local/bin', '/usr/bin', '/bin'].filter((other) => other !== dirname(nft))].join(':');
+  for (const name of readdirSync(dirname(found))) if (!left(name)) symlinkSync(join(dirname(found), name), join(dir, name));
+  return [dir, ...['/usr/local/bin', '/usr/bin', '/bin'].filter((other) => other !== dirname(found))].join(':');
 }

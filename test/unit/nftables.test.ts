@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import IPCIDR from 'ip-cidr';
 import { describe, expect, it } from 'vitest';
-import { BASE_CHAINS, NFT_TABLE, nftablesDialect as nft, type NftSet, type NftTable } from '../../src/core/nftables.ts';
+import { BASE_CHAINS, iptablesNftChains, NFT_TABLE, nftablesDialect as nft, type NftSet, type NftTable } from '../../src/core/nftables.ts';
 import type { RedirectConfig } from '../../src/core/ruleset.ts';
 import type { IpAddress } from '../../src/core/values.ts';
 import { BASE, cidr, ip, ports, VARIANTS } from '../fixtures/nft/variants.ts';
@@ -444,6 +444,33 @@ describe('disarming', () => {
 
   it('never writes a chain name that is not a plain name', () => {
     expect(() => nft.disarming?.([{ backend: 'iptables-nft', families: [4], chains: ['X; flush ruleset'] }])).toThrow();
+  });
+});
+
+describe('iptablesNftChains', () => {
+  const chain = (family: string, table: string, name: string) => ({ chain: { family, table, name, handle: 1 } });
+  const dump = JSON.stringify({
+    nftables: [
+      { metainfo: { version: '1.0.6' } },
+      chain('ip', 'nat', 'OUTPUT'),
+      chain('ip', 'nat', 'CONSUL_PROXY_OUTPUT'),
+      chain('ip', 'filter', 'CONSUL_PROXY_INBOUND'),
+      chain('ip6', 'nat', 'CONSUL_DNS_REDIRECT'),
+      chain('inet', 'consul_tproxy', 'CONSUL_PROXY_OUTPUT'),
+      chain('ip', 'nat', 'CONSUL_SOMETHING_ELSE'),
+    ],
+  });
+
+  it("finds our chain names in iptables-nft's nat tables only, for the families asked", () => {
+    expect(iptablesNftChains(dump, [4, 6])).toEqual([
+      { family: 4, chains: ['CONSUL_PROXY_OUTPUT'] },
+      { family: 6, chains: ['CONSUL_DNS_REDIRECT'] },
+    ]);
+    expect(iptablesNftChains(dump, [6])).toEqual([{ family: 6, chains: ['CONSUL_DNS_REDIRECT'] }]);
+  });
+
+  it('reads nothing from output that is not nft JSON', () => {
+    for (const text of ['', 'not json', '{}', '{"nftables": 3}', '[]']) expect(iptablesNftChains(text, [4, 6])).toEqual([]);
   });
 });
 

@@ -37,7 +37,7 @@ function fakeBackends(surveys: TableSurvey[]): Backends {
     throw new Error('fake backends: no dry run in this test');
   };
   return {
-    survey: async () => ({ tables: surveys, globalIpv6: false }),
+    survey: async () => ({ tables: surveys, globalIpv6: false, unmanageable: [] }),
     systemDefault: () => 'iptables-nft',
     dryRunProvider: unused,
     dryRunRemovals: () => [],

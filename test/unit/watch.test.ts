@@ -64,7 +64,7 @@ function toyFirewall() {
       counts.surveys += 1;
       const text = dump();
       const state = toyDialect.parse(text);
-      return { tables: [{ table, dump: text, state, holdsOurs: state.length > 0, holdsRules: text !== '' } as TableSurvey], globalIpv6: false };
+      return { tables: [{ table, dump: text, state, holdsOurs: state.length > 0, holdsRules: text !== '' } as TableSurvey], globalIpv6: false, unmanageable: [] };
     },
     systemDefault: () => undefined,
     dryRunProvider: () => {
