@@ -44,10 +44,12 @@ export interface BlockingQuery {
  * registration changes or `block.waitSeconds` pass (no -wait retries: the caller decides what to do on failure).
  */
 export async function readProxyPorts(agent: AgentOptions, proxyId: string, log: Logger, block?: BlockingQuery): Promise<VersionedPorts> {
-  const sanitize = textSanitizer(agent);
+  const hider = secretHider(agent);
+  const sanitize = (text: string) => hider.message(text).replace(/\s*[\r\n]+\s*/g, ' ');
   try {
     const client = await createAgentClient(agent);
-    const lookup: Lookup = { agent, client, proxyId, debug: (message: string) => log.debug(sanitize(message)), block };
+    const debug = (message: string) => log.debug(sanitize(message));
+    const lookup: Lookup = { agent, client, proxyId, debug, agentText: hider.agentText, block };
     const { nodeName } = agent;
     const resolve = nodeName === undefined ? () => fromAgent(lookup) : () => fromCatalog(lookup, nodeName);
     return await retryWhileTransient(resolve, block ? 0 : agent.waitMs, (message) => log.info(sanitize(message)));
@@ -63,6 +65,8 @@ interface Lookup {
   client: AgentClient;
   proxyId: string;
   debug(message: string): void;
+  /** What the agent sent, made fit to quote in a message (secrets.ts). */
+  agentText(text: string): string;
   block: BlockingQuery | undefined;
 }
 
@@ -143,14 +147,14 @@ async function getAnswer<S extends z.ZodMiniType>(
   const answer = await lookup.client.get(request.path, query, request.timeoutMs === undefined ? {} : { timeoutMs: request.timeoutMs });
   const { status, body } = answer;
   lookup.debug(`GET ${lookup.client.location}${request.path}${request.blocking ? ` (blocking: ${request.blocking})` : ''}: HTTP ${status}`);
-  if (status === 200) return { value: decodeAgentAnswer(body, schema, request.subject), answer };
+  if (status === 200) return { value: decodeAgentAnswer(body, schema, request.subject, lookup.agentText), answer };
   if (status === 404 && request.notFound) throw request.notFound();
   throw statusFailure(lookup, status, body, request.subject);
 }
 
 function statusFailure(lookup: Lookup, status: number, body: string, subject: string): CliError {
   const { agent, client } = lookup;
-  const answer = `HTTP ${status}: ${quoteExcerpt(body)}`;
+  const answer = `HTTP ${status}: ${quoteExcerpt(lookup.agentText(body))}`;
   if (status === 403) {
     const advice =
       agent.token === undefined
@@ -203,8 +207,3 @@ function pathSegment(value: string): string {
 // parser) reads back to the same value, quotes and backslashes escaped.
 const goQuote = (value: string) => JSON.stringify(value);
 
-/** Makes text fit for stderr: one line (a system error may span lines), without a secret an agent echoed. */
-function textSanitizer(agent: AgentOptions): (text: string) => string {
-  const hideSecrets = secretHider(agent);
-  return (text) => hideSecrets(text).replace(/\s*[\r\n]+\s*/g, ' ');
-}

@@ -4,7 +4,6 @@ import { CliError, BadRegistrationError, AgentUnavailableError, PermissionError 
 import type { AgentOptions } from '../options.ts';
 import { parseAgentAddress } from './address.ts';
 import { formatDuration, TransientAgentError } from './retry.ts';
-import { secretHider } from './secrets.ts';
 import { describeTlsFailure, tlsSettings } from './tls.ts';
 
 export interface AgentAnswer {
@@ -54,7 +53,6 @@ export async function createAgentClient(agent: AgentOptions): Promise<AgentClien
   const { location } = endpoint;
   // Loaded only here: the HTTP and TLS stacks cost start-up time that runs without -proxy-id never need.
   const { request } = endpoint.tls ? await import('node:https') : await import('node:http');
-  const hideSecrets = secretHider(agent);
   const base: RequestOptions = {
     ...(endpoint.socketPath === undefined
       ? { host: endpoint.host, port: endpoint.port }
@@ -81,7 +79,7 @@ export async function createAgentClient(agent: AgentOptions): Promise<AgentClien
           const options = { ...base, path: `${endpoint.pathPrefix}${path}${search ? `?${search}` : ''}`, signal };
           request(options, resolve).on('error', reject).end();
         });
-        const body = hideSecrets(await readAnswer(response, location));
+        const body = await readAnswer(response, location);
         return {
           status: response.statusCode ?? 0,
           body,

@@ -3,28 +3,37 @@ import type { AgentOptions } from '../options.ts';
 const PLACEHOLDER = '[hidden]';
 
 /**
- * From this length on, a secret is hidden wherever it occurs, even inside a longer word. A shorter one is hidden
- * only where it stands alone: hiding every "e" of a one-letter token would garble each message and show the
- * token through the pattern of what was hidden.
+ * From this length on, a secret is hidden wherever it occurs, even inside a longer word: in every message and
+ * log line. A shorter one could be part of anything (a one-letter token is in most words, "1" in 127.0.0.1),
+ * so it is hidden only in what the agent sent (which is all that can echo it: we never print it), and there
+ * only where it stands alone. Hiding every "e" of a one-letter token would garble each message and show
+ * the token through the pattern of what was hidden.
  */
 const MIN_EMBEDDED_SECRET_LENGTH = 12;
 
-// The characters of Consul's tokens (UUIDs) and of base64url: a short secret next to one is part of a longer word.
-const WORD_CHARACTER = /[A-Za-z0-9_-]/;
+/** What may stand on either side of a short secret the agent echoed: `token "e"`, `{"token":"e"}`, `(X: e)`. */
+const SEPARATOR = /[\s"'`()[\]{},;=]/;
+
+export interface SecretHider {
+  /** A whole message or log line: the secrets long enough to be told from anything else, wherever they are. */
+  message(text: string): string;
+  /** Text the agent sent, before it is quoted in a message: short secrets too, where they stand alone. */
+  agentText(text: string): string;
+}
 
 /**
- * Hides the ACL token and the basic-auth password in `text`, as they are and as JSON writes them inside a
- * string: ours (a message quoting a value: `"abc\"def"`) and Go's, the agent's, which also escapes < > & and
- * U+2028/9 (`\u003c`). Applied to every answer as it arrives (so a truncated excerpt can never hold part of
- * one) and again to every message and log line. Searched for as plain text, never as a regular expression:
- * V8 refuses one built from a 32 KiB token.
+ * Hides the ACL token and the basic-auth password, as they are and as JSON writes them inside a string: ours
+ * (a message quoting a value: `"abc\"def"`) and Go's, the agent's, which also escapes < > & and U+2028/9
+ * (`\u003c`). Only ever in text for people: what the agent sent is parsed as it came. Searched for as plain
+ * text, never as a regular expression: V8 refuses one built from a 32 KiB token.
  */
-export function secretHider(agent: AgentOptions): (text: string) => string {
+export function secretHider(agent: AgentOptions): SecretHider {
   const secrets = [agent.token, agent.basicAuth?.password].filter((secret): secret is string => !!secret);
-  if (secrets.length === 0) return (text) => text;
+  if (secrets.length === 0) return { message: (text) => text, agentText: (text) => text };
   // Longest first: where one secret holds another, the whole of it is hidden.
   const forms = [...new Set(secrets.flatMap((secret) => [secret, ...jsonForms(secret)]))].sort((a, b) => b.length - a.length);
-  return (text) => hide(text, forms);
+  const long = forms.filter((form) => form.length >= MIN_EMBEDDED_SECRET_LENGTH);
+  return { message: (text) => hide(text, long), agentText: (text) => hide(text, forms) };
 }
 
 /** `secret` inside a JSON string, as JavaScript and as Go write it. */
@@ -59,9 +68,10 @@ function hide(text: string, forms: readonly string[]): string {
 
 /** Where `form` next occurs from `from` on; a short secret only where it stands alone (see above). */
 function occurrence(text: string, form: string, from: number, anywhere: boolean): number {
+  const stands = (at: number) => at < 0 || at >= text.length || SEPARATOR.test(text[at]!);
   for (let at = text.indexOf(form, from); at !== -1; at = text.indexOf(form, at + 1)) {
     if (anywhere || form.length >= MIN_EMBEDDED_SECRET_LENGTH) return at;
-    if (!WORD_CHARACTER.test(text[at - 1] ?? '') && !WORD_CHARACTER.test(text[at + form.length] ?? '')) return at;
+    if (stands(at - 1) && stands(at + form.length)) return at;
   }
   return -1;
 }

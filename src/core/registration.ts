@@ -103,26 +103,41 @@ function valueAt(data: unknown, path: readonly PropertyKey[]): unknown {
   return value;
 }
 
+/** A value the agent sent, as JSON, or its kind where it nests too deep to write out. */
+function valueText(value: unknown): string {
+  try {
+    return JSON.stringify(value);
+  } catch {
+    return Array.isArray(value) ? 'a list nested too deep to show' : 'an object nested too deep to show';
+  }
+}
+
 /**
  * Parses and validates one answer of the agent. Anything unexpected is one line naming the field, what
- * is wrong and the value found, never a partial result.
+ * is wrong and the value found, never a partial result. `agentText` makes what the agent sent fit to quote
+ * (it hides the secrets an agent may echo), applied before anything is cut short.
  */
-export function decodeAgentAnswer<S extends z.ZodMiniType>(body: string, schema: S, subject: string): z.output<S> {
+export function decodeAgentAnswer<S extends z.ZodMiniType>(
+  body: string,
+  schema: S,
+  subject: string,
+  agentText: (text: string) => string = (text) => text,
+): z.output<S> {
   const invalid = (detail: string) =>
     new BadRegistrationError(`invalid answer from the Consul agent for ${subject}: ${detail}`);
   let data: unknown;
   try {
     data = JSON.parse(body);
   } catch {
-    throw invalid(`not JSON (got ${quoteExcerpt(body, 80)})`);
+    throw invalid(`not JSON (got ${quoteExcerpt(agentText(body), 80)})`);
   }
   const result = schema.safeParse(data);
   if (result.success) return result.data;
   const issue = result.error.issues[0];
   const path = issue?.path ?? [];
   const value = valueAt(data, path);
-  const found = value === undefined ? 'it is missing' : `got ${truncate(JSON.stringify(value), 80)}`;
-  throw invalid(`${fieldPath(path)} ${issue?.message ?? 'is invalid'} (${found})`);
+  const found = value === undefined ? 'it is missing' : `got ${truncate(agentText(valueText(value)), 80)}`;
+  throw invalid(`${agentText(fieldPath(path))} ${issue?.message ?? 'is invalid'} (${found})`);
 }
 
 /** A registration with a Proxy block: Consul's only test that the ID names a proxy (gateways pass too). */
