@@ -33,8 +33,13 @@ export async function reconcile<State>(
   let dump = options.firstDump;
   let lastFailure: { error: FirewallError; dump: string; transaction: string } | undefined;
   let misspelt: string | undefined;
+  // Whether another writer was seen at work: the table read otherwise, or our write failed otherwise.
+  let contended = false;
+  let previousDump: string | undefined;
   for (let attempt = 0; ; attempt++) {
     dump ??= await table.read();
+    contended ||= previousDump !== undefined && dump !== previousDump;
+    previousDump = dump;
     const installed = dialect.parse(dump);
     if (dialect.same(installed, wanted)) return { changed: attempt > 0 };
     if (attempt === MAX_ATTEMPTS || (options.deadline !== undefined && Date.now() >= options.deadline)) break;
@@ -64,9 +69,12 @@ export async function reconcile<State>(
       readBack = check !== undefined && 'readBack' in check ? check.readBack : undefined;
     } catch (error) {
       if (!(error instanceof FirewallError)) throw error;
-      // The same transaction failing twice on the same table is deterministic (a missing module, a bad
-      // rule); anything else may be a concurrent writer that got in between our read and our write.
-      if (!error.retryable && lastFailure?.dump === dump && lastFailure.transaction === transaction) throw error;
+      // The same transaction failing twice on the same table is deterministic (a missing module, a bad rule,
+      // a native nft rule referring to our chain), unless another writer was seen at work: one deleting and
+      // adding a jump again and again fails our write in turns, on a table that mostly reads the same.
+      contended ||= lastFailure !== undefined && lastFailure.error.message !== error.message;
+      const again = lastFailure?.dump === dump && lastFailure.transaction === transaction;
+      if (!error.retryable && again && !contended && !(await changesMeanwhile(table, dump))) throw error;
       lastFailure = { error, dump, transaction };
       options.onRetry?.(error.message);
       await sleep(10 + Math.random() * 40 * (attempt + 1));
@@ -81,6 +89,19 @@ export async function reconcile<State>(
   throw new TemporaryError(
     `gave up on ${table.label}: ${why}; try again later` + (lastFailure ? ` (last error: ${lastFailure.error.message})` : ''),
   );
+}
+
+/** Whether `table` reads other than `dump` within ~100 ms: another writer at work (a failed read counts). */
+async function changesMeanwhile(table: FirewallTable<unknown>, dump: string): Promise<boolean> {
+  for (let look = 0; look < 4; look++) {
+    await sleep(25);
+    try {
+      if ((await table.read()) !== dump) return true;
+    } catch {
+      return true;
+    }
+  }
+  return false;
 }
 
 /** The same chains with the same number of rules, and the same hooks: all that differs is spelling. */

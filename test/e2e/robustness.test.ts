@@ -141,6 +141,31 @@ describeE2E(
       await cli(statusArgs(ns, { ...FLAGS, excludeOutboundCidrs: CIDRS(100) }), 0);
     });
 
+    // The cold judge's repro: a writer deleting and adding our IPv6 jump again and again while an apply empties
+    // that family (or a cleanup runs) failed our write in turns ("Bad rule", then "CHAIN_DEL ... busy") on a
+    // table that mostly read the same, which was taken for a deterministic refusal: exit 71.
+    it('defect 2: a writer deleting and re-adding our jump while a family is emptied, and while cleanup runs: 0 or 75, never 71', async () => {
+      const ns = await recordedNamespace();
+      const codes: number[] = [];
+      for (let round = 0; round < 12; round++) {
+        const cleanupRound = round % 3 === 2;
+        await cli(applyArgs(ns, { ...FLAGS, dualStack: true }, '-backend=iptables'));
+        const stop = `/tmp/${ns.name}.stop`;
+        rmSync(stop, { force: true });
+        const jump = cleanupRound ? 'iptables' : 'ip6tables';
+        const flapper = ns.run('bash', ['-c', FLUSHER, 'flapper', stop,
+          `${jump} -t nat -D OUTPUT -p tcp -j CONSUL_PROXY_OUTPUT`, `${jump} -t nat -A OUTPUT -p tcp -j CONSUL_PROXY_OUTPUT`], { timeoutMs: 50_000 });
+        const args = cleanupRound ? ['cleanup', '-netns', ns.path] : applyArgs(ns, { ...FLAGS, proxyUid: 902 });
+        const result = await runCli(args);
+        await ns.must('touch', stop);
+        await flapper;
+        expect([0, TEMP_FAIL], describeRun(args, result)).toContain(result.exitCode);
+        codes.push(result.exitCode);
+      }
+      rmSync(`/tmp/${ns.name}.stop`, { force: true });
+      console.info(`flapping jump: exit codes ${JSON.stringify(codes)}`);
+    });
+
     it('defect 3: a chain still referenced from outside iptables (an nft verdict map) makes the kernel refuse: exit 71, once, nothing changed', async () => {
       const ns = await recordedNamespace();
       await cli(applyArgs(ns, { ...FLAGS, dualStack: true }, '-backend=iptables'));
