@@ -80,9 +80,8 @@ const COMMAND_LIST = `apply (the default), ${OTHER_COMMANDS.slice(0, -1).join(',
 function helpArgv(rest: readonly string[]): string[] {
   const [command, ...extra] = rest;
   if (command === undefined) return ['--help'];
-  if (!COMMANDS.includes(command as CommandName) || extra.length > 0) {
-    throw new UsageError(`help takes one command name at most: ${COMMAND_LIST}`);
-  }
+  if (extra.length > 0) throw new UsageError(`help takes one command name at most: ${COMMAND_LIST}`);
+  if (!COMMANDS.includes(command as CommandName)) throw new UsageError(`help: no such command; the commands are ${COMMAND_LIST}`);
   return [command, '--help'];
 }
 

@@ -68,7 +68,8 @@ export async function run(
       ((netns) =>
         lockNamespace(netns, 'write', {
           waitMs: LOCK_WAIT_MS,
-          onWait: (holder) => log.warn(`waiting up to ${LOCK_WAIT_MS / 1000}s for ${holder} to finish with these rules`),
+          onWait: (holder, where, lock) =>
+            log.warn(`waiting up to ${LOCK_WAIT_MS / 1000}s for ${holder} to finish with the rules of ${where} (lock ${lock})`),
         })),
     records: overrides.records ?? { read: readRecord, write: writeRecord, remove: removeRecord },
     deferSignals: (work) =>

@@ -71,8 +71,8 @@ export interface AgentOptions {
   caPath: string | undefined;
   clientCert: string | undefined;
   clientKey: string | undefined;
-  /** For messages: the flag, variable or config key that named each TLS file. */
-  tlsFileSources: Record<TlsFile, string>;
+  /** The flag, variable or config key that named each TLS file. */
+  tlsFileSources: Record<TlsFile, FileSetting>;
   tlsServerName: string | undefined;
   /** CONSUL_HTTP_SSL: use https when the address has no scheme. */
   useTls: boolean;
@@ -160,6 +160,17 @@ function describeSource(key: FlagName, source: Source | undefined): string {
   if (source?.kind === 'env') return source.variable;
   return `-${key}`;
 }
+
+/** A setting naming a file: how messages name it, and what a bad file is (a config error from the config file). */
+export interface FileSetting {
+  label: string;
+  errorKind: typeof UsageError | typeof ConfigError;
+}
+
+const fileSetting = (key: FlagName, sources: Sources): FileSetting => ({
+  label: describeSource(key, sources[key]),
+  errorKind: sources[key]?.kind === 'file' ? ConfigError : UsageError,
+});
 
 const isItem = (value: unknown) => typeof value === 'string' || Number.isSafeInteger(value);
 const isScalar = (value: unknown) => ['string', 'number', 'boolean'].includes(typeof value);
@@ -370,9 +381,10 @@ function resolveToken(parsed: FlagValues, sources: Sources, env: NodeJS.ProcessE
   const chosen = candidates.sort((a, b) => rank[a.from] - rank[b.from])[0];
   if (!chosen) return { token: undefined, tokenSource: undefined };
   let token = chosen.token;
-  if (chosen.file !== undefined) token = readUserFile(chosen.file, chosen.label, FILE_LIMITS.token).trim();
+  const errorKind = chosen.from === 'file' ? ConfigError : UsageError;
+  if (chosen.file !== undefined) token = readUserFile(chosen.file, chosen.label, FILE_LIMITS.token, errorKind).trim();
   if (token === undefined || !/^[\x21-\x7e]*$/.test(token)) {
-    throw new UsageError(`the ACL token from ${chosen.label} contains characters an HTTP header cannot carry (not shown)`);
+    throw new errorKind(`the ACL token from ${chosen.label} contains characters an HTTP header cannot carry (not shown)`);
   }
   return { token: token === '' ? undefined : token, tokenSource: chosen.label };
 }
@@ -396,10 +408,10 @@ function agentOptions(parsed: FlagValues, sources: Sources, env: NodeJS.ProcessE
     clientCert,
     clientKey,
     tlsFileSources: {
-      caFile: describeSource('ca-file', sources['ca-file']),
-      caPath: describeSource('ca-path', sources['ca-path']),
-      clientCert: describeSource('client-cert', sources['client-cert']),
-      clientKey: describeSource('client-key', sources['client-key']),
+      caFile: fileSetting('ca-file', sources),
+      caPath: fileSetting('ca-path', sources),
+      clientCert: fileSetting('client-cert', sources),
+      clientKey: fileSetting('client-key', sources),
     },
     tlsServerName: parsed['tls-server-name'],
     useTls: envBoolean(env, 'CONSUL_HTTP_SSL', false),

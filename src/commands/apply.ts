@@ -29,7 +29,7 @@ export async function apply(options: ApplyOptions, context: CommandContext): Pro
     return ExitCode.ok;
   }
   // Before anything else, the agent included: waiting for it only to then fail on permissions helps nobody.
-  requireNetAdmin('applying traffic redirection rules');
+  requireNetAdmin('applying traffic redirection rules', true);
   const applied = await applyOnce(options, context, () => resolveConfig(options.rules, options.agent, context));
   context.output.stdout(`${applied.summary}\n`);
   return ExitCode.ok;

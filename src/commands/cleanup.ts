@@ -16,7 +16,7 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
     for (const provider of context.backends.dryRunRemovals(options.host)) output.stdout(provider.dryRunRemoval());
     return ExitCode.ok;
   }
-  requireNetAdmin('removing traffic redirection rules');
+  requireNetAdmin('removing traffic redirection rules', true);
   const lock = await context.lockNamespace(netns);
   try {
     const { tables: surveys, unmanageable } = await context.backends.survey(netns);

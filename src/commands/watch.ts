@@ -72,7 +72,7 @@ const LOGGED_DIFFERENCES = 5;
 
 export async function watch(options: WatchOptions, context: CommandContext, tuning: WatchTuning = WATCH_TUNING): Promise<number> {
   if (options.metricsFile !== undefined) checkMetricsPath(options.metricsFile);
-  requireNetAdmin('keeping traffic redirection rules in place');
+  requireNetAdmin('keeping traffic redirection rules in place', false);
   const netns = options.host.netns;
   const where = netns === undefined ? 'this network namespace' : `netns ${netns}`;
   let claim;

@@ -1,7 +1,6 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { UsageError } from '../errors.ts';
-import type { AgentOptions } from '../options.ts';
+import type { AgentOptions, FileSetting } from '../options.ts';
 import { FILE_LIMITS, readUserFile } from '../userFile.ts';
 
 /** The TLS part of a request's options (node:https passes them to tls.connect). */
@@ -15,17 +14,18 @@ export interface TlsSettings {
 
 const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
 
-const readText = (setting: string, path: string) => readUserFile(path, setting, FILE_LIMITS.tls);
+const readText = (setting: FileSetting, path: string) => readUserFile(path, setting.label, FILE_LIMITS.tls, setting.errorKind);
 
-function certificatesIn(setting: string, path: string): string[] {
+function certificatesIn(setting: FileSetting, path: string): string[] {
   return readText(setting, path).match(PEM_CERTIFICATE) ?? [];
 }
 
 /** -ca-file wins over -ca-path, as in Consul; without either, Node's own root certificates apply. */
 function trustedCertificates(agent: AgentOptions): string[] | undefined {
   if (agent.caFile !== undefined) {
-    const found = certificatesIn(agent.tlsFileSources.caFile, agent.caFile);
-    if (found.length === 0) throw new UsageError(`${agent.tlsFileSources.caFile} ${agent.caFile} holds no PEM certificate`);
+    const setting = agent.tlsFileSources.caFile;
+    const found = certificatesIn(setting, agent.caFile);
+    if (found.length === 0) throw new setting.errorKind(`${setting.label} ${agent.caFile} holds no PEM certificate`);
     return found;
   }
   if (agent.caPath === undefined) return undefined;
@@ -36,7 +36,8 @@ function trustedCertificates(agent: AgentOptions): string[] | undefined {
     .map((entry) => entry.name)
     .sort()
     .flatMap((name) => certificatesIn(agent.tlsFileSources.caPath, join(caPath, name)));
-  if (found.length === 0) throw new UsageError(`${agent.tlsFileSources.caPath} ${caPath} holds no PEM certificate`);
+  const setting = agent.tlsFileSources.caPath;
+  if (found.length === 0) throw new setting.errorKind(`${setting.label} ${caPath} holds no PEM certificate`);
   return found;
 }
 
@@ -58,8 +59,8 @@ export async function tlsSettings(agent: AgentOptions): Promise<TlsSettings> {
   try {
     createSecureContext({ cert, key });
   } catch (error) {
-    throw new UsageError(
-      `cannot use ${certSource} ${agent.clientCert} with ${keySource} ${agent.clientKey}: ${(error as Error).message}`,
+    throw new certSource.errorKind(
+      `cannot use ${certSource.label} ${agent.clientCert} with ${keySource.label} ${agent.clientKey}: ${(error as Error).message}`,
     );
   }
   return { ...settings, cert, key };

@@ -123,13 +123,13 @@ const QUIET_WAIT_MS = 750;
 
 /**
  * Takes the lock named `purpose` for a namespace, waiting up to `waitMs` for another run to finish;
- * `onWait` is told who holds it once the wait has lasted QUIET_WAIT_MS. With `waitMs` 0, a held lock
+ * `onWait` is told who holds it (and where, and the lock's path) once the wait has lasted QUIET_WAIT_MS. With `waitMs` 0, a held lock
  * fails at once.
  */
 export async function lockNamespace(
   netns: string | undefined,
   purpose: LockPurpose,
-  options: { waitMs: number; onWait?: (holder: string) => void },
+  options: { waitMs: number; onWait?: (holder: string, where: string, lock: string) => void },
 ): Promise<NamespaceLock> {
   try {
     makeDirAndParent(LOCK_DIR);
@@ -137,6 +137,7 @@ export async function lockNamespace(
     throw new CannotWriteError(`cannot create the lock directory ${LOCK_DIR}: ${(error as NodeJS.ErrnoException).code ?? 'failed'}`);
   }
   const path = lockPath(netns, purpose);
+  const where = netns === undefined ? 'this network namespace' : `netns ${netns}`;
   const start = Date.now();
   const deadline = start + options.waitMs;
   let holder: string | undefined;
@@ -151,10 +152,9 @@ export async function lockNamespace(
     }
     if (!told && waited >= QUIET_WAIT_MS && options.waitMs > 0) {
       told = true;
-      options.onWait?.(holder);
+      options.onWait?.(holder, where, path);
     }
     if (Date.now() >= deadline) {
-      const where = netns === undefined ? 'this network namespace' : `netns ${netns}`;
       throw new TemporaryError(
         `${holder} is ${purpose === 'watch' ? 'already watching' : 'changing the rules of'} ${where}` +
           (options.waitMs > 0 ? `, and did not finish within ${Math.round(options.waitMs / 1000)}s` : ''),

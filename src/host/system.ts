@@ -22,7 +22,7 @@ function readProcStatus(): string {
 }
 
 /** `offersDryRun`: whether the command takes --dry-run, the way to go on without root (status does not). */
-export function requireNetAdmin(action: string, offersDryRun = true): void {
+export function requireNetAdmin(action: string, offersDryRun: boolean): void {
   if (!hasNetAdmin()) {
     throw new PermissionError(
       `${action} needs root (CAP_NET_ADMIN): run it with sudo${offersDryRun ? ', or use --dry-run to only print the rules' : ''}`,

@@ -278,7 +278,9 @@ describeE2E(
       expect(first.lines, context).toEqual([]);
       // Whether the wait passed 0.75 s depends on the machine's speed: if it did, it is said, naming the first.
       for (const line of second.lines) {
-        expect(line.text, context).toBe(`redirect-traffic: warning: waiting up to 20s for redirect-traffic (pid ${first.pid}) to finish with these rules`);
+        expect(line.text, context).toBe(
+          `redirect-traffic: warning: waiting up to 20s for redirect-traffic (pid ${first.pid}) to finish with the rules of netns ${ns.path} (lock ${lockName(ns)})`,
+        );
         expect(line.at, context).toBeGreaterThanOrEqual(750);
       }
       expect(second.lines.length, context).toBeLessThanOrEqual(1);
@@ -328,7 +330,7 @@ describeE2E(
       const context = `exit ${result.exitCode}, lines ${JSON.stringify(run.lines)}`;
       expect(result.exitCode, context).toBe(0);
       expect(run.lines.map((line) => line.text), context).toEqual([
-        `redirect-traffic: warning: waiting up to 20s for redirect-traffic (pid ${process.pid}) to finish with these rules`,
+        `redirect-traffic: warning: waiting up to 20s for redirect-traffic (pid ${process.pid}) to finish with the rules of netns ${ns.path} (lock ${lockName(ns)})`,
       ]);
       expect(run.lines[0]!.at, context).toBeGreaterThanOrEqual(750);
     });

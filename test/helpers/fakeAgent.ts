@@ -9,6 +9,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ProxyPorts } from '../../src/core/registration.ts';
+import { UsageError } from '../../src/errors.ts';
 import type { AgentOptions } from '../../src/options.ts';
 
 // A real HTTP server standing in for the Consul agent: TCP, a unix socket, or HTTPS with certificates
@@ -127,7 +128,12 @@ export function agentOptions(overrides: Partial<AgentOptions> = {}): AgentOption
     caPath: undefined,
     clientCert: undefined,
     clientKey: undefined,
-    tlsFileSources: { caFile: '-ca-file', caPath: '-ca-path', clientCert: '-client-cert', clientKey: '-client-key' },
+    tlsFileSources: {
+      caFile: { label: '-ca-file', errorKind: UsageError },
+      caPath: { label: '-ca-path', errorKind: UsageError },
+      clientCert: { label: '-client-cert', errorKind: UsageError },
+      clientKey: { label: '-client-key', errorKind: UsageError },
+    },
     tlsServerName: undefined,
     useTls: false,
     verifyTls: true,

@@ -519,14 +519,20 @@ describe('run: help as a command', () => {
     },
   );
 
-  it.each([[['help', 'bogus']], [['help', 'cleanup', 'status']]])('%j is a usage error', async (argv) => {
-    expectOneLineFailure(await runCli(argv), ExitCode.usage, 'help takes one command name at most');
+  it('help with two commands is a usage error', async () => {
+    expectOneLineFailure(await runCli(['help', 'cleanup', 'status']), ExitCode.usage, 'help takes one command name at most');
+  });
+
+  it('help with an unknown command is a usage error naming the commands, not the word (it may be a value)', async () => {
+    const result = await runCli(['help', 's3cr3t']);
+    expectOneLineFailure(result, ExitCode.usage, 'help: no such command; the commands are apply (the default), cleanup, status, watch and verify');
+    expect(result.stderr).not.toContain('s3cr3t');
   });
 });
 
 describe('run: the root hint fits the command', () => {
-  it('status, which takes no --dry-run, does not suggest it', async () => {
-    const result = await runCli(['status']);
+  it.each(['status', 'watch', 'verify'])('%s, which takes no --dry-run, does not suggest it', async (command) => {
+    const result = await runCli([command, ...(command === 'status' ? [] : ['-proxy-uid=1', '-proxy-inbound-port=2'])]);
     expectOneLineFailure(result, ExitCode.noPermission, 'needs root', 'sudo');
     expect(result.stderr).not.toContain('--dry-run');
   });

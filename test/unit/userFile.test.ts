@@ -3,7 +3,7 @@ import { mkdirSync, symlinkSync, truncateSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { tlsSettings } from '../../src/consul/tls.ts';
-import { ConfigError, ExitCode, UsageError } from '../../src/errors.ts';
+import { CliError, ConfigError, ExitCode, UsageError } from '../../src/errors.ts';
 import { applyOptions } from '../../src/options.ts';
 import { FILE_LIMITS, readUserFile } from '../../src/userFile.ts';
 import { runCli, scratchDir } from '../helpers/fakes.ts';
@@ -97,6 +97,13 @@ describe('through the CLI: one line with the exit code of the setting', () => {
     expect(env.stderrLines[0]).toContain('CONSUL_HTTP_TOKEN_FILE "/dev/zero" is a character device, not a regular file');
   });
 
+  it('a token file named inside -config exits 78, like the config file itself', async () => {
+    const config = scratch.write('names-files.json', JSON.stringify({ 'token-file': fifo }));
+    const token = await runCli(['--dry-run', '-proxy-uid=1', '-proxy-id=web', `-config=${config}`]);
+    expect(token.code).toBe(ExitCode.config);
+    expect(token.stderrLines).toEqual([`redirect-traffic: error: key "token-file" in ${config} ${JSON.stringify(fifo)} is a FIFO, not a regular file`]);
+  });
+
   it('a token file over 64 KiB is refused', async () => {
     const big = scratch.write('big-token', 'x'.repeat(64 * 1024 + 1));
     const result = await runCli(['--dry-run', '-proxy-uid=1', '-proxy-id=web', `-token-file=${big}`]);
@@ -116,6 +123,13 @@ describe('TLS files: the same reader, named by the setting that gave them', () =
       (error: Error) => error,
     );
   };
+
+  it('a TLS file named inside -config is a config error (78)', async () => {
+    const config = scratch.write('names-ca.json', JSON.stringify({ 'ca-file': fifo }));
+    const error = (await rejection({ config }, {})) as CliError;
+    expect(error.message).toBe(`key "ca-file" in ${config} ${JSON.stringify(fifo)} is a FIFO, not a regular file`);
+    expect(error.exitCode).toBe(ExitCode.config);
+  });
 
   it('-ca-file and CONSUL_CACERT naming a FIFO', async () => {
     expect((await rejection({ 'ca-file': fifo }, {})).message).toBe(`-ca-file ${JSON.stringify(fifo)} is a FIFO, not a regular file`);
