@@ -119,7 +119,7 @@ function renderReport(report: StatusReport): string {
     lines.push(
       isRunning(last.pid)
         ? `  ! an apply (pid ${last.pid}, started ${last.startedAt}) is changing the rules right now`
-        : `  ! the last apply (pid ${last.pid}, started ${last.startedAt}) was stopped before it finished: run it again to repair`,
+        : `  ! the last apply (pid ${last.pid}, started ${last.startedAt}) was stopped before it finished, or failed: run it again to repair (after what its error named, if it failed)`,
     );
   }
   for (const table of report.installed) {

@@ -34,6 +34,8 @@ export interface AgentClient {
 
 // Registrations are a few kilobytes; a runaway answer must not exhaust memory.
 const MAX_ANSWER_BYTES = 4 * 1024 * 1024;
+/** Of a failure's answer, more than any message quotes. */
+const MAX_FAILURE_BYTES = 64 * 1024;
 
 /** Errors that say the agent is not there (yet): refused, no socket file, reset, unroutable, no DNS answer. */
 const UNREACHABLE: Record<string, string> = {
@@ -140,16 +142,23 @@ function requestFailure(error: unknown, location: string, timedOutAfterMs: numbe
   return new AgentUnavailableError(`request to the Consul agent at ${location} failed: ${message}`);
 }
 
+/**
+ * The answer's body, at most 4 MiB. A failure status is read only as far as a message quotes it: its status
+ * says what happened (a 403 stays a refusal however much an agent or a proxy in front of it sends).
+ */
 async function readAnswer(response: IncomingMessage, location: string): Promise<string> {
+  const failed = response.statusCode !== 200;
+  const limit = failed ? MAX_FAILURE_BYTES : MAX_ANSWER_BYTES;
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of response as AsyncIterable<Buffer>) {
     size += chunk.length;
-    if (size > MAX_ANSWER_BYTES) {
+    chunks.push(chunk);
+    if (size > limit) {
       response.destroy();
+      if (failed) break;
       throw new BadRegistrationError(`the Consul agent at ${location} sent an answer larger than 4 MiB`);
     }
-    chunks.push(chunk);
   }
-  return Buffer.concat(chunks).toString('utf8');
+  return Buffer.concat(chunks).subarray(0, limit).toString('utf8');
 }

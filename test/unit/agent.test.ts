@@ -423,6 +423,14 @@ describe('faults', () => {
     expect(error.message).toBe(`the Consul agent at http://${agent.address} sent an answer larger than 4 MiB`);
   });
 
+  it('a refusal stays a refusal (77) however large its answer', async () => {
+    const agent = await serve({ [SERVICE_PATH]: { status: 403, rawBody: `ACL not found ${'x'.repeat(5 * 1024 * 1024)}` } });
+    const { error } = await failure({ address: agent.address });
+    expect(error.exitCode).toBe(ExitCode.noPermission);
+    expect(error.message).toContain('denied access');
+    expect(error.message).toContain('ACL not found xxx');
+  });
+
   it('gives up on a hanging agent within -timeout', async () => {
     const agent = await serve({ [SERVICE_PATH]: { hang: true } });
     const { error, seconds } = await failure({ address: agent.address, timeoutMs: 500 });
