@@ -238,13 +238,15 @@ async function execute(plan: ApplyPlan, context: CommandContext): Promise<boolea
   }
   const left: StaleRulesLeft[] = [];
   for (const { survey, wanted, disarmedBy } of plan.sweeps) {
+    const disarmed = disarmedBy !== undefined && written.has(disarmedBy);
     try {
-      await reconcile(survey.table, wanted, { firstDump: survey.dump, onForeignRemoved: reportForeign(survey, context) });
+      // A table the write emptied chains of is read again: the survey's dump is no longer what it holds.
+      await reconcile(survey.table, wanted, { firstDump: disarmed ? undefined : survey.dump, onForeignRemoved: reportForeign(survey, context) });
       log.info(`removed the redirection rules from ${survey.table.label}: ${plan.choice.backend} holds them now`);
       anyChange = true;
     } catch (error) {
       if (!(error instanceof CliError)) throw error;
-      const state = disarmedBy !== undefined && written.has(disarmedBy) ? 'emptied by the same transaction, no longer redirecting, but left behind' : 'which still redirect traffic';
+      const state = disarmed ? 'emptied by the same transaction, no longer redirecting, but left behind' : 'which still redirect traffic';
       left.push(
         new StaleRulesLeft(
           `applied with ${plan.choice.backend}, but could not remove the old rules in ${survey.table.label}, ${state}: ` +

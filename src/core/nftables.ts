@@ -742,6 +742,43 @@ export function iptablesNftChains(dump: string, families: readonly Family[]): { 
 }
 
 /**
+ * Our chains that something in a table refers to where iptables cannot show it: a jump inside a verdict map
+ * or a map's elements, not a rule's own verdict (iptables-nft prints those as -j). From `nft -j list table`.
+ */
+export function referencesIptablesCannotShow(dump: string): string[] {
+  let document: Json;
+  try {
+    document = JSON.parse(dump) as Json;
+  } catch {
+    return [];
+  }
+  const owned: ReadonlySet<string> = new Set(OWNED_CHAINS);
+  const found = new Set<string>();
+  const walk = (value: Json | undefined): void => {
+    if (Array.isArray(value)) value.forEach(walk);
+    else if (isObject(value)) {
+      for (const [key, inner] of Object.entries(value)) {
+        const target = (key === 'jump' || key === 'goto') && isObject(inner) ? inner['target'] : undefined;
+        if (typeof target === 'string' && owned.has(target)) found.add(target);
+        else walk(inner);
+      }
+    }
+  };
+  for (const object of isObject(document) && Array.isArray(document['nftables']) ? document['nftables'] : []) {
+    const [kind, body] = single(object) ?? [];
+    if (!isObject(body)) continue;
+    // A rule's own verdicts are what iptables shows; anything nested inside its expressions is not.
+    if (kind === 'rule' && Array.isArray(body['expr'])) {
+      for (const expression of body['expr']) {
+        const verdict = single(expression)?.[0];
+        if (verdict !== 'jump' && verdict !== 'goto') walk(expression);
+      }
+    } else if (kind === 'map' || kind === 'set' || kind === 'element') walk(body);
+  }
+  return [...found];
+}
+
+/**
  * iptables-nft keeps each family's nat table as `ip nat` / `ip6 nat`: its chains of ours, emptied. `add` first,
  * so a chain gone since the survey makes no failure (the sweep after removes what this leaves).
  */

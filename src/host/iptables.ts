@@ -2,6 +2,7 @@ import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { listsTables } from '../core/procNet.ts';
 import { EMPTY_STATE, iptablesDialect, jumpsMatch, listedJumps, renderTransaction, HOOK_CHAINS, type OwnedState } from '../core/natTable.ts';
 import { OWNED_CHAINS, redirectedFamilies } from '../core/ruleset.ts';
+import { referencesIptablesCannotShow } from '../core/nftables.ts';
 import { familyLabel, type Family } from '../core/values.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
@@ -112,7 +113,10 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family, noti
       // One time limit for the restore and its check together, as the units' start limit counts on.
       const deadline = Date.now() + lockTimeoutMs;
       const restored = await lockWatched(() => runner.run(restoreProgram, ['--noflush', ...wait], { input: transaction, timeoutMs: lockTimeoutMs }));
-      if (restored.exitCode !== 0) throw tableError(`${name}-restore`, restored.stderr, restored.exitCode);
+      if (restored.exitCode !== 0) {
+        const refusal = BUSY.test(restored.stderr) && variant === 'nft' ? await hiddenReferences(runner, family) : undefined;
+        throw tableError(`${name}-restore`, restored.stderr, restored.exitCode, refusal);
+      }
       const full = wanted.chainRules.length <= FULL_CHECK_MAX_RULES;
       const checks: [string, string[]][] = full
         ? [[saveProgram, ['-t', 'nat']]]
@@ -158,21 +162,39 @@ function xtablesLockHolder(): string | undefined {
   }
 }
 
+const BUSY = /Device or resource busy/i;
+
 /**
- * A failed save or restore. Only the xtables lock is a reason to try again: exit status 4 alone is not
- * (iptables-nft-restore also exits 4 when the kernel refuses a change, e.g. a chain still referenced).
+ * The chains of ours that something iptables cannot show refers to (a jump in a verdict map), as nft sees
+ * this family's nat table; undefined where nft cannot tell.
  */
-function tableError(program: string, stderr: string, exitCode: number): FirewallError {
+async function hiddenReferences(runner: CommandRunner, family: Family): Promise<string[] | undefined> {
+  const nft = findProgram('nft');
+  if (nft === undefined) return undefined;
+  const listed = await runner.run(nft, ['-j', 'list', 'table', family === 4 ? 'ip' : 'ip6', 'nat']).catch(() => undefined);
+  return listed?.exitCode === 0 ? referencesIptablesCannotShow(listed.stdout) : undefined;
+}
+
+/**
+ * A failed save or restore. The xtables lock is a reason to try again; exit status 4 alone is not
+ * (iptables-nft-restore also exits 4 when the kernel refuses a change). A chain the kernel would not delete
+ * (busy) is still referenced: by something iptables cannot show (a verdict map: a refusal, `hiddenReferences`
+ * names it), or, where nft sees no such thing, by a rule another writer added since our read (try again).
+ */
+function tableError(program: string, stderr: string, exitCode: number, hiddenReferences?: string[]): FirewallError {
   const detail = stderrExcerpt(stderr);
   const lock = /xtables lock|Resource temporarily unavailable/i.test(stderr);
   const module = /Table does not exist|can't initialize|do you need to insmod|Protocol not supported/i.test(stderr);
-  const busy = /Device or resource busy/i.test(stderr);
+  const busy = BUSY.test(stderr);
+  const raced = busy && hiddenReferences !== undefined && hiddenReferences.length === 0;
   const hint = module
     ? " (the kernel lacks this table's module: is 'iptable_nat'/'nf_tables' available?)"
-    : busy
-      ? ' (the kernel refused: something iptables cannot show, such as a native nftables rule or verdict map, still refers to one of our chains)'
-      : '';
-  return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock ? 'lock' : 'hard');
+    : raced
+      ? ' (a rule jumping into one of our chains appeared since it was read: another writer at work)'
+      : busy
+        ? ` (the kernel refused: something iptables cannot show, such as a native nftables rule or verdict map, still refers to ${hiddenReferences?.length ? hiddenReferences.join(', ') : 'one of our chains'})`
+        : '';
+  return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock ? 'lock' : raced ? 'busy' : 'hard');
 }
 
 function surveyOf(table: IptablesTable, dump: string): TableSurvey<OwnedState> {

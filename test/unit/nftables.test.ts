@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import IPCIDR from 'ip-cidr';
 import { describe, expect, it } from 'vitest';
-import { BASE_CHAINS, iptablesNftChains, NFT_TABLE, nftablesDialect as nft, type NftSet, type NftTable } from '../../src/core/nftables.ts';
+import { BASE_CHAINS, iptablesNftChains, NFT_TABLE, nftablesDialect as nft, referencesIptablesCannotShow, type NftSet, type NftTable } from '../../src/core/nftables.ts';
 import type { RedirectConfig } from '../../src/core/ruleset.ts';
 import type { IpAddress } from '../../src/core/values.ts';
 import { BASE, cidr, ip, ports, VARIANTS } from '../fixtures/nft/variants.ts';
@@ -471,6 +471,29 @@ describe('iptablesNftChains', () => {
 
   it('reads nothing from output that is not nft JSON', () => {
     for (const text of ['', 'not json', '{}', '{"nftables": 3}', '[]']) expect(iptablesNftChains(text, [4, 6])).toEqual([]);
+  });
+});
+
+describe('referencesIptablesCannotShow', () => {
+  const rule = (chain: string, expr: unknown[]) => ({ rule: { family: 'ip', table: 'nat', chain, handle: 3, expr } });
+  const jump = (target: string) => ({ jump: { target } });
+
+  it('finds our chains in verdict maps and map elements, not in rules that jump to them (iptables shows those)', () => {
+    const dump = JSON.stringify({
+      nftables: [
+        { metainfo: { version: '1.0.6' } },
+        rule('OUTPUT', [{ match: { op: '==', left: { meta: { key: 'l4proto' } }, right: 'tcp' } }, jump('CONSUL_PROXY_OUTPUT')]),
+        rule('FOO', [{ vmap: { key: { payload: { protocol: 'ip', field: 'daddr' } }, data: { set: [['198.18.5.5', jump('CONSUL_PROXY_INBOUND')]] } } }]),
+        { map: { family: 'ip', name: 'm', table: 'nat', type: 'ipv4_addr', map: 'verdict', elem: [['198.18.5.6', { goto: { target: 'CONSUL_DNS_REDIRECT' } }]] } },
+        rule('BAR', [{ vmap: { key: 'x', data: { set: [['1', jump('SOMEONE_ELSES')]] } } }]),
+      ],
+    });
+    expect(referencesIptablesCannotShow(dump).sort()).toEqual(['CONSUL_DNS_REDIRECT', 'CONSUL_PROXY_INBOUND']);
+  });
+
+  it('finds nothing in a table of plain jumps, or in output that is not nft JSON', () => {
+    expect(referencesIptablesCannotShow(JSON.stringify({ nftables: [rule('OUTPUT', [jump('CONSUL_PROXY_OUTPUT')])] }))).toEqual([]);
+    for (const text of ['', 'nope', '{}']) expect(referencesIptablesCannotShow(text)).toEqual([]);
   });
 });
 
