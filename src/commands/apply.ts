@@ -93,6 +93,7 @@ export async function applyOnce(
     const record = planRecord(options.host, config, context);
     survey = await surveying;
     requireManageable(survey.unmanageable);
+    requireRecordedBackend(survey.tables, record.previous?.backend);
     converged = await converge(survey.tables, config, options.host, context, record);
   } finally {
     lock.release();
@@ -123,7 +124,6 @@ export async function converge(
   record = planRecord(host, config, context),
 ): Promise<Converged> {
   requireSomeBackend(surveys, host);
-  requireRecordedBackend(surveys, record.previous?.backend);
   const choice = chooseBackend(surveys, host, context.backends.systemDefault());
   context.log.debug(`using ${choice.backend}: ${choice.reason}`);
   const plan = planApply(surveys, config, choice);

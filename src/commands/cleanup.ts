@@ -5,7 +5,7 @@ import { hasNetAdmin, requireNetAdmin } from '../host/system.ts';
 import type { CleanupOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
 import { reportForeign } from './report.ts';
-import { planCleanup, requireManageable, requireRecordedBackend, requireSomeBackend, type TableStep } from './plan.ts';
+import { planCleanup, recordedBackendUnreadable, requireManageable, requireRecordedBackend, requireSomeBackend, type TableStep } from './plan.ts';
 
 /** Removes our rules (ours or Consul's) from every backend and family, and nothing else. */
 export async function cleanup(options: CleanupOptions, context: CommandContext): Promise<number> {
@@ -21,16 +21,18 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
   try {
     const { tables: surveys, unmanageable } = await context.backends.survey(netns);
     requireSomeBackend(surveys, options.host);
-    requireRecordedBackend(surveys, recordedBackend(netns, context));
+    const written = recordedBackend(netns, context);
     const steps = planCleanup(surveys, options.host);
     if (steps.length > 0 && options.dryRun) {
       for (const { survey, wanted } of steps) output.stdout(`# ${where(survey)}\n${survey.table.dialect.transaction(survey.state, wanted)}`);
     } else if (steps.length > 0) {
       await context.deferSignals(() => removeAll(steps, options, context));
-    } else if (unmanageable.length === 0) {
+    } else if (unmanageable.length === 0 && !recordedBackendUnreadable(surveys, written)) {
       output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
     }
-    // What no installed program can remove is said last, once the rest is gone (a stop hook removes what it can).
+    // What no installed program can read or remove is said last, once the rest is gone (a stop hook removes what
+    // it can); the record stays for it.
+    requireRecordedBackend(surveys, written);
     requireManageable(unmanageable);
     // Nothing is installed any more (or nothing was): a bare status has nothing to compare.
     if (!options.dryRun) context.records.remove(netns);

@@ -73,19 +73,23 @@ export function requireManageable(unmanageable: readonly { label: string; chains
 }
 
 /**
- * The backend the last apply here wrote must still be readable: its rules are in the kernel whatever happened
- * to its programs since, and unread, status would call them absent, cleanup would find nothing, and an apply
- * would put a second redirection beside them.
+ * The kind of backend (iptables or nftables) the last apply here wrote must still be readable: its rules are
+ * in the kernel whatever happened to its programs since, and unread, status would call them absent, cleanup
+ * would find nothing, and an apply would put a second redirection beside them. The kind only: iptables-legacy
+ * is surveyed only where the kernel holds legacy tables, so a missing legacy survey can mean no rules at all.
  */
 export function requireRecordedBackend(surveys: readonly TableSurvey[], written: BackendName | undefined): void {
-  if (written === undefined) return;
+  if (written === undefined || !recordedBackendUnreadable(surveys, written)) return;
   const kind = kindOf(written);
-  if (surveys.some((survey) => kindOf(survey.table.backend) === kind)) return;
   throw new MissingProgramError(
     `the last apply here wrote its rules with ${written}, which cannot be read now: ${unusable(kind)}: ` +
       `install the '${kind}' package to read or remove them`,
   );
 }
+
+/** Whether no survey reads the kind of backend (iptables or nftables) the last apply here wrote. */
+export const recordedBackendUnreadable = (surveys: readonly TableSurvey[], written: BackendName | undefined): boolean =>
+  written !== undefined && !surveys.some((survey) => kindOf(survey.table.backend) === kindOf(written));
 
 const unusable = (kind: BackendKind) =>
   kind === 'nftables'

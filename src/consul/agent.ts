@@ -97,7 +97,7 @@ async function fromAgent(lookup: Lookup): Promise<VersionedPorts> {
           await getAnswer(lookup, agentChecksSchema, {
             path: '/v1/agent/checks',
             query: new URLSearchParams({ filter: `ServiceName == ${goQuote(checkedService)}` }),
-            subject: `the checks of service ${JSON.stringify(checkedService)}`,
+            subject: `the checks of service ${lookup.agentText(JSON.stringify(checkedService))}`,
           })
         ).value;
   return { ports: deriveProxyPorts(proxy, checks), version: answer.contentHash };

@@ -11,8 +11,11 @@ const PLACEHOLDER = '[hidden]';
  */
 const MIN_EMBEDDED_SECRET_LENGTH = 12;
 
-/** What may stand on either side of a short secret the agent echoed: `token "e"`, `{"token":"e"}`, `(X: e)`. */
-const SEPARATOR = /[\s"'`()[\]{},;=]/;
+// A short secret the agent echoed stands alone where no character of a word is next to it (those of Consul's
+// tokens, UUIDs, and of base64url); a dot or colon between two digits joins a word too (127.0.0.1:8500), so a
+// token "1" is not found inside an address, while `token:Tok3n9.` still shows one.
+const WORD_CHARACTER = /[A-Za-z0-9_-]/;
+const DIGIT = /[0-9]/;
 
 export interface SecretHider {
   /** A whole message or log line: the secrets long enough to be told from anything else, wherever they are. */
@@ -68,10 +71,16 @@ function hide(text: string, forms: readonly string[]): string {
 
 /** Where `form` next occurs from `from` on; a short secret only where it stands alone (see above). */
 function occurrence(text: string, form: string, from: number, anywhere: boolean): number {
-  const stands = (at: number) => at < 0 || at >= text.length || SEPARATOR.test(text[at]!);
   for (let at = text.indexOf(form, from); at !== -1; at = text.indexOf(form, at + 1)) {
     if (anywhere || form.length >= MIN_EMBEDDED_SECRET_LENGTH) return at;
-    if (stands(at - 1) && stands(at + form.length)) return at;
+    const end = at + form.length;
+    if (apart(text[at - 1], form[0], text[at - 2]) && apart(text[end], form.at(-1), text[end + 1])) return at;
   }
   return -1;
+}
+
+/** Whether `neighbour` sets a secret apart: `edge` is the secret's character beside it, `beyond` the next one out. */
+function apart(neighbour = '', edge = '', beyond = ''): boolean {
+  if (WORD_CHARACTER.test(neighbour)) return false;
+  return !((neighbour === '.' || neighbour === ':') && DIGIT.test(edge) && DIGIT.test(beyond));
 }

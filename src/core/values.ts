@@ -6,6 +6,7 @@ import { invalidValue } from '../errors.ts';
 // iptables-restore line: digits, dots, colons, slashes and hex only, never whitespace or a leading dash.
 
 export type Family = 4 | 6;
+export const FAMILIES: readonly Family[] = [4, 6];
 
 export const familyLabel = (family: Family) => (family === 4 ? 'IPv4' : 'IPv6');
 

@@ -5,9 +5,7 @@ import { batchedReads } from './namespaceReads.ts';
 import type { CommandRunner } from './runner.ts';
 import { iptablesProvider, systemDefaultVariant } from './iptables.ts';
 import { iptablesNftChainsSeen, nftablesProvider } from './nftables.ts';
-import { familyLabel, type Family } from '../core/values.ts';
-
-const FAMILIES: readonly Family[] = [4, 6];
+import { FAMILIES, familyLabel } from '../core/values.ts';
 
 /** Every backend this build knows; adding one is adding it here. */
 const PROVIDERS: readonly BackendProvider[] = [iptablesProvider, nftablesProvider];

@@ -3,7 +3,7 @@ import { listsTables } from '../core/procNet.ts';
 import { EMPTY_STATE, iptablesDialect, jumpsMatch, listedJumps, renderTransaction, HOOK_CHAINS, type OwnedState } from '../core/natTable.ts';
 import { OWNED_CHAINS, redirectedFamilies } from '../core/ruleset.ts';
 import { referencesIptablesCannotShow } from '../core/nftables.ts';
-import { familyLabel, type Family } from '../core/values.ts';
+import { FAMILIES, familyLabel, type Family } from '../core/values.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
 import type { NamespaceReads } from './namespaceReads.ts';
@@ -14,8 +14,6 @@ import { findProgram, type CommandRunner } from './runner.ts';
 
 type Variant = 'nft' | 'legacy';
 const VARIANTS: readonly Variant[] = ['nft', 'legacy'];
-const FAMILIES: readonly Family[] = [4, 6];
-
 /** How long iptables-legacy may wait for the xtables lock held by Docker, kube-proxy or a second run. */
 export const XTABLES_LOCK_WAIT_SECONDS = 10;
 

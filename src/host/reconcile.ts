@@ -38,8 +38,9 @@ export async function reconcile<State>(
   let previousDump: string | undefined;
   for (let attempt = 0; ; attempt++) {
     dump ??= await table.read();
-    contended ||= previousDump !== undefined && dump !== previousDump;
-    previousDump = dump;
+    // Only reads of this loop are compared: the first dump may be the survey's, of every table.
+    if (attempt > 1) contended ||= dump !== previousDump;
+    if (attempt > 0) previousDump = dump;
     const installed = dialect.parse(dump);
     if (dialect.same(installed, wanted)) return { changed: attempt > 0 };
     if (attempt === MAX_ATTEMPTS || (options.deadline !== undefined && Date.now() >= options.deadline)) break;

@@ -169,6 +169,9 @@ describeE2E(
     it('defect 3: a chain still referenced from outside iptables (an nft verdict map) makes the kernel refuse: exit 71, once, nothing changed', async () => {
       const ns = await recordedNamespace();
       await cli(applyArgs(ns, { ...FLAGS, dualStack: true }, '-backend=iptables'));
+      // A filter table too, as on any real host: the survey's dump (every table) then differs from later reads
+      // of the nat table, which once made this refusal look like another writer at work (75).
+      await ns.must('iptables', '-A', 'INPUT', '-s', '198.18.9.9/32', '-j', 'ACCEPT');
       // The attacker's repro: a rule iptables-nft cannot show (a verdict map) in table ip nat, jumping into our chain.
       for (const family of ['ip', 'ip6']) {
         await ns.must('nft', 'add', 'chain', family, 'nat', 'FOO');

@@ -44,6 +44,19 @@ describe('secretHider', () => {
     expect(agentText('token=e; other')).toBe('token=[hidden]; other');
   });
 
+  it('in what the agent sent, a short secret next to punctuation is hidden, but not inside an address or port', () => {
+    const { agentText } = hider('Tok3n9', 'pw9');
+    for (const [echo, hidden] of [
+      ['invalid token Tok3n9.', 'invalid token [hidden].'],
+      ['token:Tok3n9', 'token:[hidden]'],
+      ['<td>Tok3n9</td>', '<td>[hidden]</td>'],
+      ['X-Consul-Token=Tok3n9&dc=1', 'X-Consul-Token=[hidden]&dc=1'],
+      ['password pw9!', 'password [hidden]!'],
+      ['user:pw9@host', 'user:[hidden]@host'],
+    ]) expect(agentText(echo!)).toBe(hidden);
+    expect(hider('1').agentText('"http://127.0.0.1:1","from 1 to 9"')).toBe('"http://127.0.0.1:1","from [hidden] to 9"');
+  });
+
   it('a common word as the token: only its standalone occurrences in what the agent sent, never a part of a word', () => {
     expect(hider('agent').agentText(MESSAGE)).toBe('the [hidden] at 127.0.0.1:8500 refused the connection: check -http-addr');
     expect(hider('on').agentText(MESSAGE)).toBe(MESSAGE);
