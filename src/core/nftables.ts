@@ -743,15 +743,18 @@ export function iptablesNftChains(dump: string, families: readonly Family[]): { 
 
 /**
  * Our chains that something in a table refers to where iptables cannot show it: a jump inside a verdict map
- * or a map's elements, not a rule's own verdict (iptables-nft prints those as -j). From `nft -j list table`.
+ * or a map's elements, or a rule's own jump in a chain iptables does not print (`shownChains`: the chains its
+ * save lists; a native base chain of another priority is left out). From `nft -j list table`; undefined when
+ * that is not nft's JSON.
  */
-export function referencesIptablesCannotShow(dump: string): string[] {
+export function referencesIptablesCannotShow(dump: string, shownChains: ReadonlySet<string>): string[] | undefined {
   let document: Json;
   try {
     document = JSON.parse(dump) as Json;
   } catch {
-    return [];
+    return undefined;
   }
+  if (!isObject(document) || !Array.isArray(document['nftables'])) return undefined;
   const owned: ReadonlySet<string> = new Set(OWNED_CHAINS);
   const found = new Set<string>();
   const walk = (value: Json | undefined): void => {
@@ -764,14 +767,17 @@ export function referencesIptablesCannotShow(dump: string): string[] {
       }
     }
   };
-  for (const object of isObject(document) && Array.isArray(document['nftables']) ? document['nftables'] : []) {
+  for (const object of document['nftables']) {
     const [kind, body] = single(object) ?? [];
     if (!isObject(body)) continue;
-    // A rule's own verdicts are what iptables shows; anything nested inside its expressions is not.
     if (kind === 'rule' && Array.isArray(body['expr'])) {
+      // A rule's own verdict is what iptables shows as -j, if it shows the rule's chain at all; our own chains'
+      // jumps between them go with them.
+      const chain = body['chain'];
+      const shown = typeof chain === 'string' && (shownChains.has(chain) || owned.has(chain));
       for (const expression of body['expr']) {
         const verdict = single(expression)?.[0];
-        if (verdict !== 'jump' && verdict !== 'goto') walk(expression);
+        if (!shown || (verdict !== 'jump' && verdict !== 'goto')) walk(expression);
       }
     } else if (kind === 'map' || kind === 'set' || kind === 'element') walk(body);
   }

@@ -113,7 +113,8 @@ function openTable(runner: CommandRunner, variant: Variant, family: Family, noti
       const deadline = Date.now() + lockTimeoutMs;
       const restored = await lockWatched(() => runner.run(restoreProgram, ['--noflush', ...wait], { input: transaction, timeoutMs: lockTimeoutMs }));
       if (restored.exitCode !== 0) {
-        const refusal = BUSY.test(restored.stderr) && variant === 'nft' ? await hiddenReferences(runner, family) : undefined;
+        const refusal =
+          BUSY.test(restored.stderr) && variant === 'nft' ? await hiddenReferences(runner, saveProgram, family, deadline - Date.now()) : undefined;
         throw tableError(`${name}-restore`, restored.stderr, restored.exitCode, refusal);
       }
       const full = wanted.chainRules.length <= FULL_CHECK_MAX_RULES;
@@ -164,14 +165,22 @@ function xtablesLockHolder(): string | undefined {
 const BUSY = /Device or resource busy/i;
 
 /**
- * The chains of ours that something iptables cannot show refers to (a jump in a verdict map), as nft sees
- * this family's nat table; undefined where nft cannot tell.
+ * The chains of ours that something iptables cannot show refers to (a jump in a verdict map, or in a chain
+ * iptables does not print), as nft sees this family's nat table beside what `save` lists of it; undefined
+ * where that cannot be told (no nft, or a failed read). Bounded by `timeoutMs`, the write's own limit.
  */
-async function hiddenReferences(runner: CommandRunner, family: Family): Promise<string[] | undefined> {
+async function hiddenReferences(runner: CommandRunner, saveProgram: string, family: Family, timeoutMs: number): Promise<string[] | undefined> {
   const nft = findProgram('nft');
   if (nft === undefined) return undefined;
-  const listed = await runner.run(nft, ['-j', 'list', 'table', family === 4 ? 'ip' : 'ip6', 'nat']).catch(() => undefined);
-  return listed?.exitCode === 0 ? referencesIptablesCannotShow(listed.stdout) : undefined;
+  const options = { timeoutMs: Math.max(1, timeoutMs) };
+  const [saved, listed] = await Promise.all([
+    runner.run(saveProgram, ['-t', 'nat'], options).catch(() => undefined),
+    runner.run(nft, ['-j', 'list', 'table', family === 4 ? 'ip' : 'ip6', 'nat'], options).catch(() => undefined),
+  ]);
+  if (saved?.exitCode !== 0 || listed?.exitCode !== 0) return undefined;
+  // A table with chains iptables cannot show says so instead of listing them: then none counts as shown.
+  const shown = /incompatible/i.test(saved.stdout) ? new Set<string>() : new Set([...saved.stdout.matchAll(/^:(\S+)/gm)].map((m) => m[1]!));
+  return referencesIptablesCannotShow(listed.stdout, shown);
 }
 
 /**
@@ -190,9 +199,11 @@ function tableError(program: string, stderr: string, exitCode: number, hiddenRef
     ? " (the kernel lacks this table's module: is 'iptable_nat'/'nf_tables' available?)"
     : raced
       ? ' (a rule jumping into one of our chains appeared since it was read: another writer at work)'
-      : busy
-        ? ` (the kernel refused: something iptables cannot show, such as a native nftables rule or verdict map, still refers to ${hiddenReferences?.length ? hiddenReferences.join(', ') : 'one of our chains'})`
-        : '';
+      : busy && hiddenReferences?.length
+        ? ` (the kernel refused: something iptables cannot show, such as a native nftables rule or verdict map, still refers to ${hiddenReferences.join(', ')})`
+        : busy
+          ? ' (the kernel refused: something still refers to one of our chains, perhaps a native nftables rule or verdict map iptables cannot show; nft could not be asked to tell that from another writer)'
+          : '';
   return new FirewallError(`${program} failed (exit ${exitCode}): ${detail || 'no output'}${hint}`, lock ? 'lock' : raced ? 'busy' : 'hard');
 }
 

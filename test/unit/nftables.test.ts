@@ -477,6 +477,7 @@ describe('iptablesNftChains', () => {
 describe('referencesIptablesCannotShow', () => {
   const rule = (chain: string, expr: unknown[]) => ({ rule: { family: 'ip', table: 'nat', chain, handle: 3, expr } });
   const jump = (target: string) => ({ jump: { target } });
+  const SHOWN = new Set(['OUTPUT', 'PREROUTING', 'FOO', 'BAR', 'CONSUL_PROXY_OUTPUT']);
 
   it('finds our chains in verdict maps and map elements, not in rules that jump to them (iptables shows those)', () => {
     const dump = JSON.stringify({
@@ -488,12 +489,19 @@ describe('referencesIptablesCannotShow', () => {
         rule('BAR', [{ vmap: { key: 'x', data: { set: [['1', jump('SOMEONE_ELSES')]] } } }]),
       ],
     });
-    expect(referencesIptablesCannotShow(dump).sort()).toEqual(['CONSUL_DNS_REDIRECT', 'CONSUL_PROXY_INBOUND']);
+    expect(referencesIptablesCannotShow(dump, SHOWN)?.sort()).toEqual(['CONSUL_DNS_REDIRECT', 'CONSUL_PROXY_INBOUND']);
   });
 
-  it('finds nothing in a table of plain jumps, or in output that is not nft JSON', () => {
-    expect(referencesIptablesCannotShow(JSON.stringify({ nftables: [rule('OUTPUT', [jump('CONSUL_PROXY_OUTPUT')])] }))).toEqual([]);
-    for (const text of ['', 'nope', '{}']) expect(referencesIptablesCannotShow(text)).toEqual([]);
+  // A native base chain of another priority: iptables-nft-save leaves it out, and says the table is incompatible.
+  it("a rule's own jump counts where iptables does not show its chain", () => {
+    const dump = JSON.stringify({ nftables: [rule('NATIVE', [{ numgen: {} }, jump('CONSUL_PROXY_INBOUND')])] });
+    expect(referencesIptablesCannotShow(dump, SHOWN)).toEqual(['CONSUL_PROXY_INBOUND']);
+    expect(referencesIptablesCannotShow(dump, new Set([...SHOWN, 'NATIVE']))).toEqual([]);
+  });
+
+  it('finds nothing in a table of plain jumps; cannot tell from output that is not nft JSON', () => {
+    expect(referencesIptablesCannotShow(JSON.stringify({ nftables: [rule('OUTPUT', [jump('CONSUL_PROXY_OUTPUT')])] }), SHOWN)).toEqual([]);
+    for (const text of ['', 'nope', '{}']) expect(referencesIptablesCannotShow(text, SHOWN)).toBeUndefined();
   });
 });
 
