@@ -13,9 +13,11 @@ const MIN_EMBEDDED_SECRET_LENGTH = 12;
 
 // A short secret the agent echoed stands alone where no character of a word is next to it (those of Consul's
 // tokens, UUIDs, and of base64url); a dot or colon between two digits joins a word too (127.0.0.1:8500), so a
-// token "1" is not found inside an address, while `token:Tok3n9.` still shows one.
+// token "1" is not found inside an address, while the one in `token:Tok3n9.` is hidden.
 const WORD_CHARACTER = /[A-Za-z0-9_-]/;
 const DIGIT = /[0-9]/;
+/** A JSON escape just before a secret (`\\n`, `\\u003e`) ends in a letter or digit, but sets it apart all the same. */
+const ESCAPE_BEFORE = /\\(?:[bfnrt"\\/]|u[0-9a-fA-F]{4})$/;
 
 export interface SecretHider {
   /** A whole message or log line: the secrets long enough to be told from anything else, wherever they are. */
@@ -74,7 +76,8 @@ function occurrence(text: string, form: string, from: number, anywhere: boolean)
   for (let at = text.indexOf(form, from); at !== -1; at = text.indexOf(form, at + 1)) {
     if (anywhere || form.length >= MIN_EMBEDDED_SECRET_LENGTH) return at;
     const end = at + form.length;
-    if (apart(text[at - 1], form[0], text[at - 2]) && apart(text[end], form.at(-1), text[end + 1])) return at;
+    const left = apart(text[at - 1], form[0], text[at - 2]) || ESCAPE_BEFORE.test(text.slice(Math.max(0, at - 6), at));
+    if (left && apart(text[end], form.at(-1), text[end + 1])) return at;
   }
   return -1;
 }

@@ -137,7 +137,7 @@ export function decodeAgentAnswer<S extends z.ZodMiniType>(
   const path = issue?.path ?? [];
   const value = valueAt(data, path);
   const found = value === undefined ? 'it is missing' : `got ${truncate(agentText(valueText(value)), 80)}`;
-  throw invalid(`${agentText(fieldPath(path))} ${issue?.message ?? 'is invalid'} (${found})`);
+  throw invalid(`${fieldPath(path)} ${issue?.message ?? 'is invalid'} (${found})`);
 }
 
 /** A registration with a Proxy block: Consul's only test that the ID names a proxy (gateways pass too). */

@@ -53,6 +53,10 @@ describe('secretHider', () => {
       ['X-Consul-Token=Tok3n9&dc=1', 'X-Consul-Token=[hidden]&dc=1'],
       ['password pw9!', 'password [hidden]!'],
       ['user:pw9@host', 'user:[hidden]@host'],
+      // As JSON escapes it: Go's \u003c for <, and \n, \t before it.
+      ['{"error":"\\u003ctd\\u003eTok3n9\\u003c/td\\u003e"}', '{"error":"\\u003ctd\\u003e[hidden]\\u003c/td\\u003e"}'],
+      ['"bad token:\\nTok3n9"', '"bad token:\\n[hidden]"'],
+      ['"password:\\tpw9"', '"password:\\t[hidden]"'],
     ]) expect(agentText(echo!)).toBe(hidden);
     expect(hider('1').agentText('"http://127.0.0.1:1","from 1 to 9"')).toBe('"http://127.0.0.1:1","from [hidden] to 9"');
   });
