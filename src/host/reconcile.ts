@@ -8,7 +8,8 @@ const MAX_ATTEMPTS = 8;
  * Brings one table to `wanted` with optimistic concurrency: read, write one transaction, check it. A
  * concurrent writer (a second run, Docker, kube-proxy, a flush) shows up as a failed write or a check that
  * does not match, and the whole step is repeated from a fresh read, a bounded number of times; contention
- * ends in success or a temporary failure (75), never in a hard one.
+ * ends in success or a temporary failure (75). A failure that repeats with no other writer seen (our part of
+ * the table unchanged, the same error) is the backend refusing the change, and ends as that (71).
  *
  * The check is the write's own (see FirewallTable.write): the table read back, or a cheaper verdict for
  * large states; without one, the table is read again. A concurrent run with other flags replacing our rules
@@ -31,17 +32,22 @@ export async function reconcile<State>(
 ): Promise<{ changed: boolean }> {
   const { dialect } = table;
   let dump = options.firstDump;
-  let lastFailure: { error: FirewallError; dump: string; transaction: string } | undefined;
+  let lastFailure: { error: FirewallError; transaction: string } | undefined;
   let misspelt: string | undefined;
   // Whether another writer was seen at work: the table read otherwise, or our write failed otherwise.
   let contended = false;
-  let previousDump: string | undefined;
+  let previousState: string | undefined;
   for (let attempt = 0; ; attempt++) {
+    const fromSurvey = dump !== undefined && attempt === 0;
     dump ??= await table.read();
-    // Only reads of this loop are compared: the first dump may be the survey's, of every table.
-    if (attempt > 1) contended ||= dump !== previousDump;
-    if (attempt > 0) previousDump = dump;
     const installed = dialect.parse(dump);
+    // What the transaction depends on, not the dump's text: other rules (Docker's, kube-proxy's) may come and
+    // go, and the survey's dump holds every table. Only this loop's own reads are compared.
+    const ours = JSON.stringify(installed);
+    if (!fromSurvey) {
+      contended ||= previousState !== undefined && ours !== previousState;
+      previousState = ours;
+    }
     if (dialect.same(installed, wanted)) return { changed: attempt > 0 };
     if (attempt === MAX_ATTEMPTS || (options.deadline !== undefined && Date.now() >= options.deadline)) break;
     if (attempt > 0 && sameShape(table, installed, wanted)) {
@@ -74,9 +80,10 @@ export async function reconcile<State>(
       // a native nft rule referring to our chain), unless another writer was seen at work: one deleting and
       // adding a jump again and again fails our write in turns, on a table that mostly reads the same.
       contended ||= lastFailure !== undefined && lastFailure.error.message !== error.message;
-      const again = lastFailure?.dump === dump && lastFailure.transaction === transaction;
-      if (!error.retryable && again && !contended && !(await changesMeanwhile(table, dump))) throw error;
-      lastFailure = { error, dump, transaction };
+      // The same transaction: made from the same state of ours.
+      const again = lastFailure?.transaction === transaction;
+      if (!error.retryable && again && !contended && !(await changesMeanwhile(table, ours))) throw error;
+      lastFailure = { error, transaction };
       options.onRetry?.(error.message);
       await sleep(10 + Math.random() * 40 * (attempt + 1));
     }
@@ -92,12 +99,12 @@ export async function reconcile<State>(
   );
 }
 
-/** Whether `table` reads other than `dump` within ~100 ms: another writer at work (a failed read counts). */
-async function changesMeanwhile(table: FirewallTable<unknown>, dump: string): Promise<boolean> {
+/** Whether our part of `table` reads other than `state` within ~100 ms: another writer at work (a failed read counts). */
+async function changesMeanwhile<State>(table: FirewallTable<State>, state: string): Promise<boolean> {
   for (let look = 0; look < 4; look++) {
     await sleep(25);
     try {
-      if ((await table.read()) !== dump) return true;
+      if (JSON.stringify(table.dialect.parse(await table.read())) !== state) return true;
     } catch {
       return true;
     }

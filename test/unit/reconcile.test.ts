@@ -183,7 +183,7 @@ describe('iptables backend: what a failed iptables-nft-restore means', () => {
     return { table: survey!.table, runner };
   }
 
-  it("exit 4 with 'CHAIN_DEL failed (Device or resource busy)' is a kernel refusal: hard (71), with a hint, not a lock", async () => {
+  it("exit 4 with 'CHAIN_DEL failed (Device or resource busy)' and nft not to be asked is a kernel refusal: hard (71), with a hint, not a lock", async () => {
     const stderr = 'iptables-nft-restore v1.8.9 (nf_tables): \nline 11: CHAIN_DEL failed (Device or resource busy): chain CONSUL_PROXY_OUTPUT\n';
     const { table } = await ipv4Table({ exitCode: 4, stderr });
     const error = (await table.write('*nat\nCOMMIT\n', table.dialect.wanted(undefined)).catch((caught: unknown) => caught)) as FirewallError;
@@ -193,7 +193,8 @@ describe('iptables backend: what a failed iptables-nft-restore means', () => {
     expect(error.exitCode).toBe(ExitCode.systemCommand);
     expect(error.message).toBe(
       'iptables-nft-restore failed (exit 4): iptables-nft-restore v1.8.9 (nf_tables): | line 11: CHAIN_DEL failed (Device or resource busy): chain CONSUL_PROXY_OUTPUT' +
-        ' (the kernel refused: something iptables cannot show, such as a native nftables rule or verdict map, still refers to one of our chains)',
+        ' (the kernel refused: something still refers to one of our chains, perhaps a native nftables rule or verdict map iptables' +
+        ' cannot show; nft could not be asked to tell that from another writer)',
     );
   });
 
