@@ -207,6 +207,7 @@ function readablePrevious(netns: string | undefined, context: CommandContext): A
  * (5 s) and the namespace lock (20 s): 60 + 5 + 20 + 20 + 10 = 115 s, within the units' start limit (120 s).
  */
 const WRITE_LIMIT_MS = 20_000;
+const ROLLBACK_LIMIT_MS = 5_000;
 
 /**
  * Writes the chosen backend's tables; if one fails, every table touched so far, the failing one included,
@@ -241,7 +242,11 @@ async function execute(plan: ApplyPlan, context: CommandContext): Promise<boolea
     const disarmed = disarmedBy !== undefined && written.has(disarmedBy);
     try {
       // A table the write emptied chains of is read again: the survey's dump is no longer what it holds.
-      await reconcile(survey.table, wanted, { firstDump: disarmed ? undefined : survey.dump, onForeignRemoved: reportForeign(survey, context) });
+      await reconcile(survey.table, wanted, {
+        firstDump: disarmed ? undefined : survey.dump,
+        deadline,
+        onForeignRemoved: reportForeign(survey, context),
+      });
       log.info(`removed the redirection rules from ${survey.table.label}: ${plan.choice.backend} holds them now`);
       anyChange = true;
     } catch (error) {
@@ -274,7 +279,8 @@ async function rollBack(touched: readonly TableStep[], context: CommandContext) 
     const { table } = survey;
     try {
       if (!table.dialect.same(table.dialect.parse(await table.read()), wanted)) continue;
-      await reconcile(table, survey.state);
+      // Within the units' start limit too (see WRITE_LIMIT_MS): a few attempts, not eight of 10 s each.
+      await reconcile(table, survey.state, { deadline: Date.now() + ROLLBACK_LIMIT_MS });
       context.log.warn(`put ${table.label} back to the rules it had before`);
     } catch (error) {
       context.log.error(`could not put ${table.label} back: ${(error as Error).message}`);

@@ -27,15 +27,20 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
       for (const { survey, wanted } of steps) output.stdout(`# ${where(survey)}\n${survey.table.dialect.transaction(survey.state, wanted)}`);
     } else if (steps.length > 0) {
       await context.deferSignals(() => removeAll(steps, options, context));
-    } else if (unmanageable.length === 0 && !recordedBackendUnreadable(surveys, written)) {
-      output.stdout(`nothing to clean up: no redirection rules installed${netns ? ` in netns ${netns}` : ''}\n`);
+    }
+    // Our rules in a backend -backend left out are still installed: they keep the record, and are named.
+    const elsewhere = surveys.filter((survey) => survey.holdsOurs && !steps.some((step) => step.survey === survey));
+    if (steps.length === 0 && unmanageable.length === 0 && !recordedBackendUnreadable(surveys, written)) {
+      const where = netns ? ` in netns ${netns}` : '';
+      const left = elsewhere.map((survey) => survey.table.label).join(', ');
+      output.stdout(`nothing to clean up${where}: ${left ? `the redirection rules are in ${left}, which -backend leaves out` : 'no redirection rules installed'}\n`);
     }
     // What no installed program can read or remove is said last, once the rest is gone (a stop hook removes what
     // it can); the record stays for it.
     requireRecordedBackend(surveys, written);
     requireManageable(unmanageable);
     // Nothing is installed any more (or nothing was): a bare status has nothing to compare.
-    if (!options.dryRun) context.records.remove(netns);
+    if (!options.dryRun && elsewhere.length === 0) context.records.remove(netns);
     return ExitCode.ok;
   } finally {
     lock.release();
@@ -54,13 +59,18 @@ function recordedBackend(netns: string | undefined, context: CommandContext): Ba
 
 const where = (survey: TableSurvey) => survey.table.label.replace(' ', ', ');
 
+const CLEANUP_LIMIT_MS = 30_000;
+
 /** Every table is tried even if one fails: as a stop hook, removing what can be removed matters most. */
 async function removeAll(steps: readonly TableStep[], options: CleanupOptions, context: CommandContext): Promise<void> {
   const netns = options.host.netns;
   const failures: CliError[] = [];
+  // Every table's attempts start within this, so that a stop hook ends within the units' TimeoutStopSec (60 s):
+  // an attempt may still wait its 10 s for the xtables lock.
+  const deadline = Date.now() + CLEANUP_LIMIT_MS;
   for (const { survey, wanted } of steps) {
     try {
-      await reconcile(survey.table, wanted, { firstDump: survey.dump, onForeignRemoved: reportForeign(survey, context) });
+      await reconcile(survey.table, wanted, { firstDump: survey.dump, deadline, onForeignRemoved: reportForeign(survey, context) });
     } catch (error) {
       if (!(error instanceof CliError)) throw error;
       failures.push(new CliError(`${where(survey)}: ${error.message}`, error.kind, { cause: error }));

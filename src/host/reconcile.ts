@@ -24,7 +24,7 @@ export async function reconcile<State>(
     onRetry?: (reason: string) => void;
     /** Told, after a write that succeeded, which rules of someone else's it deleted. */
     onForeignRemoved?: (rules: readonly string[]) => void;
-    /** No new attempt starts after this time (epoch ms): the whole run must end within its caller's limit. */
+    /** No new attempt after the first starts after this time (epoch ms): the run must end within its caller's limit. */
     deadline?: number;
     /** More of the backend's language for the same transaction, for tables outside this one (Dialect.disarming). */
     alsoInTransaction?: string | undefined;
@@ -49,7 +49,7 @@ export async function reconcile<State>(
       previousState = ours;
     }
     if (dialect.same(installed, wanted)) return { changed: attempt > 0 };
-    if (attempt === MAX_ATTEMPTS || (options.deadline !== undefined && Date.now() >= options.deadline)) break;
+    if (attempt === MAX_ATTEMPTS || (attempt > 0 && options.deadline !== undefined && Date.now() >= options.deadline)) break;
     if (attempt > 0 && sameShape(table, installed, wanted)) {
       // Our own write came back with every chain and rule in place but spelled otherwise, twice alike: the
       // backend stores some rule in another form than ours, and no retry can change that. (A concurrent

@@ -178,6 +178,17 @@ describeE2E(
       expect(await nftTable(ns)).toBeUndefined();
     });
 
+    it('cleanup limited by -backend to where our rules are not says where they are, and keeps the record', async () => {
+      const ns = await testNamespace();
+      await cli(applyArgs(ns, B, NFT));
+      const cleaned = await cli(['cleanup', '-netns', ns.path, '-backend=iptables']);
+      expect(cleaned.stdout).toBe(`nothing to clean up in netns ${ns.path}: the redirection rules are in nftables inet consul_tproxy, which -backend leaves out\n`);
+      expect(await nftTable(ns)).toContain('table inet consul_tproxy');
+      const bare = await runCli(['status', '-netns', ns.path]);
+      expect(bare.exitCode, describeRun(['status'], bare)).toBe(0);
+      expect(bare.stdout).toMatch(/^status: in-sync \(compared with the last apply's settings\)/);
+    });
+
     it('16 applies with different inbound ports racing on one namespace leave exactly one run’s table', async () => {
       const ns = await testNamespace();
       const configs = Array.from({ length: 16 }, (_, i): RedirectFlags => ({ ...B, inboundPort: 20000 + i, dualStack: i % 2 === 0 }));

@@ -147,14 +147,15 @@ describe('reconcile', () => {
     expect(counts().writes).toBe(2);
   });
 
-  it('the deadline stops the retries: none starts after it', async () => {
+  it('the deadline stops the retries: none starts after it, though the first attempt always does', async () => {
     const busy = () => {
       throw new FirewallError('busy', 'busy');
     };
+    // A sweep or cleanup that starts late (the writes before it took their time) still tries once.
     const past = fakeTable({ onWrite: busy });
     const error = await failure(reconcile(past.table, WANTED, { deadline: Date.now() - 1 }));
     expect(error.exitCode).toBe(ExitCode.tempFail);
-    expect(past.counts().writes).toBe(0);
+    expect(past.counts().writes).toBe(1);
 
     // A failed write sleeps at least 10 ms before its retry: past a 5 ms deadline by then.
     const soon = fakeTable({ onWrite: busy });
