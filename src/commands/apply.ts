@@ -12,8 +12,7 @@ import {
   planApply,
   planDifferences,
   planNeedsWrites,
-  requireManageable,
-  requireRecordedBackend,
+  requireReadableRules,
   requireSomeBackend,
   type ApplyPlan,
   type TableStep,
@@ -92,8 +91,7 @@ export async function applyOnce(
     // as long as they do); under the lock, as records are written under it.
     const record = planRecord(options.host, config, context);
     survey = await surveying;
-    requireManageable(survey.unmanageable);
-    requireRecordedBackend(survey.tables, record.previous?.backend);
+    requireReadableRules(survey, record.previous?.backend);
     converged = await converge(survey.tables, config, options.host, context, record);
   } finally {
     lock.release();

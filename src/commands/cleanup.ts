@@ -1,11 +1,11 @@
-import { CliError, ExitCode } from '../errors.ts';
+import { CliError, ExitCode, MissingProgramError } from '../errors.ts';
 import type { BackendName, TableSurvey } from '../host/backend.ts';
 import { reconcile } from '../host/reconcile.ts';
 import { hasNetAdmin, requireNetAdmin } from '../host/system.ts';
 import type { CleanupOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
 import { reportForeign } from './report.ts';
-import { planCleanup, recordedBackendUnreadable, requireManageable, requireRecordedBackend, requireSomeBackend, type TableStep } from './plan.ts';
+import { planCleanup, requireSomeBackend, unreadableRules, type TableStep } from './plan.ts';
 
 /** Removes our rules (ours or Consul's) from every backend and family, and nothing else. */
 export async function cleanup(options: CleanupOptions, context: CommandContext): Promise<number> {
@@ -19,9 +19,10 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
   requireNetAdmin('removing traffic redirection rules', true);
   const lock = await context.lockNamespace(netns);
   try {
-    const { tables: surveys, unmanageable } = await context.backends.survey(netns);
+    const survey = await context.backends.survey(netns);
+    const surveys = survey.tables;
     requireSomeBackend(surveys, options.host);
-    const written = recordedBackend(netns, context);
+    const unreadable = unreadableRules(survey, recordedBackend(netns, context));
     const steps = planCleanup(surveys, options.host);
     if (steps.length > 0 && options.dryRun) {
       for (const { survey, wanted } of steps) output.stdout(`# ${where(survey)}\n${survey.table.dialect.transaction(survey.state, wanted)}`);
@@ -29,16 +30,15 @@ export async function cleanup(options: CleanupOptions, context: CommandContext):
       await context.deferSignals(() => removeAll(steps, options, context));
     }
     // Our rules in a backend -backend left out are still installed: they keep the record, and are named.
-    const elsewhere = surveys.filter((survey) => survey.holdsOurs && !steps.some((step) => step.survey === survey));
-    if (steps.length === 0 && unmanageable.length === 0 && !recordedBackendUnreadable(surveys, written)) {
+    const elsewhere = surveys.filter((table) => table.holdsOurs && !steps.some((step) => step.survey === table));
+    if (steps.length === 0 && unreadable === undefined) {
       const where = netns ? ` in netns ${netns}` : '';
       const left = elsewhere.map((survey) => survey.table.label).join(', ');
       output.stdout(`nothing to clean up${where}: ${left ? `the redirection rules are in ${left}, which -backend leaves out` : 'no redirection rules installed'}\n`);
     }
     // What no installed program can read or remove is said last, once the rest is gone (a stop hook removes what
     // it can); the record stays for it.
-    requireRecordedBackend(surveys, written);
-    requireManageable(unmanageable);
+    if (unreadable !== undefined) throw new MissingProgramError(unreadable);
     // Nothing is installed any more (or nothing was): a bare status has nothing to compare.
     if (!options.dryRun && elsewhere.length === 0) context.records.remove(netns);
     return ExitCode.ok;

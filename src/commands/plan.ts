@@ -5,6 +5,7 @@ import { familyLabel } from '../core/values.ts';
 import type { BackendKind, BackendName, TableSurvey } from '../host/backend.ts';
 import { notFound, outsidePath } from '../host/runner.ts';
 import type { HostOptions } from '../options.ts';
+import type { Survey } from './context.ts';
 
 // Deciding what to write where, from what the tables hold: pure, so every case is a unit test.
 
@@ -61,35 +62,30 @@ export function requireSomeBackend(surveys: readonly TableSurvey[], host: Pick<H
 }
 
 /**
- * Our chains (or Consul's) where no installed program can read or remove them: nothing here could keep them
- * in step with what runs beside them, or take them away.
+ * Why rules of ours here cannot be read or removed, or undefined. The kind of backend (iptables or nftables)
+ * the last apply wrote (`written`, from its record) must still be readable: its rules are in the kernel
+ * whatever happened to its programs since, and unread, status would call them absent, cleanup would find
+ * nothing, and an apply would put a second redirection beside them. (The kind only: iptables-legacy is
+ * surveyed only where the kernel holds legacy tables, so a missing legacy survey can mean no rules at all.)
+ * And chains of ours (or Consul's) that nft sees in iptables-nft's tables need an iptables-nft program.
  */
-export function requireManageable(unmanageable: readonly { label: string; chains: readonly string[] }[]): void {
-  if (unmanageable.length === 0) return;
-  const held = unmanageable.map(({ label, chains }) => `${label} holds ${chains.join(', ')}`).join('; ');
-  throw new MissingProgramError(
-    `${held} (Consul's classic rules, or ours), and no installed program can read or remove them: ${PACKAGE_HINT.iptables}`,
-  );
+export function unreadableRules(survey: Pick<Survey, 'tables' | 'unmanageable'>, written: BackendName | undefined): string | undefined {
+  const problems: string[] = [];
+  if (written !== undefined && !survey.tables.some((table) => kindOf(table.table.backend) === kindOf(written))) {
+    const kind = kindOf(written);
+    problems.push(`the last apply here wrote its rules with ${written}, which cannot be read now: ${unusable(kind)}: install the '${kind}' package to read or remove them`);
+  }
+  if (survey.unmanageable.length > 0) {
+    const held = survey.unmanageable.map(({ label, chains }) => `${label} holds ${chains.join(', ')}`).join('; ');
+    problems.push(`${held} (Consul's classic rules, or ours), and no installed program can read or remove them: ${PACKAGE_HINT.iptables}`);
+  }
+  return problems.length === 0 ? undefined : problems.join('; ');
 }
 
-/**
- * The kind of backend (iptables or nftables) the last apply here wrote must still be readable: its rules are
- * in the kernel whatever happened to its programs since, and unread, status would call them absent, cleanup
- * would find nothing, and an apply would put a second redirection beside them. The kind only: iptables-legacy
- * is surveyed only where the kernel holds legacy tables, so a missing legacy survey can mean no rules at all.
- */
-export function requireRecordedBackend(surveys: readonly TableSurvey[], written: BackendName | undefined): void {
-  if (written === undefined || !recordedBackendUnreadable(surveys, written)) return;
-  const kind = kindOf(written);
-  throw new MissingProgramError(
-    `the last apply here wrote its rules with ${written}, which cannot be read now: ${unusable(kind)}: ` +
-      `install the '${kind}' package to read or remove them`,
-  );
+export function requireReadableRules(survey: Pick<Survey, 'tables' | 'unmanageable'>, written: BackendName | undefined): void {
+  const problem = unreadableRules(survey, written);
+  if (problem !== undefined) throw new MissingProgramError(problem);
 }
-
-/** Whether no survey reads the kind of backend (iptables or nftables) the last apply here wrote. */
-export const recordedBackendUnreadable = (surveys: readonly TableSurvey[], written: BackendName | undefined): boolean =>
-  written !== undefined && !surveys.some((survey) => kindOf(survey.table.backend) === kindOf(written));
 
 const unusable = (kind: BackendKind) =>
   kind === 'nftables'

@@ -7,7 +7,7 @@ import { requireNetAdmin } from '../host/system.ts';
 import type { ApplyRecord } from '../host/record.ts';
 import { statusOptions, type StatusOptions } from '../options.ts';
 import type { CommandContext } from './context.ts';
-import { chooseBackend, planApply, planDifferences, requireManageable, requireRecordedBackend, requireSomeBackend } from './plan.ts';
+import { chooseBackend, planApply, planDifferences, requireReadableRules, requireSomeBackend } from './plan.ts';
 import { resolveConfig } from './rulesets.ts';
 
 type Verdict = 'in-sync' | 'drifted' | 'absent' | 'installed';
@@ -42,11 +42,11 @@ export async function status(options: StatusOptions, context: CommandContext): P
   const record = context.records.read(netns);
   const reference = referenceOf(options, record);
   const config = reference.rules === undefined ? undefined : await resolveConfig(reference.rules, reference.agent, context);
-  const { tables: surveys, unmanageable } = await context.backends.survey(netns);
+  const survey = await context.backends.survey(netns);
+  const surveys = survey.tables;
   // The backend this command line names (a recorded one may be pinned by watch, never named by the operator).
   requireSomeBackend(surveys, options.host);
-  requireRecordedBackend(surveys, record?.backend);
-  requireManageable(unmanageable);
+  requireReadableRules(survey, record?.backend);
   const installed = surveys.filter((s) => s.holdsOurs);
   const report: StatusReport = {
     status: installed.length === 0 ? 'absent' : 'installed',

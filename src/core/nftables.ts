@@ -237,7 +237,7 @@ const NAME = /^[A-Za-z][A-Za-z0-9_]*$/;
 const name = (text: string) => (NAME.test(text) ? text : refuse(`${JSON.stringify(text)} is not a safe name`));
 
 const FAMILY_DOMAIN = { 4: 'ipv4_addr', 6: 'ipv6_addr' } as const;
-const FAMILY_PAYLOAD = { 4: 'ip', 6: 'ip6' } as const;
+export const FAMILY_PAYLOAD = { 4: 'ip', 6: 'ip6' } as const;
 
 function cidrInterval(cidr: Cidr): Interval {
   return elementInterval(domain(FAMILY_DOMAIN[cidr.family]), cidr.cidr);

@@ -123,8 +123,8 @@ const QUIET_WAIT_MS = 750;
 
 /**
  * Takes the lock named `purpose` for a namespace, waiting up to `waitMs` for another run to finish;
- * `onWait` is told who holds it (and where, and the lock's path) once the wait has lasted QUIET_WAIT_MS. With `waitMs` 0, a held lock
- * fails at once.
+ * `onWait` is told who holds it, where, and the lock's path, once the wait has lasted QUIET_WAIT_MS. With
+ * `waitMs` 0, a held lock fails at once.
  */
 export async function lockNamespace(
   netns: string | undefined,

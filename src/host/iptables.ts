@@ -2,7 +2,7 @@ import { readFileSync, realpathSync, statSync } from 'node:fs';
 import { listsTables } from '../core/procNet.ts';
 import { EMPTY_STATE, iptablesDialect, jumpsMatch, listedJumps, renderTransaction, HOOK_CHAINS, type OwnedState } from '../core/natTable.ts';
 import { OWNED_CHAINS, redirectedFamilies } from '../core/ruleset.ts';
-import { referencesIptablesCannotShow } from '../core/nftables.ts';
+import { FAMILY_PAYLOAD, referencesIptablesCannotShow } from '../core/nftables.ts';
 import { FAMILIES, familyLabel, type Family } from '../core/values.ts';
 import { FirewallError, stderrExcerpt, type BackendProvider, type FirewallTable, type TableSurvey } from './backend.ts';
 import { nftMonitor } from './monitor.ts';
@@ -175,7 +175,7 @@ async function hiddenReferences(runner: CommandRunner, saveProgram: string, fami
   const options = { timeoutMs: Math.max(1, timeoutMs) };
   const [saved, listed] = await Promise.all([
     runner.run(saveProgram, ['-t', 'nat'], options).catch(() => undefined),
-    runner.run(nft, ['-j', 'list', 'table', family === 4 ? 'ip' : 'ip6', 'nat'], options).catch(() => undefined),
+    runner.run(nft, ['-j', 'list', 'table', FAMILY_PAYLOAD[family], 'nat'], options).catch(() => undefined),
   ]);
   if (saved?.exitCode !== 0 || listed?.exitCode !== 0) return undefined;
   // A table with chains iptables cannot show says so instead of listing them: then none counts as shown.

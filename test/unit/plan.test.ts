@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { chooseBackend, planApply, planCleanup, requireRecordedBackend, requireSomeBackend } from '../../src/commands/plan.ts';
+import { chooseBackend, planApply, planCleanup, requireReadableRules, requireSomeBackend } from '../../src/commands/plan.ts';
 import type { Dialect } from '../../src/core/dialect.ts';
 import { iptablesDialect } from '../../src/core/natTable.ts';
 import { nftablesDialect } from '../../src/core/nftables.ts';
@@ -114,16 +114,20 @@ describe('chooseBackend', () => {
   });
 });
 
-describe('requireRecordedBackend', () => {
+describe('requireReadableRules', () => {
   it('the backend the last apply wrote must still be readable, whichever variant; no record, no demand', () => {
-    const iptablesOnly = [survey('iptables-nft', 4), survey('iptables-nft', 6)];
-    expect(exitCodeOf(() => requireRecordedBackend(iptablesOnly, 'nftables'))).toBe(ExitCode.missingProgram);
-    expect(() => requireRecordedBackend(iptablesOnly, 'nftables')).toThrow(
+    const iptablesOnly = { tables: [survey('iptables-nft', 4), survey('iptables-nft', 6)], unmanageable: [] };
+    expect(exitCodeOf(() => requireReadableRules(iptablesOnly, 'nftables'))).toBe(ExitCode.missingProgram);
+    expect(() => requireReadableRules(iptablesOnly, 'nftables')).toThrow(
       /^the last apply here wrote its rules with nftables, which cannot be read now: nftables is not usable here: .*install the 'nftables' package to read or remove them$/,
     );
-    expect(() => requireRecordedBackend(iptablesOnly, 'iptables-legacy')).not.toThrow();
-    expect(() => requireRecordedBackend(iptablesOnly, undefined)).not.toThrow();
-    expect(exitCodeOf(() => requireRecordedBackend([survey('nftables', 'inet')], 'iptables-nft'))).toBe(ExitCode.missingProgram);
+    expect(() => requireReadableRules(iptablesOnly, 'iptables-legacy')).not.toThrow();
+    expect(() => requireReadableRules(iptablesOnly, undefined)).not.toThrow();
+    expect(exitCodeOf(() => requireReadableRules({ tables: [survey('nftables', 'inet')], unmanageable: [] }, 'iptables-nft'))).toBe(ExitCode.missingProgram);
+    // Chains only nft sees in iptables-nft's tables: named, with the package.
+    expect(() => requireReadableRules({ ...iptablesOnly, unmanageable: [{ label: 'iptables-nft IPv4', chains: ['CONSUL_PROXY_OUTPUT'] }] }, undefined)).toThrow(
+      "iptables-nft IPv4 holds CONSUL_PROXY_OUTPUT (Consul's classic rules, or ours), and no installed program can read or remove them: install the 'iptables' package",
+    );
   });
 });
 
